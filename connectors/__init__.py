@@ -1,0 +1,1 @@
+"""Kafka Connect REST client, Debezium connector definitions and source-database preparation."""

@@ -1,0 +1,48 @@
+"""The ``cdc-pipeline`` command line (typer).
+
+Exit codes: 0 success; 1 an operation failed (a service unhealthy, a check failed); 2 user
+error (invalid config or arguments). User errors print one line per problem, no traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+from pipeline.cli import config_cmd, local_cmd
+from pipeline.logs import LEVELS, configure_logging
+
+app = typer.Typer(
+    name="cdc-pipeline",
+    help="Change data capture from PostgreSQL via Debezium and Kafka into target databases.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(config_cmd.app, name="config")
+app.add_typer(local_cmd.app, name="local")
+
+
+@app.callback()
+def _root(
+    log_format: Annotated[
+        str, typer.Option("--log-format", envvar="CDC_LOG_FORMAT", help="json (default) or console.")
+    ] = "json",
+    log_level: Annotated[
+        str, typer.Option("--log-level", envvar="CDC_LOG_LEVEL", help="debug, info, warning or error.")
+    ] = "info",
+) -> None:
+    """Configure logging once for every command."""
+    if log_format not in ("json", "console"):
+        raise typer.BadParameter("use json or console", param_hint="--log-format")
+    if log_level.lower() not in LEVELS:
+        raise typer.BadParameter(f"use one of {', '.join(LEVELS)}", param_hint="--log-level")
+    configure_logging("json" if log_format == "json" else "console", log_level)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()

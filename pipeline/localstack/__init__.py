@@ -1,0 +1,143 @@
+"""The local stack: real PostgreSQL, Kafka and Kafka Connect processes under a state folder.
+
+``LocalStack(settings).up()`` fetches the jars (cached), starts the PostgreSQL source and
+target clusters, the Kafka broker and the Connect worker, and waits until each is ready;
+it is idempotent. ``down()`` stops only the processes it started (by PID file);
+``down(purge=True)`` also deletes the state folder. See ``../shared/design.md``, "Local stack".
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pipeline.localstack.config import LocalStackSettings
+from pipeline.localstack.jars import JarCache, cache_for, ensure_jars
+from pipeline.localstack.services import (
+    ConnectWorker,
+    Health,
+    KafkaBroker,
+    PostgresCluster,
+    Service,
+    _pg_root,
+)
+
+__all__ = ["LocalStack", "LocalStackSettings", "ServiceStatus", "StackStartError"]
+
+
+class StackStartError(RuntimeError):
+    """A service did not become ready in time; the message carries the tail of its log."""
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """One row of ``local status``."""
+
+    name: str
+    health: Health
+    endpoint: str
+
+
+class LocalStack:
+    """Orchestrates the local services; see the module docstring."""
+
+    def __init__(self, settings: LocalStackSettings, report: Callable[[str], None] = lambda _: None) -> None:
+        self.settings = settings
+        self._report = report
+        self._jars: JarCache | None = None
+        try:
+            cached = cache_for(settings.cache_dir)
+            self._jars = cached if cached.complete else None
+        except OSError:
+            self._jars = None
+        self.source = PostgresCluster("source", settings)
+        self.target = PostgresCluster("target", settings)
+        self.kafka = KafkaBroker(settings, self._jars)
+        self.connect = ConnectWorker(settings, self._jars)
+
+    @property
+    def services(self) -> list[Service]:
+        """In start order."""
+        return [self.source, self.target, self.kafka, self.connect]
+
+    def up(self) -> dict[str, float]:
+        """Start every service that is not running and wait until all are ready.
+
+        Returns seconds spent per step (``jars``, each service, ``total``). Raises
+        StackStartError when a service is not ready within ``ready_timeout_s``, ToolMissingError
+        when java, mvn or PostgreSQL is missing.
+        """
+        timings: dict[str, float] = {}
+        t0 = time.monotonic()
+        self.settings.state.mkdir(parents=True, exist_ok=True)
+        jars, fetched = ensure_jars(self.settings.cache_dir)
+        self._jars = jars
+        self.kafka = KafkaBroker(self.settings, jars)
+        self.connect = ConnectWorker(self.settings, jars)
+        timings["jars"] = time.monotonic() - t0
+        self._report(f"jars: {'fetched into' if fetched else 'cached at'} {jars.root} ({timings['jars']:.1f}s)")
+
+        t = time.monotonic()
+        self.kafka.start()  # the JVM boots while PostgreSQL initialises
+        for cluster in (self.source, self.target):
+            ts = time.monotonic()
+            cluster.start()
+            self._wait_ready(cluster)
+            timings[cluster.name] = time.monotonic() - ts
+            self._report(f"{cluster.name}: ready at {cluster.endpoint} ({timings[cluster.name]:.1f}s)")
+        self._wait_ready(self.kafka)
+        timings["kafka"] = time.monotonic() - t
+        self._report(f"kafka: ready at {self.kafka.endpoint} ({timings['kafka']:.1f}s)")
+
+        t = time.monotonic()
+        self.connect.start()
+        self._wait_ready(self.connect)
+        timings["connect"] = time.monotonic() - t
+        self._report(f"connect: ready at {self.connect.endpoint} ({timings['connect']:.1f}s)")
+        timings["total"] = time.monotonic() - t0
+        return timings
+
+    def _wait_ready(self, service: Service) -> None:
+        deadline = time.monotonic() + self.settings.ready_timeout_s
+        health = service.health()
+        while not health.ready:
+            if not health.running:
+                raise StackStartError(f"{service.name} exited during start-up; last log lines:\n{_tail(service)}")
+            if time.monotonic() > deadline:
+                raise StackStartError(
+                    f"{service.name} not ready after {self.settings.ready_timeout_s:.0f}s ({health.detail}); "
+                    f"last log lines:\n{_tail(service)}"
+                )
+            time.sleep(0.5)
+            health = service.health()
+
+    def down(self, purge: bool = False) -> list[str]:
+        """Stop the services in reverse order; returns the names of those that were running.
+
+        With ``purge`` the state folder (and PostgreSQL data kept outside it) is deleted.
+        """
+        stopped = [svc.name for svc in reversed(self.services) if svc.stop()]
+        if purge:
+            pg_root = _pg_root(self.settings.state)
+            if pg_root != self.settings.state:
+                shutil.rmtree(pg_root, ignore_errors=True)
+            shutil.rmtree(self.settings.state, ignore_errors=True)
+        return stopped
+
+    def status(self) -> list[ServiceStatus]:
+        """Probe each service once."""
+        return [ServiceStatus(svc.name, svc.health(), svc.endpoint) for svc in self.services]
+
+    def log_files(self) -> dict[str, str]:
+        """Service name -> log path."""
+        return {svc.name: str(svc.log_file) for svc in self.services}
+
+
+def _tail(service: Service, lines: int = 25) -> str:
+    try:
+        text = service.log_file.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])

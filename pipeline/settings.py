@@ -1,0 +1,614 @@
+"""Typed, frozen settings for cdc-pipeline, loaded once from YAML plus environment overrides.
+
+Sources, in rising priority:
+
+1. the YAML file given by ``--config/-c`` or ``CDC_CONFIG``, after ``${VAR}`` /
+   ``${VAR:-default}`` interpolation from the environment;
+2. environment variables ``CDC_<KEY>__<KEY>...`` (``__`` nests; a list entry is addressed by
+   its index or by its ``name``, e.g. ``CDC_SOURCES__INVENTORY__PASSWORD`` or
+   ``CDC_PIPELINES__0__TARGET__URL``); values are parsed as YAML scalars, so ``true``, ``5`` and
+   ``[a, b]`` keep their types;
+3. ``<secret>_file`` keys (``password_file``, ``sasl_password_file``): the secret is read from
+   that file, as Docker and Kubernetes mount secrets.
+
+Passwords are :class:`pydantic.SecretStr`; :meth:`Settings.masked_dump` is what may be shown
+or logged. Every model is frozen: the resolved object is passed down, nothing deeper reads
+``os.environ``.
+
+Errors: :func:`load_settings` raises :class:`ConfigError` whose ``problems`` are lines of the
+form ``key.path: problem (hint)``, e.g. ``pipelines[0].target.url: missing (add the key ...)``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_serializer,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "CDC_"
+ENV_NESTING = "__"
+CONFIG_ENV = "CDC_CONFIG"
+MASK = "**********"
+
+Name = Annotated[
+    str,
+    Field(
+        pattern=r"^[a-z][a-z0-9_]{0,40}$",
+        description="Lower-case identifier: letters, digits and '_' (used in slot, publication and group names).",
+    ),
+]
+ScalarValue = str | int | float | bool
+
+
+class ConfigError(Exception):
+    """A configuration file or environment that cannot be loaded.
+
+    ``problems`` holds one line per problem, ``key.path: problem (hint)`` or, for YAML syntax,
+    ``FILE:LINE:COLUMN: problem``. The message is meant for users; no traceback is needed.
+    """
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+class _Model(BaseModel):
+    """Base of every settings model: frozen, unknown keys rejected, secrets readable from files."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_secret_files(cls, data: Any) -> Any:
+        """Fill ``<secret>`` from ``<secret>_file`` when only the file is given.
+
+        Raises ValueError when the file cannot be read, naming the file.
+        """
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, field in cls.model_fields.items():
+            file_key = f"{name}_file"
+            if file_key not in cls.model_fields or not _is_secret(field):
+                continue
+            path = out.get(file_key)
+            if path and out.get(name) is None:
+                try:
+                    out[name] = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+                except OSError as exc:
+                    raise ValueError(f"{file_key}: cannot read {path}: {exc.strerror}") from exc
+        return out
+
+
+def _is_secret(field: FieldInfo) -> bool:
+    return "SecretStr" in repr(field.annotation)
+
+
+class KafkaSettings(_Model):
+    """Kafka client settings shared by consumers, producers (DLQ) and admin calls."""
+
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated host:port list.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    sasl_password_file: Path | None = Field(None, description="File holding sasl_password.")
+    ssl_ca_location: Path | None = None
+    client_properties: dict[str, ScalarValue] = Field(
+        default_factory=dict,
+        description="Extra librdkafka properties passed through verbatim (e.g. 'socket.timeout.ms').",
+    )
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka configuration for confluent-kafka clients, secrets included.
+
+        The result must never be logged; use :meth:`Settings.masked_dump` for display.
+        """
+        conf: dict[str, str] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username is not None:
+            conf["sasl.username"] = self.sasl_username
+        if self.sasl_password is not None:
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.ssl_ca_location is not None:
+            conf["ssl.ca.location"] = str(self.ssl_ca_location)
+        for key, value in self.client_properties.items():
+            conf[key] = str(value).lower() if isinstance(value, bool) else str(value)
+        return conf
+
+
+class ConnectSettings(_Model):
+    """Kafka Connect REST endpoint (distributed mode)."""
+
+    url: str = Field("http://127.0.0.1:8083", pattern=r"^https?://", description="REST base URL.")
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    timeout_s: float = Field(30.0, gt=0, description="Per-request timeout, seconds.")
+    verify_tls: bool = True
+
+
+class SourceSettings(_Model):
+    """One PostgreSQL source database captured by one Debezium PostgreSQL connector."""
+
+    name: Name
+    host: str = "127.0.0.1"
+    port: int = Field(5432, ge=1, le=65535)
+    database: str
+    user: str
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+    tables: list[str] = Field(
+        min_length=1,
+        description="Captured tables as 'schema.table' (split at the first '.'; names are not regexes).",
+    )
+    topic_prefix: str | None = Field(None, description="Debezium topic.prefix; defaults to the source name.")
+    slot_name: str | None = Field(None, description="Replication slot; defaults to 'cdc_<name>'.")
+    publication_name: str | None = Field(None, description="Publication; defaults to 'cdc_<name>'.")
+    connector_name: str | None = Field(None, description="Kafka Connect connector; defaults to 'cdc-<name>'.")
+    snapshot_mode: Literal["initial", "initial_only", "no_data", "never", "when_needed", "always", "recovery"] = (
+        "initial"
+    )
+    heartbeat_interval_ms: int = Field(10_000, ge=0)
+    control_schema: str = Field("cdc", description="Schema of the heartbeat and signal tables.")
+    tasks_max: int = Field(1, ge=1, le=1, description="The Debezium PostgreSQL connector runs one task.")
+    connector_overrides: dict[str, ScalarValue] = Field(
+        default_factory=dict, description="Connector properties set last, over everything built here."
+    )
+
+    @model_validator(mode="after")
+    def _check_tables(self) -> Self:
+        for table in self.tables:
+            schema, _, name = table.partition(".")
+            if not schema or not name:
+                raise ValueError(f"table {table!r} must be written 'schema.table'")
+        return self
+
+    @property
+    def resolved_topic_prefix(self) -> str:
+        """Debezium ``topic.prefix``: change topics are ``<prefix>.<schema>.<table>``."""
+        return self.topic_prefix or self.name
+
+    @property
+    def resolved_slot_name(self) -> str:
+        """Replication slot name (PostgreSQL: lower case, digits, underscore)."""
+        return self.slot_name or f"cdc_{self.name}"
+
+    @property
+    def resolved_publication_name(self) -> str:
+        """Publication name used by pgoutput."""
+        return self.publication_name or f"cdc_{self.name}"
+
+    @property
+    def resolved_connector_name(self) -> str:
+        """Kafka Connect connector name."""
+        return self.connector_name or f"cdc-{self.name.replace('_', '-')}"
+
+
+class TargetSettings(_Model):
+    """The database a pipeline writes to; the sink is chosen by the URL scheme."""
+
+    url: str = Field(
+        description="SQLAlchemy-style URL, e.g. 'postgresql://user@host:5432/db'. A password in it is masked.",
+    )
+    password: SecretStr | None = Field(None, description="Password, when not in the URL.")
+    password_file: Path | None = None
+    schema_name: str = Field("public", alias="schema", description="Default target schema.")
+    create_tables: bool = Field(True, description="Create missing target tables from the event schema.")
+    add_columns: bool = Field(True, description="Add columns that appear in the source.")
+
+    @field_serializer("url")
+    def _mask_url(self, url: str) -> str:
+        return mask_url(url)
+
+
+class BatchSettings(_Model):
+    """Bounds of one consumer batch; whichever is reached first closes it."""
+
+    max_messages: int = Field(5000, ge=1)
+    max_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Bytes of message payload.")
+    max_wait_ms: int = Field(500, ge=1, description="Milliseconds from the first message of a batch.")
+
+
+class RetrySettings(_Model):
+    """Backoff for transient errors (connection loss, serialization failure, deadlock)."""
+
+    initial_backoff_s: float = Field(0.2, gt=0)
+    max_backoff_s: float = Field(30.0, gt=0)
+    max_elapsed_s: float = Field(600.0, gt=0, description="Retry budget; past it the worker stops without committing.")
+
+
+class DlqSettings(_Model):
+    """Dead-letter queue for poison messages, with limits that stop the worker."""
+
+    topic: str | None = Field(None, description="Defaults to 'cdc.<pipeline>.dlq'.")
+    max_consecutive: int = Field(100, ge=1, description="Consecutive dead-lettered messages that stop the worker.")
+    max_ratio: float = Field(0.5, gt=0, le=1, description="Dead-lettered share of the last 'ratio_window' messages.")
+    ratio_window: int = Field(1000, ge=10)
+
+
+MaskMode = Literal["hash", "redact", "null"]
+
+
+class TransformRule(_Model):
+    """Transforms for the tables whose 'schema.table' matches ``match`` (a shell-style glob)."""
+
+    match: str = Field("*.*", description="Glob over 'schema.table', e.g. 'public.*'.")
+    route: str | None = Field(None, description="Target 'schema.table' pattern; '{schema}' and '{table}' are replaced.")
+    rename: dict[str, str] = Field(default_factory=dict, description="Source column -> target column.")
+    include: list[str] | None = Field(None, description="Only these columns (before renaming).")
+    exclude: list[str] = Field(default_factory=list)
+    mask: dict[str, MaskMode] = Field(default_factory=dict, description="Column -> hash | redact | null.")
+    ops: list[Literal["c", "u", "d", "r", "t"]] | None = Field(None, description="Keep only these ops.")
+    where: str | None = Field(None, description="Simple predicate, e.g. \"status != 'draft'\".")
+    add_columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Column -> constant or '$ts_ms', '$lsn', '$txid', '$op', '$table'.",
+    )
+    hook: str | None = Field(None, pattern=r"^[\w.]+:\w+$", description="'module:function' for custom code.")
+
+
+class PipelineSettings(_Model):
+    """One pipeline: change topics of one source, applied to one target by one consumer group."""
+
+    name: Name
+    source: str = Field(description="Name of an entry of 'sources'.")
+    tables: list[str] | None = Field(None, description="Subset of the source's tables; all by default.")
+    target: TargetSettings
+    consumer_group: str | None = Field(None, description="Defaults to 'cdc.<name>'.")
+    value_format: Literal["json", "avro"] = "json"
+    key_format: Literal["json", "avro"] = "json"
+    keyless_mode: Literal["append_dedup"] = Field(
+        "append_dedup",
+        description="Tables without a primary key: rows keyed by source position, deletes match whole rows.",
+    )
+    mask_salt: SecretStr | None = Field(None, description="Salt of 'hash' masks.")
+    mask_salt_file: Path | None = None
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    dlq: DlqSettings = Field(default_factory=DlqSettings)
+    transforms: list[TransformRule] = Field(default_factory=list)
+
+    @property
+    def resolved_consumer_group(self) -> str:
+        """Kafka consumer group id of this pipeline's workers."""
+        return self.consumer_group or f"cdc.{self.name}"
+
+    @property
+    def resolved_dlq_topic(self) -> str:
+        """Dead-letter topic of this pipeline."""
+        return self.dlq.topic or f"cdc.{self.name}.dlq"
+
+
+class MonitorSettings(_Model):
+    """Replication-slot lag monitor and thresholds used by alerts and throttling."""
+
+    enabled: bool = True
+    interval_s: float = Field(15.0, gt=0, description="Seconds between slot polls.")
+    wal_rate_window_s: float = Field(300.0, gt=0, description="Sliding window of the WAL rate, seconds.")
+    connector_auto_restart: bool = Field(True, description="Restart FAILED connector tasks with backoff.")
+
+
+class MetricsSettings(_Model):
+    """Prometheus exposition and health endpoints."""
+
+    enabled: bool = True
+    host: str = "0.0.0.0"  # noqa: S104 - the endpoint must be reachable from Prometheus
+    port: int = Field(9108, ge=0, le=65535, description="0 picks a free port.")
+
+
+class Settings(BaseSettings):
+    """Root of the configuration file.
+
+    Raises :class:`ConfigError` (through :func:`load_settings`) when invalid.
+    """
+
+    model_config = SettingsConfigDict(frozen=True, extra="forbid", env_prefix=ENV_PREFIX)
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    connect: ConnectSettings = Field(default_factory=ConnectSettings)
+    sources: list[SourceSettings] = Field(default_factory=list)
+    pipelines: list[PipelineSettings] = Field(default_factory=list)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only the merged YAML + environment document passed by :func:`load_settings` counts."""
+        return (init_settings,)
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Self:
+        names = [s.name for s in self.sources]
+        _check_unique("sources", names)
+        _check_unique("pipelines", [p.name for p in self.pipelines])
+        by_name = {s.name: s for s in self.sources}
+        for i, pipe in enumerate(self.pipelines):
+            src = by_name.get(pipe.source)
+            if src is None:
+                raise ValueError(
+                    f"pipelines[{i}].source: unknown source {pipe.source!r} (defined: {', '.join(names) or 'none'})"
+                )
+            for table in pipe.tables or []:
+                if table not in src.tables:
+                    raise ValueError(
+                        f"pipelines[{i}].tables: {table!r} is not captured by source {src.name!r} "
+                        "(add it to the source's tables)"
+                    )
+        return self
+
+    def source(self, name: str) -> SourceSettings:
+        """The source named ``name``. Raises KeyError when there is none."""
+        for src in self.sources:
+            if src.name == name:
+                return src
+        raise KeyError(name)
+
+    def pipeline(self, name: str | None) -> PipelineSettings:
+        """The pipeline named ``name``, or the only one when ``name`` is None.
+
+        Raises KeyError when it does not exist or when ``name`` is None and there are several.
+        """
+        if name is None:
+            if len(self.pipelines) != 1:
+                raise KeyError("several pipelines are defined: name one with --pipeline")
+            return self.pipelines[0]
+        for pipe in self.pipelines:
+            if pipe.name == name:
+                return pipe
+        raise KeyError(name)
+
+    def masked_dump(self) -> dict[str, Any]:
+        """The resolved configuration as plain data with every secret masked; safe to print or log."""
+        data: dict[str, Any] = _mask_tree(self.model_dump(mode="json", by_alias=True, exclude_none=False))
+        return data
+
+
+def _check_unique(key: str, names: list[str]) -> None:
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            raise ValueError(f"{key}[{i}].name: duplicate name {name!r} (names must be unique)")
+        seen.add(name)
+
+
+_SECRET_KEY = re.compile(r"(password|secret|token|sasl\.jaas|salt)", re.IGNORECASE)
+
+
+def _mask_tree(node: Any, key: str = "") -> Any:
+    if isinstance(node, dict):
+        return {k: _mask_tree(v, k) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_mask_tree(v, key) for v in node]
+    if isinstance(node, str) and node and _SECRET_KEY.search(key) and not key.endswith("_file"):
+        return MASK
+    return node
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password in its user-info replaced by the mask; other parts unchanged."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}"))
+
+
+# --------------------------------------------------------------------------- loading
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate(text: str, environ: Mapping[str, str]) -> str:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in ``text`` from ``environ``.
+
+    ``$${VAR}`` is left as the literal ``${VAR}``. Raises :class:`ConfigError` naming every
+    variable that is unset and has no default, with the line it is on.
+    """
+    missing: list[str] = []
+
+    def repl(match: re.Match[str]) -> str:
+        start = match.start()
+        if start > 0 and text[start - 1] == "$":
+            return match.group(0)
+        name, default = match.group(1), match.group(2)
+        if name in environ:
+            return environ[name]
+        if default is not None:
+            return default
+        line = text.count("\n", 0, start) + 1
+        missing.append(f"line {line}: ${{{name}}} is not set (export it or write ${{{name}:-default}})")
+        return ""
+
+    result = _VAR.sub(repl, text).replace("$${", "${")
+    if missing:
+        raise ConfigError(missing)
+    return result
+
+
+def read_yaml(path: Path, environ: Mapping[str, str]) -> dict[str, Any]:
+    """Parse the YAML config at ``path`` after interpolation.
+
+    Raises :class:`ConfigError` for an unreadable file, a syntax error (with line and column)
+    or a top level that is not a mapping.
+    """
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the file ({exc.strerror})"]) from exc
+    text = interpolate(raw, environ)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        raise ConfigError([f"{where}: YAML syntax error: {problem}"]) from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping of keys (kafka, sources, pipelines, ...)"])
+    return data
+
+
+def apply_env_overrides(doc: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Merge ``CDC_A__B__C=value`` variables into ``doc`` (a new dict is returned).
+
+    A path part addressing a list is an index (``0``) or the ``name`` of an entry (an entry
+    with that name is created when missing). Values are parsed as YAML scalars. ``CDC_CONFIG``
+    and variables without ``__`` that name no top-level section are ignored. Raises
+    :class:`ConfigError` when a part cannot be applied (e.g. an index past the end).
+    """
+    out: dict[str, Any] = _deep_copy(doc)
+    problems: list[str] = []
+    sections = set(Settings.model_fields)
+    for var in sorted(environ):
+        if not var.startswith(ENV_PREFIX) or var == CONFIG_ENV:
+            continue
+        parts = [p.lower() for p in var[len(ENV_PREFIX) :].split(ENV_NESTING)]
+        if not parts or parts[0] not in sections:
+            continue
+        try:
+            value = yaml.safe_load(environ[var]) if environ[var] != "" else ""
+        except yaml.YAMLError:
+            value = environ[var]
+        try:
+            _set_path(out, parts, value)
+        except (IndexError, TypeError) as exc:
+            problems.append(f"{var}: {exc}")
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+def _deep_copy(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _deep_copy(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_deep_copy(v) for v in node]
+    return node
+
+
+def _set_path(node: Any, parts: list[str], value: Any) -> None:
+    head, rest = parts[0], parts[1:]
+    if isinstance(node, list):
+        index = _list_index(node, head)
+        if not rest:
+            node[index] = value
+            return
+        _set_path(node[index], rest, value)
+        return
+    if not isinstance(node, dict):
+        raise TypeError(f"cannot set {head!r} inside a {type(node).__name__}")
+    if not rest:
+        node[head] = value
+        return
+    child = node.get(head)
+    if child is None:
+        child = [] if head in ("sources", "pipelines", "transforms") else {}
+        node[head] = child
+    _set_path(child, rest, value)
+
+
+def _list_index(items: list[Any], part: str) -> int:
+    if part.isdigit():
+        index = int(part)
+        if index >= len(items):
+            raise IndexError(f"index {index} is past the end of a list of {len(items)}")
+        return index
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and str(item.get("name", "")).lower() == part:
+            return i
+    items.append({"name": part})
+    return len(items) - 1
+
+
+def format_validation_error(exc: ValidationError) -> list[str]:
+    """Turn a pydantic ValidationError into ``key.path: problem (hint)`` lines."""
+    lines: list[str] = []
+    for err in exc.errors(include_url=False):
+        loc = _format_loc(err["loc"])
+        kind = err["type"]
+        msg = err["msg"]
+        if kind == "missing":
+            lines.append(f"{loc}: missing (add this key)")
+        elif kind == "extra_forbidden":
+            lines.append(f"{loc}: unknown key (check its spelling; see config/schema.json)")
+        elif kind == "value_error":
+            text = msg.removeprefix("Value error, ")
+            # Errors raised by whole-document checks already carry their own key path.
+            lines.append(text if re.match(r"^\w+\[\d+\]", text) else f"{loc}: {text}")
+        else:
+            got = err.get("input")
+            shown = "" if isinstance(got, dict | list) else f", got {got!r}"
+            lines.append(f"{loc}: {msg.lower()}{shown}")
+    return lines
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def load_settings(path: Path | str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Load, merge and validate the configuration.
+
+    ``path`` defaults to ``$CDC_CONFIG``; with neither, only environment overrides and
+    defaults apply. Returns a frozen :class:`Settings`. Raises :class:`ConfigError` listing
+    every problem.
+    """
+    env = os.environ if environ is None else environ
+    chosen = path if path is not None else env.get(CONFIG_ENV)
+    doc = read_yaml(Path(chosen), env) if chosen else {}
+    doc = apply_env_overrides(doc, env)
+    try:
+        return Settings(**doc)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema (draft 2020-12) of the configuration file, for editors (``config/schema.json``)."""
+    schema = Settings.model_json_schema(by_alias=True, mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "cdc-pipeline configuration"
+    return schema

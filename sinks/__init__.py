@@ -1,0 +1,1 @@
+"""The Sink contract and its implementations (PostgreSQL fast path, SQLAlchemy targets)."""
