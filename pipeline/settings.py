@@ -36,6 +36,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_serializer,
+    field_validator,
     model_validator,
 )
 from pydantic.fields import FieldInfo
@@ -177,13 +178,16 @@ class SourceSettings(_Model):
         default_factory=dict, description="Connector properties set last, over everything built here."
     )
 
-    @model_validator(mode="after")
-    def _check_tables(self) -> Self:
-        for table in self.tables:
+    @field_validator("tables")
+    @classmethod
+    def _check_tables(cls, tables: list[str]) -> list[str]:
+        for table in tables:
             schema, _, name = table.partition(".")
             if not schema or not name:
-                raise ValueError(f"table {table!r} must be written 'schema.table'")
-        return self
+                raise ValueError(f"table {table!r} must be written 'schema.table' (e.g. 'public.{table}')")
+        if len(set(tables)) != len(tables):
+            raise ValueError("a table is listed twice")
+        return tables
 
     @property
     def resolved_topic_prefix(self) -> str:

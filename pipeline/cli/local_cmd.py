@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from pipeline.cli.common import fail
-from pipeline.localstack import LocalStack, LocalStackSettings, StackStartError
+from pipeline.localstack import LocalStack, LocalStackSettings, StackStartError, settings_for
 from pipeline.localstack.jars import ToolMissingError, ensure_jars
 
 app = typer.Typer(help="Run PostgreSQL, Kafka (KRaft) and Kafka Connect + Debezium as local processes.")
@@ -21,9 +21,7 @@ StateOption = Annotated[
 
 
 def _stack(state_dir: Path | None) -> LocalStack:
-    overrides = {"state_dir": state_dir} if state_dir is not None else {}
-    settings = LocalStackSettings(**overrides)  # type: ignore[arg-type]
-    return LocalStack(settings, report=typer.echo)
+    return LocalStack(settings_for(state_dir), report=typer.echo)
 
 
 @app.command()

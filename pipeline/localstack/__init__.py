@@ -8,10 +8,12 @@ it is idempotent. ``down()`` stops only the processes it started (by PID file);
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipeline.localstack.config import LocalStackSettings
 from pipeline.localstack.jars import JarCache, cache_for, ensure_jars
@@ -21,10 +23,10 @@ from pipeline.localstack.services import (
     KafkaBroker,
     PostgresCluster,
     Service,
-    _pg_root,
+    pg_data_root,
 )
 
-__all__ = ["LocalStack", "LocalStackSettings", "ServiceStatus", "StackStartError"]
+__all__ = ["LocalStack", "LocalStackSettings", "ServiceStatus", "StackStartError", "settings_for"]
 
 
 class StackStartError(RuntimeError):
@@ -72,6 +74,7 @@ class LocalStack:
         timings: dict[str, float] = {}
         t0 = time.monotonic()
         self.settings.state.mkdir(parents=True, exist_ok=True)
+        save_settings(self.settings)
         jars, fetched = ensure_jars(self.settings.cache_dir)
         self._jars = jars
         self.kafka = KafkaBroker(self.settings, jars)
@@ -120,7 +123,7 @@ class LocalStack:
         """
         stopped = [svc.name for svc in reversed(self.services) if svc.stop()]
         if purge:
-            pg_root = _pg_root(self.settings.state)
+            pg_root = pg_data_root(self.settings.state)
             if pg_root != self.settings.state:
                 shutil.rmtree(pg_root, ignore_errors=True)
             shutil.rmtree(self.settings.state, ignore_errors=True)
@@ -133,6 +136,28 @@ class LocalStack:
     def log_files(self) -> dict[str, str]:
         """Service name -> log path."""
         return {svc.name: str(svc.log_file) for svc in self.services}
+
+
+STACK_FILE = "stack.json"
+
+
+def save_settings(settings: LocalStackSettings) -> None:
+    """Record the stack's ports in ``<state>/stack.json`` so later commands on the same state
+    folder (``status``, ``down``) probe the right ports."""
+    path = settings.state / STACK_FILE
+    path.write_text(settings.model_dump_json(indent=2), encoding="utf-8")
+
+
+def settings_for(state_dir: Path | None) -> LocalStackSettings:
+    """Settings of the stack in ``state_dir`` (default: ``CDC_LOCAL_STATE_DIR`` or
+    ``.local-stack``): the recorded ``stack.json`` when present, else env/defaults."""
+    base = LocalStackSettings() if state_dir is None else LocalStackSettings(state_dir=state_dir)
+    recorded = base.state / STACK_FILE
+    if recorded.exists():
+        data = json.loads(recorded.read_text(encoding="utf-8"))
+        data["state_dir"] = str(base.state)
+        return LocalStackSettings(**data)
+    return base
 
 
 def _tail(service: Service, lines: int = 25) -> str:

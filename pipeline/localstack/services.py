@@ -122,7 +122,7 @@ class PostgresCluster:
         self.role = role
         self._settings = settings
         self.port = settings.source_pg_port if role == "source" else settings.target_pg_port
-        self.root = _pg_root(settings.state) / self.name
+        self.root = pg_data_root(settings.state) / self.name
         self.data = self.root / "data"
 
     @property
@@ -227,11 +227,11 @@ class PostgresCluster:
             with psycopg.connect(self.dsn, connect_timeout=3) as conn:
                 level = conn.execute("SHOW wal_level").fetchone()
         except psycopg.Error as exc:
-            return Health(True, False, f"not accepting connections: {str(exc).strip()[:120]}")
+            return Health(True, False, f"not accepting connections: {str(exc).strip().splitlines()[0][:120]}")
         return Health(True, True, f"wal_level={level[0] if level else '?'}")
 
 
-def _pg_root(state: Path) -> Path:
+def pg_data_root(state: Path) -> Path:
     """Folder for cluster data: inside the state folder, unless the ``postgres`` OS user (used
     when we run as root) cannot reach it (e.g. a checkout under /root), then under /var/tmp."""
     if os.geteuid() != 0:
