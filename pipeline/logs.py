@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 
@@ -50,7 +50,6 @@ def configure_logging(fmt: LogFormat = "json", level: str = "info") -> None:
     logging.getLogger("httpx").setLevel(logging.DEBUG if lvl == "debug" else logging.WARNING)
 
 
-def get_logger(name: str) -> structlog.stdlib.BoundLogger:
-    """A structlog logger bound with ``logger=name``."""
-    logger: structlog.stdlib.BoundLogger = structlog.get_logger(logger=name)
-    return logger
+def get_logger(name: str) -> Any:
+    """A structlog logger bound with ``component=name`` (lazy: configuration applies at first use)."""
+    return structlog.get_logger().bind(component=name)

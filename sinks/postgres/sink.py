@@ -1,0 +1,442 @@
+"""The PostgreSQL sink (psycopg 3): set-based, version-guarded apply of a reduced batch.
+
+Per batch, in ONE transaction:
+
+1. per table, DDL when needed (create from the event schema, add new columns), under an
+   advisory lock so concurrent workers do not race;
+2. truncates: rows older than the truncate's position are deleted and the table's truncate
+   watermark is raised;
+3. upserts: ``COPY`` into a temporary staging table, then one
+   ``INSERT ... SELECT ... ON CONFLICT (pk) DO UPDATE ... WHERE (stored version) < (incoming)``
+   that also skips rows covered by a newer tombstone or truncate watermark; rows whose
+   unchanged TOASTed columns were not sent are written in a group that leaves those columns
+   alone;
+4. deletes: ``COPY`` of keys, a guarded ``DELETE ... USING``, and versioned tombstones;
+5. the consumer offsets of the batch.
+
+See :mod:`sinks.base` for the contract and :mod:`sinks.postgres.ddl` for the tables.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import sql
+
+from pipeline.events import Position, TableId
+from pipeline.logs import get_logger
+from pipeline.reduce import Delete, ReducedBatch, TableChanges, Upsert
+from sinks.base import ApplyResult, BatchRejectedError, OffsetMap, TopicPartition, TransientSinkError
+from sinks.postgres import ddl
+from sinks.postgres.ddl import ROW_ID, VERSION_COLUMNS, TableShape, qualified
+
+log = get_logger(__name__)
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+# SQLSTATE classes worth a retry (PostgreSQL docs, Appendix A "Error Codes"):
+# 08 connection exception, 40 transaction rollback (serialization failure, deadlock),
+# 53 insufficient resources, 57P admin shutdown / cannot connect now, 55P03 lock not available.
+_TRANSIENT_SQLSTATE_PREFIXES = ("08", "40", "53", "57P", "55P03", "58")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors that a retry may fix (connection loss, serialization failure, deadlock...)."""
+    if isinstance(exc, psycopg.OperationalError) and getattr(exc, "sqlstate", None) is None:
+        return True  # connection-level failure without a server error code
+    state = getattr(exc, "sqlstate", None) or ""
+    return any(state.startswith(p) for p in _TRANSIENT_SQLSTATE_PREFIXES)
+
+
+class PostgresSink:
+    """Applies reduced batches to one PostgreSQL database; see the module docstring.
+
+    ``conninfo`` is a libpq URL or key/value string (with the password). ``schema`` is the
+    default target schema, ``control_schema`` the schema of the control tables.
+    """
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        control_schema: str = "cdc_control",
+        create_tables: bool = True,
+        add_columns: bool = True,
+        application_name: str = "cdc-pipeline",
+    ) -> None:
+        self._conninfo = conninfo
+        self._control = control_schema
+        self._create_tables = create_tables
+        self._add_columns = add_columns
+        self._application_name = application_name
+        self._conn: Conn | None = None
+        self._shapes: dict[TableId, TableShape] = {}
+        self._control_ready = False
+
+    # ------------------------------------------------------------------ connection
+
+    def _connection(self) -> Conn:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            try:
+                self._conn = psycopg.connect(
+                    self._conninfo, autocommit=False, connect_timeout=10, application_name=self._application_name
+                )
+            except psycopg.OperationalError as exc:
+                raise TransientSinkError(f"cannot connect to the target: {_first_line(exc)}") from exc
+            self._shapes.clear()
+            self._control_ready = False
+        return self._conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Conn]:
+        """A transaction; psycopg errors become TransientSinkError or BatchRejectedError."""
+        conn = self._connection()
+        try:
+            with conn.transaction():
+                yield conn
+        except psycopg.Error as exc:
+            self._shapes.clear()  # DDL may have been rolled back
+            if is_transient(exc) or conn.broken:
+                self._discard_connection()
+                raise TransientSinkError(f"{type(exc).__name__}: {_first_line(exc)}") from exc
+            raise BatchRejectedError(f"{type(exc).__name__}: {_first_line(exc)}") from exc
+
+    def _discard_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+        self._conn = None
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._discard_connection()
+
+    def _ensure_control(self, conn: Conn) -> None:
+        if self._control_ready:
+            return
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('cdc-control-ddl', 0))")
+        for stmt in ddl.control_ddl(self._control):
+            conn.execute(stmt)
+        self._control_ready = True
+
+    def _ctl(self, name: str) -> sql.Composed:
+        return sql.SQL("{}.{}").format(sql.Identifier(self._control), sql.Identifier(name))
+
+    # ------------------------------------------------------------------ offsets
+
+    def stored_offsets(self, group: str, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Next offsets stored for ``group`` among ``partitions``.
+
+        Raises TransientSinkError when the target is unreachable.
+        """
+        wanted = set(partitions)
+        with self._transaction() as conn:
+            self._ensure_control(conn)
+            rows = conn.execute(
+                sql.SQL("SELECT topic, kafka_partition, next_offset FROM {} WHERE consumer_group = %s").format(
+                    self._ctl("offsets")
+                ),
+                (group,),
+            ).fetchall()
+        return {(t, p): o for t, p, o in rows if (t, p) in wanted}
+
+    def reset_offsets(self, group: str) -> int:
+        """Delete every stored offset of ``group``; returns the number of rows deleted."""
+        with self._transaction() as conn:
+            self._ensure_control(conn)
+            cur = conn.execute(
+                sql.SQL("DELETE FROM {} WHERE consumer_group = %s").format(self._ctl("offsets")), (group,)
+            )
+            return cur.rowcount
+
+    def _store_offsets(self, conn: Conn, group: str, offsets: OffsetMap) -> None:
+        if not offsets:
+            return
+        conn.cursor().executemany(
+            sql.SQL(
+                "INSERT INTO {} (consumer_group, topic, kafka_partition, next_offset) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (consumer_group, topic, kafka_partition)"
+                " DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()"
+            ).format(self._ctl("offsets")),
+            [(group, t, p, o) for (t, p), o in offsets.items()],
+        )
+
+    # ------------------------------------------------------------------ apply
+
+    def apply(self, batch: ReducedBatch, group: str, offsets: OffsetMap) -> ApplyResult:
+        """Apply ``batch`` and store ``offsets`` in one transaction (see :mod:`sinks.base`).
+
+        Raises TransientSinkError (retry) or BatchRejectedError (bad data for this target).
+        """
+        upserted = deleted = truncated = 0
+        with self._transaction() as conn:
+            self._ensure_control(conn)
+            for changes in batch.tables.values():
+                shape = self._shape_for(conn, changes)
+                if changes.truncate is not None:
+                    truncated += self._truncate(conn, changes.table, changes.truncate)
+                watermark = self._truncate_watermark(conn, changes.table)
+                if changes.upserts:
+                    upserted += self._upsert(conn, shape, changes, watermark)
+                if changes.deletes:
+                    deleted += self._delete(conn, shape, changes)
+            self._store_offsets(conn, group, offsets)
+        return ApplyResult(upserted, deleted, truncated, time.time())
+
+    # -- DDL
+
+    def _shape_for(self, conn: Conn, changes: TableChanges) -> TableShape:
+        table = changes.table
+        shape = self._shapes.get(table)
+        columns = changes.columns
+        if shape is not None and (columns is None or all(c.name in shape.columns for c in columns)):
+            return shape
+        ddl.lock_table_ddl(conn, table)
+        shape = ddl.read_shape(conn, table)
+        if shape is None:
+            if not self._create_tables:
+                raise BatchRejectedError(f"target table {table} does not exist and create_tables is off")
+            if columns is None:
+                raise BatchRejectedError(
+                    f"target table {table} does not exist and the events carry no schema "
+                    "(enable value.converter.schemas.enable or create the table)"
+                )
+            for stmt in ddl.create_table_sql(table, columns, changes.key_columns):
+                conn.execute(stmt)
+            log.info("target table created", table=str(table), columns=len(columns))
+            shape = ddl.read_shape(conn, table)
+            assert shape is not None
+        elif columns is not None:
+            new = [c for c in columns if c.name not in shape.columns]
+            if new and self._add_columns:
+                for stmt in ddl.add_columns_sql(table, new):
+                    conn.execute(stmt)
+                log.info("target columns added", table=str(table), columns=[c.name for c in new])
+                shape = ddl.read_shape(conn, table)
+                assert shape is not None
+        self._shapes[table] = shape
+        return shape
+
+    # -- truncate
+
+    def _truncate(self, conn: Conn, table: TableId, position: Position) -> int:
+        name = str(table)
+        cur = conn.execute(
+            sql.SQL("DELETE FROM {} WHERE ({}, {}) < (%s, %s)").format(
+                qualified(table), sql.Identifier(VERSION_COLUMNS[0]), sql.Identifier(VERSION_COLUMNS[1])
+            ),
+            (position.commit_lsn, position.lsn),
+        )
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (table_name, commit_lsn, lsn) VALUES (%s, %s, %s) ON CONFLICT (table_name)"
+                " DO UPDATE SET commit_lsn = EXCLUDED.commit_lsn, lsn = EXCLUDED.lsn, truncated_at = now()"
+                " WHERE ({t}.commit_lsn, {t}.lsn) < (EXCLUDED.commit_lsn, EXCLUDED.lsn)"
+            ).format(self._ctl("truncations"), t=sql.Identifier("truncations")),
+            (name, position.commit_lsn, position.lsn),
+        )
+        conn.execute(
+            sql.SQL("DELETE FROM {} WHERE table_name = %s AND (commit_lsn, lsn) < (%s, %s)").format(
+                self._ctl("tombstones")
+            ),
+            (name, position.commit_lsn, position.lsn),
+        )
+        log.info("target table truncated", table=name, rows=cur.rowcount, position=str(position))
+        return 1
+
+    def _truncate_watermark(self, conn: Conn, table: TableId) -> Position | None:
+        row = conn.execute(
+            sql.SQL("SELECT commit_lsn, lsn FROM {} WHERE table_name = %s").format(self._ctl("truncations")),
+            (str(table),),
+        ).fetchone()
+        return Position(row[0], row[1]) if row else None
+
+    def _has_tombstones(self, conn: Conn, table: TableId) -> bool:
+        row = conn.execute(
+            sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE table_name = %s)").format(self._ctl("tombstones")),
+            (str(table),),
+        ).fetchone()
+        return bool(row and row[0])
+
+    # -- upsert
+
+    def _upsert(self, conn: Conn, shape: TableShape, changes: TableChanges, watermark: Position | None) -> int:
+        groups: dict[frozenset[str], list[Upsert]] = defaultdict(list)
+        for up in changes.upserts.values():
+            groups[up.unavailable].append(up)
+        has_tombstones = self._has_tombstones(conn, shape.table)
+        total = 0
+        for unavailable, ups in groups.items():
+            columns = [c for c in shape.columns if c not in unavailable and not c.startswith(ddl.OWN_PREFIX)]
+            total += self._upsert_group(conn, shape, columns, ups, watermark, has_tombstones)
+        return total
+
+    def _upsert_group(
+        self,
+        conn: Conn,
+        shape: TableShape,
+        columns: list[str],
+        ups: list[Upsert],
+        watermark: Position | None,
+        has_tombstones: bool,
+    ) -> int:
+        table = shape.table
+        interval_cols = {c for c, t in shape.columns.items() if t == "interval"}
+        extra = [c for c in ups[0].row if c not in shape.columns] if ups else []
+        if extra:
+            raise BatchRejectedError(f"{table}: target has no column(s) {extra} (add them or drop them by transform)")
+        stg = sql.Identifier("cdc_stg_upsert")
+        all_cols = [*columns, *VERSION_COLUMNS] + ([ROW_ID] if shape.keyless else [])
+        conn.execute(
+            sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
+                stg, sql.SQL(", ").join(map(sql.Identifier, all_cols)), qualified(table)
+            )
+        )
+        conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN __cdc_key text").format(stg))
+        copy_cols = sql.SQL(", ").join(map(sql.Identifier, [*all_cols, "__cdc_key"]))
+        with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(stg, copy_cols)) as copy:
+            for up in ups:
+                values = [_adapt(up.row.get(c), c in interval_cols) for c in columns]
+                values += [up.position.commit_lsn, up.position.lsn]
+                if shape.keyless:
+                    values.append(up.key)
+                values.append(up.key)
+                copy.write_row(values)
+        cols = sql.SQL(", ").join(map(sql.Identifier, all_cols))
+        s_cols = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in all_cols)
+        conditions: list[sql.Composable] = []
+        params: list[Any] = []
+        if has_tombstones:
+            conditions.append(
+                sql.SQL(
+                    "NOT EXISTS (SELECT 1 FROM {} t WHERE t.table_name = %s AND t.row_key = s.__cdc_key"
+                    " AND (t.commit_lsn, t.lsn) >= (s.__cdc_commit_lsn, s.__cdc_lsn))"
+                ).format(self._ctl("tombstones"))
+            )
+            params.append(str(table))
+        if watermark is not None:
+            conditions.append(sql.SQL("(s.__cdc_commit_lsn, s.__cdc_lsn) > (%s, %s)"))
+            params += [watermark.commit_lsn, watermark.lsn]
+        where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
+        if shape.keyless:
+            conflict = sql.SQL("ON CONFLICT ({}) DO NOTHING").format(sql.Identifier(ROW_ID))
+        else:
+            keys = sql.SQL(", ").join(map(sql.Identifier, shape.key_columns))
+            updates = [c for c in [*columns, *VERSION_COLUMNS] if c not in shape.key_columns]
+            set_list = sql.SQL(", ").join(
+                sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in updates
+            )
+            conflict = sql.SQL(
+                "ON CONFLICT ({}) DO UPDATE SET {} WHERE (tgt.__cdc_commit_lsn, tgt.__cdc_lsn)"
+                " < (EXCLUDED.__cdc_commit_lsn, EXCLUDED.__cdc_lsn)"
+            ).format(keys, set_list)
+        cur = conn.execute(
+            sql.SQL("INSERT INTO {} AS tgt ({}) SELECT {} FROM {} s{} {}").format(
+                qualified(table), cols, s_cols, stg, where, conflict
+            ),
+            params,
+        )
+        conn.execute(sql.SQL("DROP TABLE {}").format(stg))
+        return max(cur.rowcount, 0)
+
+    # -- delete
+
+    def _delete(self, conn: Conn, shape: TableShape, changes: TableChanges) -> int:
+        if shape.keyless:
+            return self._delete_keyless(conn, shape, list(changes.deletes.values()))
+        table = shape.table
+        keys = list(shape.key_columns)
+        stg = sql.Identifier("cdc_stg_delete")
+        conn.execute(
+            sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
+                stg, sql.SQL(", ").join(map(sql.Identifier, [*keys, *VERSION_COLUMNS])), qualified(table)
+            )
+        )
+        conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN __cdc_key text").format(stg))
+        copy_cols = sql.SQL(", ").join(map(sql.Identifier, [*keys, *VERSION_COLUMNS, "__cdc_key"]))
+        with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(stg, copy_cols)) as copy:
+            for d in changes.deletes.values():
+                copy.write_row([*(d.key_values[k] for k in keys), d.position.commit_lsn, d.position.lsn, d.key])
+        match = sql.SQL(" AND ").join(sql.SQL("t.{} = d.{}").format(sql.Identifier(k), sql.Identifier(k)) for k in keys)
+        cur = conn.execute(
+            sql.SQL(
+                "DELETE FROM {} t USING {} d WHERE {}"
+                " AND (t.__cdc_commit_lsn, t.__cdc_lsn) < (d.__cdc_commit_lsn, d.__cdc_lsn)"
+            ).format(qualified(table), stg, match)
+        )
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} AS tb (table_name, row_key, commit_lsn, lsn)"
+                " SELECT %s, __cdc_key, __cdc_commit_lsn, __cdc_lsn FROM {}"
+                " ON CONFLICT (table_name, row_key) DO UPDATE SET commit_lsn = EXCLUDED.commit_lsn,"
+                " lsn = EXCLUDED.lsn, deleted_at = now()"
+                " WHERE (tb.commit_lsn, tb.lsn) < (EXCLUDED.commit_lsn, EXCLUDED.lsn)"
+            ).format(self._ctl("tombstones"), stg),
+            (str(table),),
+        )
+        conn.execute(sql.SQL("DROP TABLE {}").format(stg))
+        return max(cur.rowcount, 0)
+
+    def _delete_keyless(self, conn: Conn, shape: TableShape, deletes: list[Delete]) -> int:
+        """Delete one row equal to each ``before`` image, once per delete event (by its marker),
+        and tombstone the removed row's id so a replayed insert of it is skipped."""
+        table = shape.table
+        done = 0
+        json_cols = {c for c, t in shape.columns.items() if t == "json"}
+        for d in sorted(deletes, key=lambda x: x.position):
+            seen = conn.execute(
+                sql.SQL("SELECT 1 FROM {} WHERE table_name = %s AND row_key = %s").format(self._ctl("tombstones")),
+                (str(table), d.key),
+            ).fetchone()
+            if seen:
+                continue
+            cols = [c for c in d.key_values if c in shape.columns]
+            match = sql.SQL(" AND ").join(
+                sql.SQL(
+                    "{}::text IS NOT DISTINCT FROM %s::text" if c in json_cols else "{} IS NOT DISTINCT FROM %s"
+                ).format(sql.Identifier(c))
+                for c in cols
+            )
+            row = conn.execute(
+                sql.SQL(
+                    "DELETE FROM {t} WHERE {rid} = (SELECT {rid} FROM {t} WHERE {m}"
+                    " AND (__cdc_commit_lsn, __cdc_lsn) < (%s, %s) ORDER BY {rid} LIMIT 1) RETURNING {rid}"
+                ).format(t=qualified(table), rid=sql.Identifier(ROW_ID), m=match),
+                [
+                    *(_adapt(d.key_values[c], shape.columns[c] == "interval") for c in cols),
+                    d.position.commit_lsn,
+                    d.position.lsn,
+                ],
+            ).fetchone()
+            markers = [d.key] + ([str(row[0])] if row else [])
+            conn.cursor().executemany(
+                sql.SQL(
+                    "INSERT INTO {} (table_name, row_key, commit_lsn, lsn) VALUES (%s, %s, %s, %s)"
+                    " ON CONFLICT (table_name, row_key) DO NOTHING"
+                ).format(self._ctl("tombstones")),
+                [(str(table), m, d.position.commit_lsn, d.position.lsn) for m in markers],
+            )
+            done += 1 if row else 0
+        return done
+
+
+def _adapt(value: Any, interval: bool) -> Any:
+    """Values the decoder leaves in a form PostgreSQL needs converted (µs intervals, JSON)."""
+    if interval and isinstance(value, int):
+        return timedelta(microseconds=value)
+    if isinstance(value, dict):
+        return orjson.dumps(value).decode()
+    return value
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
