@@ -27,21 +27,37 @@ class Op(StrEnum):
 class Position:
     """Where a change stands in the source's commit order; the version key of target rows.
 
-    Compared as the pair ``(commit_lsn, lsn)``:
+    Compared as the pair ``(commit_lsn, lsn)``, derived from Debezium's ``source.sequence``
+    (``["<last commit LSN>", "<event LSN>"]``, Debezium PostgreSQL connector docs, "source
+    metadata") and ``source.lsn`` by :func:`position_from_source`.
 
-    - ``commit_lsn`` is ``source.sequence[0]``, the LSN of the last commit Debezium had
-      processed before this event (Debezium PostgreSQL connector docs, "source metadata":
-      ``sequence`` is ``["<last committed LSN>", "<current LSN>"]``). pgoutput sends a
-      transaction only after it commits, in commit order, so this component never decreases
-      along the stream, and it grows from one transaction to the next.
-    - ``lsn`` is ``source.lsn`` (= ``sequence[1]``), the change's own WAL position, which
-      orders the changes inside one transaction.
+    Facts it rests on, observed with Debezium 3.6 / pgoutput on the local stack (T1 writes
+    first but commits after T2)::
 
-    ``source.lsn`` alone is *not* monotonic across interleaved transactions and ``txId`` is
-    not commit-ordered (see ``../shared/design.md``, invariant 2). When ``sequence`` is absent
-    or its first element is null (snapshot reads), ``commit_lsn`` is ``source.lsn``.
-    Both are unsigned 64-bit LSNs (bytes into the WAL), which fit PostgreSQL ``bigint`` in
-    practice (LSNs below 2**63).
+        r id=1  lsn=102127688 txId=875 sequence=[null,"102127688"]        initial snapshot
+        u id=2  lsn=102127808 txId=877 sequence=[null,"102127808"]        T2, first streamed tx
+        u id=1  lsn=102127728 txId=876 sequence=["102127936","102127728"] T1 (commits second)
+        u id=1  lsn=102127984 txId=878 sequence=["102127984","102127984"] T3
+
+    - ``sequence[0]`` is the end LSN of the *previous* commit Debezium processed. pgoutput
+      sends whole transactions in commit order, so it strictly increases from one transaction
+      to the next and is constant within one. ``source.lsn`` orders changes inside a
+      transaction but NOT across them (T1's 102127728 < T2's 102127808), and ``txId`` is not
+      commit-ordered (876 committed after 877).
+    - ``sequence[0]`` is null for initial-snapshot reads and for the first transaction streamed
+      after the snapshot (no commit processed yet; the connector restores it from its offsets
+      after a restart). Rule: a *read* with a null ``sequence[0]`` gets ``commit_lsn = 0``
+      (every initial-snapshot read is older than every streamed change: the slot streams only
+      transactions committed after the snapshot point); a *streamed* change with a null
+      ``sequence[0]`` gets ``commit_lsn = lsn`` (> 0, so newer than the reads, and below the
+      next transaction's ``sequence[0]``, which is its own commit end). Using ``lsn`` for reads
+      too would be wrong: a transaction that began before the snapshot (lsn < snapshot LSN)
+      but committed after it would look older than the stale read.
+    - Incremental-snapshot reads are emitted from the streaming loop and carry a non-null
+      ``sequence``, i.e. their real place in the stream (DBLog watermarks).
+
+    LSNs are unsigned 64-bit byte positions in the WAL; they fit PostgreSQL ``bigint`` in
+    practice (below 2**63).
     """
 
     commit_lsn: int
@@ -49,6 +65,22 @@ class Position:
 
     def __str__(self) -> str:
         return f"{format_lsn(self.commit_lsn)}/{format_lsn(self.lsn)}"
+
+
+def position_from_source(sequence: tuple[int | None, int | None] | None, lsn: int | None, is_read: bool) -> Position:
+    """The :class:`Position` of a change from ``source.sequence`` (parsed to integers, either
+    element may be None) and ``source.lsn``; ``is_read`` is True for op ``r``.
+
+    Raises ValueError when neither the sequence nor ``lsn`` gives the change's own LSN.
+    """
+    last_commit, own = sequence if sequence is not None else (None, None)
+    if own is None:
+        own = lsn
+    if own is None:
+        raise ValueError("the event has neither source.sequence nor source.lsn")
+    if last_commit is None:
+        last_commit = 0 if is_read else own
+    return Position(last_commit, own)
 
 
 def format_lsn(lsn: int) -> str:
@@ -106,6 +138,39 @@ Row = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
+class Point:
+    """A PostgreSQL ``POINT`` value (Debezium ``io.debezium.data.geometry.Point``).
+
+    Debezium PostgreSQL connector docs, "Data type mappings" > "Basic types": a struct of two
+    ``FLOAT64`` coordinates ``x``/``y``; the JSON also carries ``wkb`` (Well-Known Binary of the
+    point) and ``srid`` (null for the built-in type). ``str()`` gives PostgreSQL's text input
+    form ``(x,y)``.
+    """
+
+    x: float
+    y: float
+    wkb: bytes | None = None
+    srid: int | None = None
+
+    def __str__(self) -> str:
+        return f"({self.x!r},{self.y!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Geometry:
+    """A PostGIS ``geometry``/``geography`` value: Well-Known Binary plus SRID.
+
+    Debezium PostgreSQL connector docs, "Data type mappings" > "PostGIS types":
+    ``io.debezium.data.geometry.Geometry`` (planar) and ``...Geography`` (spherical) are structs
+    ``{wkb: BYTES, srid: INT32}``. ``geography`` tells which one it was.
+    """
+
+    wkb: bytes
+    srid: int | None = None
+    geography: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class ChangeEvent:
     """A decoded Debezium change.
 
@@ -150,7 +215,8 @@ class Skip:
     """A message that is consumed but not applied, with the reason.
 
     ``reason`` is one of ``tombstone`` (null value after a delete), ``heartbeat``,
-    ``transaction`` (transaction metadata), ``notification``, ``filtered`` (dropped by a
+    ``transaction`` (transaction metadata), ``notification``, ``message`` (a logical decoding
+    message, op ``m``, from ``pg_logical_emit_message``), ``filtered`` (dropped by a
     transform).
     """
 

@@ -133,3 +133,18 @@ def test_positions_order_commit_first() -> None:
     t2 = Position(commit_lsn=150, lsn=200)
     t1 = Position(commit_lsn=250, lsn=100)
     assert t1 > t2
+
+
+def test_position_rules_from_observed_debezium_values() -> None:
+    from pipeline.events import position_from_source
+
+    read = position_from_source((None, 102127688), 102127688, is_read=True)
+    t2 = position_from_source((None, 102127808), 102127808, is_read=False)
+    t1 = position_from_source((102127936, 102127728), 102127728, is_read=False)
+    t3 = position_from_source((102127984, 102127984), 102127984, is_read=False)
+    assert read < t2 < t1 < t3
+    # A transaction that began before the snapshot point but committed after it is newer
+    # than the snapshot's stale read, even though its own LSN is lower.
+    long_tx = position_from_source((None, 102127000), 102127000, is_read=False)
+    assert long_tx > read
+    assert position_from_source(None, 5, is_read=False) == Position(5, 5)
