@@ -221,6 +221,9 @@ class TargetSettings(_Model):
     schema_name: str = Field("public", alias="schema", description="Default target schema.")
     create_tables: bool = Field(True, description="Create missing target tables from the event schema.")
     add_columns: bool = Field(True, description="Add columns that appear in the source.")
+    control_schema: str = Field(
+        "cdc_control", description="Schema of the pipeline's control tables (offsets, tombstones, truncations)."
+    )
 
     @field_serializer("url")
     def _mask_url(self, url: str) -> str:
