@@ -168,12 +168,18 @@ class SourceSettings(_Model):
     slot_name: str | None = Field(None, description="Replication slot; defaults to 'cdc_<name>'.")
     publication_name: str | None = Field(None, description="Publication; defaults to 'cdc_<name>'.")
     connector_name: str | None = Field(None, description="Kafka Connect connector; defaults to 'cdc-<name>'.")
-    snapshot_mode: Literal["initial", "initial_only", "no_data", "never", "when_needed", "always", "recovery"] = (
-        "initial"
+    snapshot_mode: Literal["initial", "initial_only", "no_data", "when_needed", "always"] = Field(
+        "initial", description="Debezium snapshot.mode (PostgreSQL connector 3.x values)."
     )
     heartbeat_interval_ms: int = Field(10_000, ge=0)
     control_schema: str = Field("cdc", description="Schema of the heartbeat and signal tables.")
     tasks_max: int = Field(1, ge=1, le=1, description="The Debezium PostgreSQL connector runs one task.")
+    topic_partitions: int = Field(
+        -1, description="Partitions of change topics Connect creates (topic.creation.default.partitions; -1: broker)."
+    )
+    topic_replication_factor: int = Field(
+        -1, description="Replication factor of created change topics (-1: broker default)."
+    )
     connector_overrides: dict[str, ScalarValue] = Field(
         default_factory=dict, description="Connector properties set last, over everything built here."
     )
