@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
+
+from confluent_kafka import Producer
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +29,7 @@ class DeadLetter:
     error_class: str
     reason: str
 
-    def headers(self, pipeline: str) -> list[tuple[str, bytes]]:
+    def headers(self, pipeline: str) -> list[tuple[str, str | bytes | None]]:
         """Kafka headers of the dead letter (UTF-8 values)."""
         return [
             ("cdc.error.class", self.error_class.encode()),
@@ -69,16 +71,6 @@ class DlqLimiter:
                 raise DlqLimitExceededError(
                     f"{ratio:.0%} of the last {len(self._recent)} messages dead-lettered (dlq.max_ratio)"
                 )
-
-
-class Producer(Protocol):
-    """The part of ``confluent_kafka.Producer`` the DLQ uses."""
-
-    def produce(self, topic: str, value: Any = ..., key: Any = ..., headers: Any = ..., on_delivery: Any = ...) -> None:
-        """Queue one message."""
-
-    def flush(self, timeout: float = ...) -> int:
-        """Wait for delivery; returns messages still queued."""
 
 
 class DlqDeliveryError(Exception):

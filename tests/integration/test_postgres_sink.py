@@ -17,6 +17,7 @@ from sinks.postgres.sink import PostgresSink
 from tests.conftest import Databases
 
 GROUP = "cdc.test"
+ITEMS = TableId("public", "items")
 _offsets = count()
 
 
@@ -26,7 +27,7 @@ def ev(
     key: int | None,
     after: dict[str, object] | None = None,
     *,
-    table: TableId = TableId("public", "items"),
+    table: TableId = ITEMS,
     columns: tuple[Column, ...] | None = None,
     before: dict[str, object] | None = None,
     unavailable: frozenset[str] = frozenset(),
@@ -152,8 +153,12 @@ def test_hostile_identifiers(sink: PostgresSink, databases: Databases) -> None:
 
 def test_new_source_column_is_added(sink: PostgresSink, databases: Databases) -> None:
     apply(sink, ev(Op.CREATE, (1, 1), 1, {"id": 1, "name": "a", "amount": None}))
-    cols = (Column("id", "int32", optional=False), Column("name", "string"), Column("amount", "float64"),
-            Column("added", "string"))
+    cols = (
+        Column("id", "int32", optional=False),
+        Column("name", "string"),
+        Column("amount", "float64"),
+        Column("added", "string"),
+    )
     apply(sink, ev(Op.UPDATE, (2, 2), 1, {"id": 1, "name": "a", "amount": None, "added": "x"}, columns=cols))
     assert rows(databases.target_dsn, cols="id, added") == [(1, "x")]
 

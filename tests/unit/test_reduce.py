@@ -14,7 +14,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.events import ChangeEvent, Op, Position, TableId
+from pipeline.events import ChangeEvent, Op, Position, TableId, position_from_source
 from pipeline.reduce import key_text, reduce_events
 
 T = TableId("public", "t")
@@ -92,9 +92,9 @@ change = st.tuples(
 def test_reduction_equals_sequential_apply(changes: list[Any], batch_size: int, replay_from: int) -> None:
     stream: list[ChangeEvent] = []
     exists: set[int] = set()
-    for pos, (op, key, value, toast) in enumerate(changes, start=1):
+    for pos, (op, key, value, maybe_toast) in enumerate(changes, start=1):
         # As in PostgreSQL: only an UPDATE of an existing row can leave a TOASTed value unsent.
-        toast = toast and op is Op.UPDATE and key in exists
+        toast = maybe_toast and op is Op.UPDATE and key in exists
         row = {"v": value} if toast else {"v": value, "big": f"text-{value}"}
         stream.append(event(op, pos, key, row, frozenset({"big"}) if toast else frozenset()))
         if op is Op.DELETE:
@@ -136,8 +136,6 @@ def test_positions_order_commit_first() -> None:
 
 
 def test_position_rules_from_observed_debezium_values() -> None:
-    from pipeline.events import position_from_source
-
     read = position_from_source((None, 102127688), 102127688, is_read=True)
     t2 = position_from_source((None, 102127808), 102127808, is_read=False)
     t1 = position_from_source((102127936, 102127728), 102127728, is_read=False)
