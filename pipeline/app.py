@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from confluent_kafka import Consumer, Producer
 from psycopg.conninfo import make_conninfo
 
+from connectors.debezium import build_connector_config, heartbeat_table
 from pipeline.decode import Decoder, DecoderConfig
 from pipeline.dlq import DeadLetterQueue
 from pipeline.events import ChangeEvent, Skip, TableId
@@ -101,7 +102,8 @@ def table_filter(source: SourceSettings, pipeline: PipelineSettings) -> Callable
     source's, plus the source's heartbeat table for time-lag measurement)."""
     names = set(pipeline.tables or source.tables)
     allowed = {TableId(*name.split(".", 1)) for name in names}
-    allowed.add(TableId(source.control_schema, "heartbeat"))
+    hb = heartbeat_table(source)
+    allowed.add(TableId(hb.schema, hb.table))
     return lambda e: e.table in allowed
 
 
@@ -129,7 +131,7 @@ def build_worker(settings: Settings, pipeline: PipelineSettings, *, serve_http: 
     consumer = Consumer(consumer_config(settings, pipeline, client_id))
     producer = Producer(producer_config(settings, client_id))
     sink = make_sink(pipeline)
-    decoder = Decoder(DecoderConfig(topic_prefix=source.resolved_topic_prefix))
+    decoder = Decoder(DecoderConfig.from_connector_config(build_connector_config(source)))
     transformer = build_transformer(pipeline.transforms, pipeline.mask_salt)
     wanted = table_filter(source, pipeline)
     dlq_topic = pipeline.resolved_dlq_topic

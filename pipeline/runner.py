@@ -37,6 +37,7 @@ from pipeline.logs import get_logger
 from pipeline.reduce import ReducedBatch, reduce_events
 from pipeline.retry import Backoff
 from pipeline.settings import PipelineSettings
+from pipeline.transforms import TransformConfigError
 from sinks.base import BatchRejectedError, Sink, TransientSinkError
 from sinks.base import TopicPartition as TP  # noqa: N817 - (topic, partition) tuple
 
@@ -253,6 +254,8 @@ class PipelineRunner:
                 dead.append(_dead_letter(msg, type(exc).__name__, exc.reason))
                 self._limiter.observe(True)
                 continue
+            except TransformConfigError:
+                raise  # a configuration error (e.g. masking a key column) stops the worker
             except Exception as exc:  # a transform hook's bug is poison for this message, not the worker
                 dead.append(_dead_letter(msg, type(exc).__name__, str(exc) or type(exc).__name__))
                 self._limiter.observe(True)

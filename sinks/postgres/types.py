@@ -140,7 +140,10 @@ def _from_source_type(col: Column) -> str | None:
     if name in _WITH_LENGTH:
         return f"{_WITH_LENGTH[name]}({length})" if length and 0 < length < 10_485_760 else _WITH_LENGTH[name]
     if name in _WITH_PRECISION:
-        return f"{_WITH_PRECISION[name]}({scale})" if scale is not None and 0 <= scale <= 6 else _WITH_PRECISION[name]
+        # 6 (microseconds) is PostgreSQL's maximum and default: write the plain type.
+        if scale is not None and 0 <= scale < 6:
+            return f"{_WITH_PRECISION[name]}({scale})"
+        return _WITH_PRECISION[name]
     if name in ("NUMERIC", "DECIMAL"):
         if length and 0 < length <= _MAX_NUMERIC_PRECISION:
             return f"numeric({length},{scale or 0})"
