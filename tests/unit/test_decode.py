@@ -1,4 +1,4 @@
-# ruff: noqa: E501  (tables of schemas and values read best one case per line)
+
 """Decoder contract: real Debezium 3.6 messages (fixtures), every type mapping, skips, poison.
 
 Fixtures under ``fixtures/debezium/`` are messages captured from the local stack:
