@@ -80,7 +80,9 @@ def consumer_config(settings: Settings, pipeline: PipelineSettings, client_id: s
         "partition.assignment.strategy": "cooperative-sticky",
         "topic.metadata.refresh.interval.ms": 5000,
         "max.poll.interval.ms": poll_interval_ms,
-        "session.timeout.ms": 30000,
+        # A killed worker's partitions move after this long (the broker allows >= 6 s by default).
+        "session.timeout.ms": 10000,
+        "heartbeat.interval.ms": 2000,
         "queued.max.messages.kbytes": 65536,
         "fetch.max.bytes": max(pipeline.batch.max_bytes, 1 << 20),
     }

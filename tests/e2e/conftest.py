@@ -81,6 +81,7 @@ class E2EPipeline:
     tables: list[str]
     log_dir: Path
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    killed: set[int] = field(default_factory=set)
 
     @property
     def pipeline_name(self) -> str:
@@ -96,6 +97,21 @@ class E2EPipeline:
         )
         self.workers.append(proc)
         return proc
+
+    def kill_worker(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGKILL ``proc`` (an expected death: convergence checks ignore it)."""
+        self.killed.add(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+
+    def wait_assigned(self, proc: subprocess.Popen[bytes], timeout: float = 90) -> None:
+        """Wait until ``proc``'s log shows a partition assignment."""
+        log = self.log_dir / f"worker-{self.workers.index(proc)}.log"
+        deadline = time.monotonic() + timeout
+        while "partitions assigned" not in log.read_text(errors="replace"):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise AssertionError(f"worker got no partitions:\n{self.worker_logs()}")
+            time.sleep(0.3)
 
     def stop_worker(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         if proc.poll() is None:
@@ -137,7 +153,7 @@ class E2EPipeline:
             if not diff:
                 return
             for proc in self.workers:
-                if proc.poll() not in (None, 0):
+                if proc.pid not in self.killed and proc.poll() not in (None, 0):
                     raise AssertionError(f"a worker exited with {proc.returncode}:\n{self.worker_logs()}")
             time.sleep(0.5)
         raise AssertionError(f"target did not converge: {diff}\n{self.worker_logs()}")
