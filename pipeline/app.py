@@ -24,6 +24,7 @@ from pipeline.dlq import DeadLetterQueue
 from pipeline.events import ChangeEvent, Skip, TableId
 from pipeline.health import HealthServer
 from pipeline.logs import get_logger
+from pipeline.monitor import build_monitors
 from pipeline.runner import Message, PipelineRunner
 from pipeline.settings import PipelineSettings, Settings, SourceSettings, TargetSettings
 from pipeline.transforms import build_transformer
@@ -170,8 +171,14 @@ def build_worker(settings: Settings, pipeline: PipelineSettings, *, serve_http: 
 
 
 def run_worker(settings: Settings, pipeline: PipelineSettings) -> int:
-    """Run one worker until SIGTERM/SIGINT; returns the process exit code."""
+    """Run one worker until SIGTERM/SIGINT; returns the process exit code.
+
+    Beside the runner: the slot-lag and connector-state monitors of the pipeline's source
+    (``monitor.enabled``) and the HTTP endpoints (``metrics.enabled``).
+    """
     worker = build_worker(settings, pipeline)
+    monitors = build_monitors(settings, sources=[pipeline.source])
+    monitors.start()
     if worker.health is not None:
         worker.health.start()
         log.info("http endpoints", port=worker.health.port, paths=["/metrics", "/healthz", "/readyz"])
@@ -186,4 +193,5 @@ def run_worker(settings: Settings, pipeline: PipelineSettings) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        monitors.stop()
         worker.close()

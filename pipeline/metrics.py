@@ -6,7 +6,14 @@ code accumulates per batch and records once per batch, not per message.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.registry import Collector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -83,3 +90,237 @@ LAST_APPLIED_SOURCE_TS = Gauge(
     ["pipeline", "table"],
     registry=REGISTRY,
 )
+
+# --------------------------------------------------------------------------- consumer lag (set by the runner)
+
+CONSUMER_LAG_MESSAGES = Gauge(
+    "cdc_consumer_lag_messages",
+    "Messages behind per partition: high watermark minus the next offset stored in the target.",
+    ["pipeline", "topic", "partition"],
+    registry=REGISTRY,
+)
+CONSUMER_LAG_SECONDS = Gauge(
+    "cdc_consumer_lag_seconds",
+    "Seconds behind per partition: age of the oldest message not yet applied (0 when caught up).",
+    ["pipeline", "topic", "partition"],
+    registry=REGISTRY,
+)
+
+# --------------------------------------------------------------------------- slot-lag monitor (pipeline.monitor)
+
+MONITOR_UP = Gauge(
+    "cdc_monitor_up",
+    "1 when the monitor's last poll of its target (slot: the source database, connect: the REST API) succeeded.",
+    ["monitor", "source"],
+    registry=REGISTRY,
+)
+MONITOR_POLL_ERRORS = Counter(
+    "cdc_monitor_poll_errors_total",
+    "Monitor polls that failed (logged; retried next interval), by monitor and check.",
+    ["monitor", "source", "check"],
+    registry=REGISTRY,
+)
+SOURCE_WAL_POSITION = Gauge(
+    "cdc_source_wal_position_bytes",
+    "The source's current WAL write position, pg_current_wal_lsn(), as bytes since 0/0.",
+    ["source"],
+    registry=REGISTRY,
+)
+SOURCE_WAL_RATE = Gauge(
+    "cdc_source_wal_rate_bytes_per_second",
+    "WAL generation rate of the source server over the monitor's sliding window, bytes/s.",
+    ["source"],
+    registry=REGISTRY,
+)
+SLOT_UNLIMITED_RETENTION = Gauge(
+    "cdc_source_slot_wal_unlimited",
+    "1 when max_slot_wal_keep_size = -1: a stalled slot retains WAL until the source's disk fills.",
+    ["source"],
+    registry=REGISTRY,
+)
+SLOT_EXISTS = Gauge(
+    "cdc_replication_slot_exists",
+    "1 when the source's replication slot exists in pg_replication_slots.",
+    ["source", "slot"],
+    registry=REGISTRY,
+)
+SLOT_ACTIVE = Gauge(
+    "cdc_replication_slot_active",
+    "1 when a consumer (the Debezium connector) is streaming from the slot.",
+    ["source", "slot"],
+    registry=REGISTRY,
+)
+SLOT_WAL_RETAINED = Gauge(
+    "cdc_replication_slot_wal_retained_bytes",
+    "WAL the slot keeps on the source's disk: pg_current_wal_lsn() - restart_lsn, bytes.",
+    ["source", "slot"],
+    registry=REGISTRY,
+)
+SLOT_BYTES_BEHIND = Gauge(
+    "cdc_replication_slot_bytes_behind",
+    "WAL not yet confirmed by the consumer: pg_current_wal_lsn() - confirmed_flush_lsn, bytes.",
+    ["source", "slot"],
+    registry=REGISTRY,
+)
+SLOT_WAL_STATUS = Gauge(
+    "cdc_replication_slot_wal_status",
+    "1 for the slot's current wal_status (reserved, extended, unreserved, lost), 0 for the others.",
+    ["source", "slot", "status"],
+    registry=REGISTRY,
+)
+SLOT_SAFE_WAL_SIZE = Gauge(
+    "cdc_replication_slot_safe_wal_size_bytes",
+    "WAL that can still be written before the slot is lost (safe_wal_size); +Inf without a limit, 0 once lost.",
+    ["source", "slot"],
+    registry=REGISTRY,
+)
+SLOT_SECONDS_UNTIL_LOST = Gauge(
+    "cdc_replication_slot_seconds_until_lost",
+    "Estimated seconds until the slot is lost: safe_wal_size / WAL rate; +Inf without a limit or WAL, 0 once lost.",
+    ["source", "slot"],
+    registry=REGISTRY,
+)
+SLOT_INACTIVE_SINCE = Gauge(
+    "cdc_replication_slot_inactive_since_timestamp_seconds",
+    "When the slot became inactive (epoch seconds; PostgreSQL 17+ inactive_since, absent elsewhere).",
+    ["source", "slot"],
+    registry=REGISTRY,
+)
+SLOT_INVALIDATED = Gauge(
+    "cdc_replication_slot_invalidated",
+    "1 with the reason when the slot is invalidated (PostgreSQL 17+ invalidation_reason, absent elsewhere).",
+    ["source", "slot", "reason"],
+    registry=REGISTRY,
+)
+PUBLICATION_HEALTHY = Gauge(
+    "cdc_publication_healthy",
+    "1 when the publication exists and holds exactly the captured, heartbeat and signal tables, all operations.",
+    ["source", "publication"],
+    registry=REGISTRY,
+)
+HEARTBEAT_AGE = Gauge(
+    "cdc_heartbeat_age_seconds",
+    "Source now() minus the source heartbeat row's ts as applied in the target: end-to-end lag, true when idle.",
+    ["pipeline", "source"],
+    registry=REGISTRY,
+)
+
+# --------------------------------------------------------------------------- Kafka Connect (pipeline.monitor)
+
+CONNECTOR_STATE = Gauge(
+    "cdc_connector_state",
+    "1 for the connector's current state (RUNNING, PAUSED, STOPPED, FAILED, ...; ABSENT when not found).",
+    ["source", "connector", "state"],
+    registry=REGISTRY,
+)
+CONNECTOR_TASK_STATE = Gauge(
+    "cdc_connector_task_state",
+    "1 for each task's current state (UNASSIGNED, RUNNING, PAUSED, FAILED, RESTARTING).",
+    ["source", "connector", "task", "state"],
+    registry=REGISTRY,
+)
+CONNECTOR_TASK_RESTARTS = Counter(
+    "cdc_connector_task_restarts_total",
+    "FAILED connector tasks (or the connector itself) restarted by the monitor's auto-restart.",
+    ["source", "connector"],
+    registry=REGISTRY,
+)
+
+# ------------------------------------------------------------------- pg_stat_replication_slots (pipeline.monitor)
+
+SLOT_STAT_COUNTERS: dict[str, tuple[str, str]] = {
+    # pg_stat_replication_slots column -> (exported counter name, meaning)
+    "spill_txns": (
+        "cdc_replication_slot_spill_txns_total",
+        "Transactions spilled to disk by logical decoding of the slot (logical_decoding_work_mem exceeded).",
+    ),
+    "spill_count": ("cdc_replication_slot_spill_count_total", "Times decoding of the slot spilled to disk."),
+    "spill_bytes": ("cdc_replication_slot_spill_bytes_total", "Bytes decoding of the slot spilled to disk."),
+    "stream_txns": (
+        "cdc_replication_slot_stream_txns_total",
+        "In-progress transactions streamed to the slot's consumer (streaming enabled only).",
+    ),
+    "stream_count": ("cdc_replication_slot_stream_count_total", "Times in-progress changes were streamed."),
+    "stream_bytes": ("cdc_replication_slot_stream_bytes_total", "Bytes of in-progress changes streamed."),
+    "total_txns": ("cdc_replication_slot_decoded_txns_total", "Transactions decoded and sent through the slot."),
+    "total_bytes": ("cdc_replication_slot_decoded_bytes_total", "Bytes of decoded changes sent through the slot."),
+}
+SLOT_STAT_LABELS = ("source", "slot")
+
+
+class SlotStatsCollector(Collector):
+    """Exports the cumulative ``pg_stat_replication_slots`` counters last read per slot.
+
+    PostgreSQL owns these counters (they reset with ``pg_stat_reset_replication_slot`` or a
+    crash, which Prometheus' ``rate()`` treats as a counter reset), so they are mirrored as
+    read rather than incremented. :meth:`update` replaces one slot's values; :meth:`forget`
+    drops them (slot gone, or the server has no such view: PostgreSQL < 14).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[tuple[str, str], dict[str, float]] = {}
+
+    def update(self, source: str, slot: str, values: Mapping[str, float]) -> None:
+        """Set the counters of ``(source, slot)`` from a ``column -> value`` mapping (unknown columns ignored)."""
+        with self._lock:
+            self._values[(source, slot)] = {k: float(v) for k, v in values.items() if k in SLOT_STAT_COUNTERS}
+
+    def forget(self, source: str, slot: str) -> None:
+        """Stop exporting the counters of ``(source, slot)``."""
+        with self._lock:
+            self._values.pop((source, slot), None)
+
+    def describe(self) -> Iterable[Metric]:
+        """The counter families, without samples."""
+        for name, doc in SLOT_STAT_COUNTERS.values():
+            yield CounterMetricFamily(name.removesuffix("_total"), doc, labels=SLOT_STAT_LABELS)
+
+    def collect(self) -> Iterable[Metric]:
+        """One counter family per ``pg_stat_replication_slots`` column, a sample per slot."""
+        with self._lock:
+            snapshot = {key: dict(vals) for key, vals in self._values.items()}
+        for column, (name, doc) in SLOT_STAT_COUNTERS.items():
+            family = CounterMetricFamily(name.removesuffix("_total"), doc, labels=SLOT_STAT_LABELS)
+            for (source, slot), vals in sorted(snapshot.items()):
+                if column in vals:
+                    family.add_metric([source, slot], vals[column])
+            yield family
+
+
+SLOT_STATS = SlotStatsCollector()
+REGISTRY.register(SLOT_STATS)
+
+
+# --------------------------------------------------------------------------- catalogue
+
+
+@dataclass(frozen=True, slots=True)
+class MetricInfo:
+    """One exported metric: ``name`` as scraped (counters with ``_total``), ``type``
+    (counter, gauge or histogram), label names and the one-line meaning."""
+
+    name: str
+    type: str
+    labels: tuple[str, ...]
+    help: str
+
+
+def catalogue() -> list[MetricInfo]:
+    """Every metric this module defines, sorted by name (for the docs and their sync test)."""
+    found: list[MetricInfo] = []
+    for value in list(globals().values()):
+        if isinstance(value, MetricWrapperBase):
+            kind = str(value._type)
+            name = value._name + ("_total" if kind == "counter" else "")
+            found.append(MetricInfo(name, kind, tuple(value._labelnames), value._documentation))
+    for name, doc in SLOT_STAT_COUNTERS.values():
+        found.append(MetricInfo(name, "counter", SLOT_STAT_LABELS, doc))
+    return sorted(found, key=lambda m: m.name)
+
+
+def series_names(info: MetricInfo) -> tuple[str, ...]:
+    """Sample names a metric produces in PromQL (``_bucket``/``_sum``/``_count`` for histograms)."""
+    if info.type == "histogram":
+        return tuple(info.name + s for s in ("_bucket", "_sum", "_count"))
+    return (info.name,)

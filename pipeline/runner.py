@@ -23,6 +23,7 @@ committed, and the consumer is closed.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from pipeline import metrics
 from pipeline.dlq import DeadLetter, DeadLetterQueue, DlqDeliveryError, DlqLimiter
 from pipeline.events import ChangeEvent, PoisonMessageError, Skip
 from pipeline.logs import get_logger
+from pipeline.monitor import partition_lag
 from pipeline.reduce import ReducedBatch, reduce_events
 from pipeline.retry import Backoff
 from pipeline.settings import PipelineSettings
@@ -140,6 +142,9 @@ class PipelineRunner:
         self._revoked: set[TP] = set()
         self._stop = False
         self._inflight: dict[tuple[str | None, int | None, int | None], Message] = {}
+        self._applied: dict[TP, int] = {}  # next offset applied to the target, per partition
+        self._applied_ts: dict[TP, float] = {}  # Kafka timestamp (s) of the last applied message
+        self._lag_checked = 0.0
         self.stats = RunnerStats()
         self.on_batch: Callable[[RunnerStats], None] | None = None
 
@@ -184,6 +189,8 @@ class PipelineRunner:
         stored = self._retry("assign", lambda: self._sink.stored_offsets(self._group, wanted))
         for p in partitions:
             p.offset = stored.get((p.topic, p.partition), OFFSET_BEGINNING)
+            if (p.topic, p.partition) in stored:
+                self._applied[(p.topic, p.partition)] = stored[(p.topic, p.partition)]
         consumer.incremental_assign(partitions)
         self._assignment |= set(wanted)
         self._revoked -= set(wanted)
@@ -201,6 +208,12 @@ class PipelineRunner:
         gone = {(p.topic, p.partition) for p in partitions}
         self._assignment -= gone
         self._revoked |= gone
+        for t, p in gone:
+            self._applied.pop((t, p), None)
+            self._applied_ts.pop((t, p), None)
+            for gauge in (metrics.CONSUMER_LAG_MESSAGES, metrics.CONSUMER_LAG_SECONDS):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(self._name, t, str(p))
         metrics.ASSIGNED_PARTITIONS.labels(self._name).set(len(self._assignment))
         log.info("partitions revoked", pipeline=self._name, partitions=sorted(f"{t}[{p}]" for t, p in gone))
 
@@ -228,6 +241,8 @@ class PipelineRunner:
                 batch.add(msg)
             if batch.messages and deadline is None:
                 deadline = batch.started + cfg.max_wait_ms / 1000
+            if not batch.messages:
+                self._update_lag(batch)
         return batch
 
     def _handle_kafka_error(self, err: KafkaError) -> None:
@@ -273,7 +288,13 @@ class PipelineRunner:
             self._rewind()
             return
         self._commit_kafka(batch.next_offsets)
+        self._applied.update(batch.next_offsets)
+        for msg in batch.messages:
+            ts_type, ts_ms = msg.timestamp()
+            if ts_type:
+                self._applied_ts[(msg.topic() or "", msg.partition() or 0)] = ts_ms / 1000
         self._record(batch, events, skipped, time.monotonic() - t0)
+        self._update_lag(Batch(), force=True)
 
     def _send_dead_letters(self, dead: list[DeadLetter]) -> None:
         if not dead:
@@ -391,6 +412,28 @@ class PipelineRunner:
             log.debug("kafka offset commit failed", error=str(exc))
 
     # ------------------------------------------------------------------ metrics
+
+    def _update_lag(self, pending: Batch, force: bool = False, every_s: float = 5.0) -> None:
+        """Set consumer lag per assigned partition: messages (high watermark from the
+        consumer's cached fetch state minus the next offset applied to the target) and seconds
+        (since the last applied message's Kafka timestamp, 0 when caught up)."""
+        now = time.monotonic()
+        if not force and now - self._lag_checked < every_s:
+            return
+        self._lag_checked = now
+        wall = time.time()
+        for t, p in sorted(self._assignment):
+            try:
+                low, high = self._consumer.get_watermark_offsets(TopicPartition(t, p), cached=True)
+            except KafkaException:
+                continue
+            if high < 0:
+                continue
+            lag = partition_lag(low, high, self._applied.get((t, p)))
+            metrics.CONSUMER_LAG_MESSAGES.labels(self._name, t, str(p)).set(lag)
+            last = self._applied_ts.get((t, p))
+            seconds = 0.0 if lag == 0 else max(0.0, wall - last) if last is not None else 0.0
+            metrics.CONSUMER_LAG_SECONDS.labels(self._name, t, str(p)).set(seconds)
 
     def _record(self, batch: Batch, events: list[ChangeEvent], skipped: dict[str, int], seconds: float) -> None:
         n = len(batch.messages)

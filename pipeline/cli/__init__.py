@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli import config_cmd, connectors_cmd, local_cmd, run_cmd, source_cmd
+from pipeline.cli import config_cmd, connectors_cmd, lag_cmd, local_cmd, monitor_cmd, run_cmd, source_cmd
 from pipeline.logs import LEVELS, configure_logging
 
 app = typer.Typer(
@@ -26,6 +26,8 @@ app.add_typer(local_cmd.app, name="local")
 app.add_typer(source_cmd.app, name="source")
 app.add_typer(connectors_cmd.app, name="connectors")
 app.command(name="run")(run_cmd.run)
+app.command(name="monitor")(monitor_cmd.monitor)
+app.command(name="lag")(lag_cmd.lag)
 
 
 @app.callback()

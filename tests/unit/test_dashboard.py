@@ -1,0 +1,194 @@
+"""The Grafana dashboard and its provisioning files: every PromQL expression references only
+metrics that pipeline/metrics.py defines, parses as PromQL (promtool), and the panels the
+issue asks for are there."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pipeline import metrics
+
+REPO = Path(__file__).resolve().parents[2]
+DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "cdc-pipeline.json"
+PROVISIONING = REPO / "deploy" / "grafana" / "provisioning"
+
+# PromQL words that look like identifiers but are not metric names.
+_KEYWORDS = frozenset(
+    {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset", "atop"}
+)
+_AGGREGATION_MODIFIERS = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
+_IDENT = re.compile(r"(?<![\w$.:])[a-zA-Z_:][a-zA-Z0-9_:]*")
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """Metric names an expression selects: identifiers that are not functions, keywords,
+    label names (inside ``{}`` or ``by (...)``), string contents, durations or Grafana
+    variables (``$x``). ``label_values(metric, label)`` yields ``metric``."""
+    lv = re.fullmatch(r"\s*label_values\(\s*([a-zA-Z_:][\w:]*)\s*,\s*\w+\s*\)\s*", expr)
+    if lv:
+        return {lv.group(1)}
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    text = re.sub(r"'(?:[^'\\]|\\.)*'", "''", text)
+    text = re.sub(r"\{[^}]*\}", "", text)
+    text = re.sub(r"\[[^\]]*\]", "", text)
+    text = _AGGREGATION_MODIFIERS.sub("", text)
+    names: set[str] = set()
+    for match in _IDENT.finditer(text):
+        token = match.group(0)
+        if text[match.end() :].lstrip().startswith("(") or token in _KEYWORDS:
+            continue
+        if token.lower() in ("inf", "nan"):
+            continue
+        names.add(token)
+    return names
+
+
+def exported_series() -> set[str]:
+    """Every series name the service exports (histograms as _bucket/_sum/_count)."""
+    return {name for info in metrics.catalogue() for name in metrics.series_names(info)}
+
+
+def _panels(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for node in nodes:
+        out.append(node)
+        out.extend(_panels(node.get("panels", [])))
+    return out
+
+
+def dashboard() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    return data
+
+
+def dashboard_exprs() -> list[tuple[str, str]]:
+    """``(where, expr)`` of every panel target and every query variable."""
+    data = dashboard()
+    found: list[tuple[str, str]] = []
+    for panel in _panels(data["panels"]):
+        for target in panel.get("targets", []):
+            found.append((f"panel {panel['title']!r} {target.get('refId')}", target["expr"]))
+    for var in data["templating"]["list"]:
+        if var["type"] == "query":
+            query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
+            found.append((f"variable {var['name']}", query))
+    return found
+
+
+# --------------------------------------------------------------------------- the extractor itself
+
+
+@pytest.mark.parametrize(
+    ("expr", "names"),
+    [
+        ("cdc_up", {"cdc_up"}),
+        ('cdc_ready{pipeline=~"$pipeline"} == 0', {"cdc_ready"}),
+        (
+            "histogram_quantile(0.99, sum by (le, pipeline) "
+            '(rate(cdc_commit_to_apply_seconds_bucket{a="b"}[$__rate_interval])))',
+            {"cdc_commit_to_apply_seconds_bucket"},
+        ),
+        ("sum without (instance) (rate(x_total[5m] offset 1h)) / on(job) group_left(foo) y", {"x_total", "y"}),
+        ('a{s="by (x) z"} > 1e3 and b unless c or d', {"a", "b", "c", "d"}),
+        ("label_values(cdc_replication_slot_exists, source)", {"cdc_replication_slot_exists"}),
+        ("max by (source) (m * 2 or n * 3) > bool +Inf", {"m", "n"}),
+    ],
+)
+def test_promql_metric_names(expr: str, names: set[str]) -> None:
+    assert promql_metric_names(expr) == names
+
+
+# --------------------------------------------------------------------------- the dashboard
+
+
+def test_dashboard_references_only_exported_metrics() -> None:
+    exported = exported_series()
+    exprs = dashboard_exprs()
+    assert len(exprs) >= 20
+    unknown = {
+        f"{where}: {name}" for where, expr in exprs for name in promql_metric_names(expr) if name not in exported
+    }
+    assert not unknown, "metrics not defined in pipeline/metrics.py:\n" + "\n".join(sorted(unknown))
+    for where, expr in exprs:
+        assert promql_metric_names(expr), f"{where} selects no metric: {expr}"
+
+
+def test_dashboard_covers_the_issue() -> None:
+    used = {name for _, expr in dashboard_exprs() for name in promql_metric_names(expr)}
+    required = {
+        "cdc_replication_slot_wal_retained_bytes",
+        "cdc_replication_slot_bytes_behind",
+        "cdc_replication_slot_seconds_until_lost",
+        "cdc_replication_slot_wal_status",
+        "cdc_heartbeat_age_seconds",
+        "cdc_consumer_lag_messages",
+        "cdc_consumer_lag_seconds",
+        "cdc_commit_to_apply_seconds_bucket",
+        "cdc_events_applied_total",
+        "cdc_dlq_messages_total",
+        "cdc_connector_state",
+        "cdc_connector_task_state",
+    }
+    assert required <= used, required - used
+    titles = " ".join(p["title"].lower() for p in _panels(dashboard()["panels"]))
+    for words in ("p50", "p99", "by table", "time to slot loss", "heartbeat", "wal_status"):
+        assert words in titles
+
+
+def test_dashboard_structure() -> None:
+    data = dashboard()
+    assert data["uid"] == "cdc-pipeline"
+    panels = _panels(data["panels"])
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for panel in panels:
+        assert {"h", "w", "x", "y"} <= set(panel["gridPos"])
+        assert panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
+        if panel["type"] != "row":
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+            assert panel.get("description"), f"panel {panel['title']!r} needs a description"
+            for target in panel["targets"]:
+                assert target["datasource"]["uid"] == "${datasource}"
+    variables = {v["name"]: v for v in data["templating"]["list"]}
+    assert variables["datasource"]["query"] == "prometheus"
+    # every $variable used in an expression is defined (Grafana's own $__ variables aside)
+    used = {v for _, e in dashboard_exprs() for v in re.findall(r"\$(\w+)", e) if not v.startswith("__")}
+    assert used <= set(variables), used - set(variables)
+
+
+def test_dashboard_exprs_are_valid_promql(tmp_path: Path) -> None:
+    """Each expression (Grafana variables replaced) as a recording rule through `promtool check rules`."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool not found: apt-get install -y prometheus (see deploy/local/install-system-packages.sh)")
+    rules = []
+    for i, (_, expr) in enumerate(dashboard_exprs()):
+        if expr.startswith("label_values("):
+            continue
+        concrete = expr.replace("$__rate_interval", "5m").replace("$source", ".*").replace("$pipeline", ".*")
+        rules.append({"record": f"dashboard:expr_{i}", "expr": concrete})
+    path = tmp_path / "dashboard_rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}), encoding="utf-8")
+    proc = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# --------------------------------------------------------------------------- provisioning
+
+
+def test_provisioning_files() -> None:
+    providers = yaml.safe_load((PROVISIONING / "dashboards" / "cdc-pipeline.yml").read_text(encoding="utf-8"))
+    assert providers["apiVersion"] == 1
+    (provider,) = providers["providers"]
+    assert provider["type"] == "file" and provider["options"]["path"].startswith("/")
+    sources = yaml.safe_load((PROVISIONING / "datasources" / "prometheus.yml").read_text(encoding="utf-8"))
+    (source,) = sources["datasources"]
+    assert source["type"] == "prometheus" and source["access"] == "proxy" and source["url"]
