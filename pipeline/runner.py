@@ -33,7 +33,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 
 from pipeline import metrics
 from pipeline.dlq import DeadLetter, DeadLetterQueue, DlqDeliveryError, DlqLimiter
-from pipeline.events import ChangeEvent, PoisonMessageError, Skip
+from pipeline.events import ChangeEvent, Op, PoisonMessageError, Skip
 from pipeline.logs import get_logger
 from pipeline.monitor import partition_lag
 from pipeline.reduce import ReducedBatch, reduce_events
@@ -458,7 +458,9 @@ class PipelineRunner:
     def _observe_latency(self, reduced: ReducedBatch, committed_at: float) -> None:
         hist = metrics.COMMIT_TO_APPLY.labels(self._name)
         for changes in reduced.tables.values():
-            for ts_ms in [u.ts_ms for u in changes.upserts.values()] + [d.ts_ms for d in changes.deletes.values()]:
+            # Snapshot reads carry the read time, not a commit: only streamed changes count.
+            streamed = [u.ts_ms for u in changes.upserts.values() if u.op is not Op.READ]
+            for ts_ms in streamed + [d.ts_ms for d in changes.deletes.values()]:
                 if ts_ms:
                     hist.observe(max(0.0, committed_at - ts_ms / 1000))
             if changes.max_ts_ms:

@@ -8,7 +8,6 @@ Set ``CDC_TEST_KEEP_STACK=1`` to leave it running after the session (faster re-r
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import psycopg
 import pytest
 
 from pipeline.localstack import LocalStack, LocalStackSettings
+from pipeline.localstack.services import drop_database_slots
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,23 +96,6 @@ def databases(local_stack: LocalStack, unique: Callable[[str], str]) -> Iterator
             )
 
 
-def drop_slots(conn: psycopg.Connection[tuple[object, ...]], database: str, timeout_s: float = 30) -> None:
-    """Drop every replication slot of ``database``, ending the walsenders still holding them
-    (a deleted connector releases its slot asynchronously)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        rows = conn.execute(
-            "SELECT slot_name, active_pid FROM pg_replication_slots WHERE database = %s", (database,)
-        ).fetchall()
-        if not rows:
-            return
-        for slot, pid in rows:
-            try:
-                if pid is not None:
-                    conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
-                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-            except psycopg.errors.ObjectInUse:
-                pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"replication slots of {database} still in use: {rows}")
-        time.sleep(0.2)
+def drop_slots(conn: psycopg.Connection[tuple[object, ...]], database: str) -> None:
+    """Drop every replication slot of ``database`` (see ``drop_database_slots``)."""
+    drop_database_slots(conn, database, timeout_s=30)

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli import config_cmd, connectors_cmd, lag_cmd, local_cmd, monitor_cmd, run_cmd, source_cmd
+from pipeline.cli import config_cmd, connectors_cmd, demo_cmd, lag_cmd, local_cmd, monitor_cmd, run_cmd, source_cmd
 from pipeline.logs import LEVELS, configure_logging
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app.add_typer(connectors_cmd.app, name="connectors")
 app.command(name="run")(run_cmd.run)
 app.command(name="monitor")(monitor_cmd.monitor)
 app.command(name="lag")(lag_cmd.lag)
+app.command(name="demo")(demo_cmd.demo)
 
 
 @app.callback()

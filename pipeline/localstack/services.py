@@ -13,11 +13,13 @@ process is launched, and the caller waits on health.
 from __future__ import annotations
 
 import base64
+import contextlib
 import glob
 import os
 import pwd
 import shutil
 import subprocess
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,6 +231,29 @@ class PostgresCluster:
         except psycopg.Error as exc:
             return Health(True, False, f"not accepting connections: {str(exc).strip().splitlines()[0][:120]}")
         return Health(True, True, f"wal_level={level[0] if level else '?'}")
+
+
+def drop_database_slots(conn: psycopg.Connection[tuple[object, ...]], database: str, timeout_s: float = 60) -> None:
+    """Drop every replication slot of ``database`` on ``conn``'s cluster (autocommit), ending
+    the walsenders still holding them: a deleted connector releases its slot asynchronously.
+
+    Raises TimeoutError when a slot is still in use after ``timeout_s`` seconds.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rows = conn.execute(
+            "SELECT slot_name, active_pid FROM pg_replication_slots WHERE database = %s", (database,)
+        ).fetchall()
+        if not rows:
+            return
+        for slot, pid in rows:
+            if pid is not None:
+                conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            with contextlib.suppress(psycopg.errors.ObjectInUse):
+                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"replication slots of {database} still in use: {rows}")
+        time.sleep(0.2)
 
 
 def pg_data_root(state: Path) -> Path:

@@ -1,0 +1,404 @@
+"""The main job on real input: pgbench's workload replicated end to end (``make demo``).
+
+Steps, on the local stack (``cdc-pipeline local up``):
+
+1. ``pgbench -i -s SCALE`` on the source (100,000 ``pgbench_accounts`` rows per scale unit);
+   ``pgbench_history`` (no primary key) gets ``REPLICA IDENTITY FULL``;
+2. ``cdc-pipeline source prepare`` and ``connectors apply`` with ``config/examples/pgbench.yaml``;
+3. ``cdc-pipeline run``: the initial snapshot, then the stream (``filler`` masked by a transform);
+4. ``pgbench`` at a fixed rate (``-R``) with several clients for DURATION seconds (optionally the
+   pipeline is stopped and restarted in the middle);
+5. wait until the pipeline has caught up, ``cdc-pipeline verify``, and a summary.
+
+Each run gets fresh names (topic prefix, slot, connector, consumer group: ``pgbench_r<N>``) and
+fresh ``pgbench`` databases; the previous run's connector and slot are removed first, so
+running the demo twice works. Every step runs the real CLI as a user would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import httpx
+import psycopg
+from prometheus_client.parser import text_string_to_metric_families
+from psycopg import sql
+
+from pipeline.localstack import LocalStack
+from pipeline.localstack.config import PG_PASSWORD, LocalStackSettings
+from pipeline.localstack.jars import REPO_ROOT
+from pipeline.localstack.services import drop_database_slots, pg_bindir
+
+CONFIG = REPO_ROOT / "config" / "examples" / "pgbench.yaml"
+DATABASE = "pgbench"
+TABLES = ("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history")
+
+
+class DemoError(RuntimeError):
+    """A demo step failed; the message says which and shows the tail of its output."""
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """Demo parameters: pgbench scale, load duration (s), rate (transactions/s), clients."""
+
+    scale: int = 10
+    duration_s: int = 60
+    rate: int = 500
+    clients: int = 4
+    restart_midway: bool = False
+    metrics_port: int = 9108
+    catch_up_timeout_s: float = 600.0
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(port: int) -> Samples:
+    """All samples of a worker's ``/metrics``, parsed with prometheus-client's text parser."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = float(s.value)
+    return out
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """Sum of the samples named ``name`` whose labels include ``labels``."""
+    return sum(
+        v for (n, lbls), v in samples.items() if n == name and all(dict(lbls).get(k) == w for k, w in labels.items())
+    )
+
+
+def histogram_quantile(q: float, before: Samples, after: Samples, name: str) -> float | None:
+    """Quantile ``q`` (0..1) of a histogram's observations made between two scrapes, by
+    linear interpolation inside buckets (like PromQL's ``histogram_quantile``); seconds."""
+    buckets: dict[float, float] = {}
+    for (n, lbls), v in after.items():
+        if n == f"{name}_bucket":
+            le = float(dict(lbls)["le"])
+            buckets[le] = buckets.get(le, 0.0) + v - before.get((n, lbls), 0.0)
+    if not buckets:
+        return None
+    bounds = sorted(buckets)
+    count = buckets[bounds[-1]]
+    if count <= 0:
+        return None
+    rank = q * count
+    prev_bound, prev_count = 0.0, 0.0
+    for bound in bounds:
+        c = buckets[bound]
+        if c >= rank:
+            if bound == float("inf"):
+                return prev_bound
+            width = c - prev_count
+            return prev_bound + (bound - prev_bound) * ((rank - prev_count) / width if width else 1.0)
+        prev_bound, prev_count = bound, c
+    return prev_bound
+
+
+class Demo:
+    """Runs the demo on ``stack``; ``say`` prints progress lines."""
+
+    def __init__(self, stack: LocalStack, options: DemoOptions, say: Callable[[str], None] = print) -> None:
+        self.stack = stack
+        self.opts = options
+        self.say = say
+        self.dir = stack.settings.state / "demo"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.run_id = self._next_run_id()
+        self.env = self._environment()
+        self.worker: subprocess.Popen[bytes] | None = None
+
+    # ------------------------------------------------------------------ set-up
+
+    def _next_run_id(self) -> int:
+        state = self.dir / "runs.json"
+        last = json.loads(state.read_text())["last"] if state.exists() else 0
+        return int(last) + 1
+
+    def _names(self, run_id: int) -> dict[str, str]:
+        base = f"pgbench_r{run_id}"
+        return {
+            "topic_prefix": base,
+            "slot_name": f"cdc_{base}",
+            "publication_name": f"cdc_{base}",
+            "connector_name": f"cdc-{base.replace('_', '-')}",
+            "consumer_group": f"cdc.{base}",
+        }
+
+    def _environment(self) -> dict[str, str]:
+        s: LocalStackSettings = self.stack.settings
+        names = self._names(self.run_id)
+        return {
+            **os.environ,
+            "KAFKA_BOOTSTRAP": s.bootstrap_servers,
+            "CONNECT_URL": s.connect_url,
+            "SOURCE_PORT": str(s.source_pg_port),
+            "TARGET_PORT": str(s.target_pg_port),
+            "METRICS_PORT": str(self.opts.metrics_port),
+            "CDC_SOURCES__0__TOPIC_PREFIX": names["topic_prefix"],
+            "CDC_SOURCES__0__SLOT_NAME": names["slot_name"],
+            "CDC_SOURCES__0__PUBLICATION_NAME": names["publication_name"],
+            "CDC_SOURCES__0__CONNECTOR_NAME": names["connector_name"],
+            "CDC_PIPELINES__0__CONSUMER_GROUP": names["consumer_group"],
+            "PGPASSWORD": PG_PASSWORD,
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def cli(self, *args: str, check: bool = True, quiet: bool = False) -> subprocess.CompletedProcess[str]:
+        """Run ``cdc-pipeline ARGS -c config/examples/pgbench.yaml`` as a user would."""
+        argv = [sys.executable, "-m", "pipeline.cli", "--log-format", "console", *args, "-c", str(CONFIG)]
+        if not quiet:
+            self.say(f"$ cdc-pipeline {' '.join(args)} -c {CONFIG.relative_to(REPO_ROOT)}")
+        proc = subprocess.run(argv, env=self.env, capture_output=True, text=True, check=False)
+        if check and proc.returncode != 0:
+            raise DemoError(f"cdc-pipeline {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+        return proc
+
+    def reset(self) -> None:
+        """Remove the previous run's connector and slot, and recreate the pgbench databases."""
+        previous = self._names(self.run_id - 1)
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.delete(f"{self.stack.settings.connect_url}/connectors/{previous['connector_name']}", timeout=30)
+        for role in ("source", "target"):
+            with psycopg.connect(self.stack.settings.pg_dsn(role), autocommit=True) as conn:
+                try:
+                    drop_database_slots(conn, DATABASE)
+                except TimeoutError as exc:
+                    raise DemoError(str(exc)) from exc
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DATABASE)))
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
+        (self.dir / "runs.json").write_text(json.dumps({"last": self.run_id}))
+
+    def pgbench_argv(self, *args: str) -> list[str]:
+        """pgbench command line against the source's pgbench database."""
+        s = self.stack.settings
+        return [
+            str(pg_bindir() / "pgbench"),
+            "-h",
+            s.host,
+            "-p",
+            str(s.source_pg_port),
+            "-U",
+            "postgres",
+            *args,
+            DATABASE,
+        ]
+
+    def pgbench(self, *args: str) -> str:
+        """Run pgbench against the source database; returns its output."""
+        proc = subprocess.run(self.pgbench_argv(*args), env=self.env, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise DemoError(f"pgbench {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}")
+        return proc.stdout + proc.stderr
+
+    # ------------------------------------------------------------------ the worker
+
+    def start_worker(self) -> None:
+        """Start ``cdc-pipeline run`` in the background (log: <state>/demo/worker.log)."""
+        log = (self.dir / "worker.log").open("ab")
+        self.worker = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "run", "-c", str(CONFIG)],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self._wait(self._metrics_up, 60, "the worker's /metrics endpoint")
+
+    def stop_worker(self) -> None:
+        """SIGTERM the worker and wait for its graceful exit."""
+        if self.worker is not None and self.worker.poll() is None:
+            self.worker.send_signal(signal.SIGTERM)
+            code = self.worker.wait(60)
+            if code != 0:
+                raise DemoError(f"the worker exited with {code}; see {self.dir / 'worker.log'}")
+        self.worker = None
+
+    def _metrics_up(self) -> bool:
+        if self.worker is not None and self.worker.poll() is not None:
+            raise DemoError(f"the worker exited with {self.worker.returncode}; see {self.dir / 'worker.log'}")
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.opts.metrics_port}/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _wait(self, check: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            if time.monotonic() > deadline:
+                raise DemoError(f"timed out after {timeout:.0f}s waiting for {what}")
+            time.sleep(0.5)
+
+    # ------------------------------------------------------------------ checks
+
+    def counts(self, role: str) -> dict[str, int]:
+        """Row count per pgbench table on the source or target (a table not created yet counts 0:
+        the target creates a table with its first change event)."""
+        out: dict[str, int] = {}
+        with psycopg.connect(self.stack.settings.pg_dsn(role, DATABASE)) as conn:
+            for table in TABLES:
+                try:
+                    row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()
+                    out[table] = int(row[0]) if row else 0
+                except psycopg.errors.UndefinedTable:
+                    conn.rollback()
+                    out[table] = 0
+        return out
+
+    def caught_up(self) -> bool:
+        """Target counts equal source counts and no partition has consumer lag."""
+        if self.counts("source") != self.counts("target"):
+            return False
+        return total(scrape(self.opts.metrics_port), "cdc_consumer_lag_messages") == 0
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self) -> int:
+        """Run every step; returns 0 when verification is clean, 1 otherwise."""
+        o = self.opts
+        t_start = time.monotonic()
+        self.say(
+            f"== demo run {self.run_id}: pgbench scale {o.scale}, {o.duration_s}s at {o.rate} tx/s, {o.clients} clients"
+        )
+        self.reset()
+        self.say(f"$ pgbench -i -s {o.scale} {DATABASE}")
+        t = time.monotonic()
+        self.pgbench("-i", "-s", str(o.scale), "-q")
+        with psycopg.connect(self.stack.settings.pg_dsn("source", DATABASE), autocommit=True) as conn:
+            conn.execute("ALTER TABLE pgbench_history REPLICA IDENTITY FULL")
+        self.say(f"   {o.scale * 100_000:,} accounts loaded in {time.monotonic() - t:.1f}s")
+
+        self.cli("source", "prepare")
+        self.cli("connectors", "apply")
+        self.say("$ cdc-pipeline run -c config/examples/pgbench.yaml   (in the background)")
+        t_snap = time.monotonic()
+        self.start_worker()
+        expected = self.counts("source")
+        self._wait(lambda: self.counts("target") == expected, o.catch_up_timeout_s, "the initial snapshot")
+        snapshot_s = time.monotonic() - t_snap
+        after_snapshot = scrape(o.metrics_port)
+        snapshotted = total(after_snapshot, "cdc_events_applied_total", op="r")
+        self.say(f"   initial snapshot: {int(snapshotted):,} rows in {snapshot_s:.1f}s")
+
+        self.say(f"$ pgbench -c {o.clients} -j 2 -T {o.duration_s} -R {o.rate} -n {DATABASE}")
+        t_load = time.monotonic()
+        load = subprocess.Popen(
+            self.pgbench_argv("-c", str(o.clients), "-j", "2", "-T", str(o.duration_s), "-R", str(o.rate), "-n"),
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        if o.restart_midway:
+            time.sleep(o.duration_s / 3)
+            self.say("   stopping the pipeline in the middle of the load...")
+            before_stop = scrape(o.metrics_port)
+            self.stop_worker()
+            time.sleep(min(10, o.duration_s / 4))
+            self.say("   ...and starting it again")
+            self.start_worker()
+            # The restarted process starts its counters at zero: carry the earlier totals.
+            after_snapshot = _subtract(after_snapshot, before_stop)
+        out, _ = load.communicate(timeout=o.duration_s + 120)
+        if load.returncode != 0:
+            raise DemoError(f"pgbench load failed:\n{out}")
+        tps = next((line for line in out.splitlines() if line.startswith("tps")), "tps = ?")
+        self._wait(self.caught_up, o.catch_up_timeout_s, "the pipeline to catch up")
+        stream_s = time.monotonic() - t_load
+        end = scrape(o.metrics_port)
+        streamed = (
+            total(end, "cdc_events_applied_total")
+            - total(after_snapshot, "cdc_events_applied_total")
+            - (
+                total(end, "cdc_events_applied_total", op="r")
+                - total(after_snapshot, "cdc_events_applied_total", op="r")
+            )
+        )
+        p50 = histogram_quantile(0.50, after_snapshot, end, "cdc_commit_to_apply_seconds")
+        p99 = histogram_quantile(0.99, after_snapshot, end, "cdc_commit_to_apply_seconds")
+        retained = total(end, "cdc_replication_slot_wal_retained_bytes")
+
+        verify = self.cli("verify", "--json", check=False)
+        self.stop_worker()
+        ok = verify.returncode == 0
+        self.say("")
+        self.say("== summary")
+        self.say(
+            f"rows snapshotted            {int(snapshotted):,} in {snapshot_s:.1f}s "
+            f"({snapshotted / snapshot_s:,.0f} rows/s)"
+        )
+        self.say(f"pgbench                     {tps.strip()}")
+        self.say(
+            f"change events applied       {int(streamed):,} ({streamed / stream_s:,.0f} events/s over "
+            f"{stream_s:.0f}s of load and catch-up)"
+        )
+        self.say(f"commit-to-apply latency     p50 {_fmt_s(p50)}, p99 {_fmt_s(p99)}")
+        self.say(f"slot WAL retained at end    {retained / 1024 / 1024:,.1f} MiB")
+        self.say(f"verification                {'CLEAN: every table matches' if ok else 'FAILED'}")
+        for line in _verify_lines(verify.stdout):
+            self.say(f"  {line}")
+        self.say(
+            f"metrics                     http://127.0.0.1:{o.metrics_port}/metrics while `cdc-pipeline run` "
+            "runs; Grafana dashboard: deploy/grafana/dashboards/cdc-pipeline.json"
+        )
+        self.say(f"total demo time             {time.monotonic() - t_start:.0f}s")
+        if not ok:
+            self.say(verify.stdout + verify.stderr)
+        return 0 if ok else 1
+
+    def close(self) -> None:
+        """Stop the worker if it still runs."""
+        if self.worker is not None and self.worker.poll() is None:
+            self.worker.kill()
+            self.worker.wait(30)
+
+
+def _subtract(a: Samples, b: Samples) -> Samples:
+    """``a - b`` for every sample (counters of a restarted process continue from ``-b``)."""
+    keys = set(a) | set(b)
+    return {k: a.get(k, 0.0) - b.get(k, 0.0) for k in keys}
+
+
+def _fmt_s(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    return f"{seconds * 1000:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
+
+
+def _verify_lines(stdout: str) -> list[str]:
+    try:
+        report = json.loads(stdout)
+    except ValueError:
+        return []
+    tables = report.get("tables", []) if isinstance(report, Mapping) else []
+    lines = []
+    for t in tables:
+        if isinstance(t, Mapping):
+            lines.append(
+                f"{t.get('table')}: source {t.get('source_rows')} rows, target {t.get('target_rows')} rows, "
+                f"{t.get('status', '')}"
+            )
+    return lines
+
+
+def run_demo(stack_settings: LocalStackSettings, options: DemoOptions, say: Callable[[str], None] = print) -> int:
+    """Start (or reuse) the local stack and run the demo; returns the exit code."""
+    stack = LocalStack(stack_settings, report=lambda line: say(f"   {line}"))
+    say("$ cdc-pipeline local up")
+    timings = stack.up()
+    say(f"   local stack ready in {timings['total']:.1f}s")
+    demo = Demo(stack, options, say)
+    try:
+        return demo.run()
+    finally:
+        demo.close()
