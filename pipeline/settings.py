@@ -105,12 +105,16 @@ class KafkaSettings(_Model):
     """Kafka client settings shared by consumers, producers (DLQ) and admin calls."""
 
     bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated host:port list.")
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="librdkafka security.protocol."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism when the protocol is SASL_*."
+    )
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (secret; never logged).")
     sasl_password_file: Path | None = Field(None, description="File holding sasl_password.")
-    ssl_ca_location: Path | None = None
+    ssl_ca_location: Path | None = Field(None, description="CA certificate file for TLS.")
     client_properties: dict[str, ScalarValue] = Field(
         default_factory=dict,
         description="Extra librdkafka properties passed through verbatim (e.g. 'socket.timeout.ms').",
@@ -142,24 +146,26 @@ class ConnectSettings(_Model):
     """Kafka Connect REST endpoint (distributed mode)."""
 
     url: str = Field("http://127.0.0.1:8083", pattern=r"^https?://", description="REST base URL.")
-    username: str | None = None
-    password: SecretStr | None = None
-    password_file: Path | None = None
+    username: str | None = Field(None, description="Basic-auth user of the Connect REST API.")
+    password: SecretStr | None = Field(None, description="Basic-auth password (secret).")
+    password_file: Path | None = Field(None, description="File holding password.")
     timeout_s: float = Field(30.0, gt=0, description="Per-request timeout, seconds.")
-    verify_tls: bool = True
+    verify_tls: bool = Field(True, description="Verify the REST endpoint's TLS certificate.")
 
 
 class SourceSettings(_Model):
     """One PostgreSQL source database captured by one Debezium PostgreSQL connector."""
 
     name: Name
-    host: str = "127.0.0.1"
-    port: int = Field(5432, ge=1, le=65535)
-    database: str
-    user: str
-    password: SecretStr | None = None
-    password_file: Path | None = None
-    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+    host: str = Field("127.0.0.1", description="PostgreSQL host (as Kafka Connect reaches it).")
+    port: int = Field(5432, ge=1, le=65535, description="PostgreSQL port.")
+    database: str = Field(description="Database captured by the connector.")
+    user: str = Field(description="Role with REPLICATION and SELECT on the tables.")
+    password: SecretStr | None = Field(None, description="Password of the role (secret).")
+    password_file: Path | None = Field(None, description="File holding password.")
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = Field(
+        "prefer", description="libpq sslmode of our own connections (checks, monitor, snapshots)."
+    )
     tables: list[str] = Field(
         min_length=1,
         description="Captured tables as 'schema.table' (split at the first '.'; names are not regexes).",
@@ -171,7 +177,9 @@ class SourceSettings(_Model):
     snapshot_mode: Literal["initial", "initial_only", "no_data", "when_needed", "always"] = Field(
         "initial", description="Debezium snapshot.mode (PostgreSQL connector 3.x values)."
     )
-    heartbeat_interval_ms: int = Field(10_000, ge=0)
+    heartbeat_interval_ms: int = Field(
+        10_000, ge=0, description="Debezium heartbeat.interval.ms; 0 disables heartbeats."
+    )
     control_schema: str = Field("cdc", description="Schema of the heartbeat and signal tables.")
     tasks_max: int = Field(1, ge=1, le=1, description="The Debezium PostgreSQL connector runs one task.")
     topic_partitions: int = Field(
@@ -223,7 +231,7 @@ class TargetSettings(_Model):
         description="SQLAlchemy-style URL, e.g. 'postgresql://user@host:5432/db'. A password in it is masked.",
     )
     password: SecretStr | None = Field(None, description="Password, when not in the URL.")
-    password_file: Path | None = None
+    password_file: Path | None = Field(None, description="File holding password.")
     schema_name: str = Field("public", alias="schema", description="Default target schema.")
     create_tables: bool = Field(True, description="Create missing target tables from the event schema.")
     add_columns: bool = Field(True, description="Add columns that appear in the source.")
@@ -239,7 +247,7 @@ class TargetSettings(_Model):
 class BatchSettings(_Model):
     """Bounds of one consumer batch; whichever is reached first closes it."""
 
-    max_messages: int = Field(5000, ge=1)
+    max_messages: int = Field(5000, ge=1, description="Messages per batch at most.")
     max_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Bytes of message payload.")
     max_wait_ms: int = Field(500, ge=1, description="Milliseconds from the first message of a batch.")
 
@@ -247,8 +255,8 @@ class BatchSettings(_Model):
 class RetrySettings(_Model):
     """Backoff for transient errors (connection loss, serialization failure, deadlock)."""
 
-    initial_backoff_s: float = Field(0.2, gt=0)
-    max_backoff_s: float = Field(30.0, gt=0)
+    initial_backoff_s: float = Field(0.2, gt=0, description="First backoff, seconds (doubles each retry, with jitter).")
+    max_backoff_s: float = Field(30.0, gt=0, description="Largest backoff, seconds.")
     max_elapsed_s: float = Field(600.0, gt=0, description="Retry budget; past it the worker stops without committing.")
 
 
@@ -258,7 +266,7 @@ class DlqSettings(_Model):
     topic: str | None = Field(None, description="Defaults to 'cdc.<pipeline>.dlq'.")
     max_consecutive: int = Field(100, ge=1, description="Consecutive dead-lettered messages that stop the worker.")
     max_ratio: float = Field(0.5, gt=0, le=1, description="Dead-lettered share of the last 'ratio_window' messages.")
-    ratio_window: int = Field(1000, ge=10)
+    ratio_window: int = Field(1000, ge=10, description="Messages over which max_ratio is measured.")
 
 
 MaskMode = Literal["hash", "redact", "null"]
@@ -271,7 +279,7 @@ class TransformRule(_Model):
     route: str | None = Field(None, description="Target 'schema.table' pattern; '{schema}' and '{table}' are replaced.")
     rename: dict[str, str] = Field(default_factory=dict, description="Source column -> target column.")
     include: list[str] | None = Field(None, description="Only these columns (before renaming).")
-    exclude: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list, description="Columns dropped.")
     mask: dict[str, MaskMode] = Field(default_factory=dict, description="Column -> hash | redact | null.")
     ops: list[Literal["c", "u", "d", "r", "t"]] | None = Field(None, description="Keep only these ops.")
     where: str | None = Field(None, description="Simple predicate, e.g. \"status != 'draft'\".")
@@ -290,14 +298,14 @@ class PipelineSettings(_Model):
     tables: list[str] | None = Field(None, description="Subset of the source's tables; all by default.")
     target: TargetSettings
     consumer_group: str | None = Field(None, description="Defaults to 'cdc.<name>'.")
-    value_format: Literal["json", "avro"] = "json"
-    key_format: Literal["json", "avro"] = "json"
+    value_format: Literal["json", "avro"] = Field("json", description="Format of message values.")
+    key_format: Literal["json", "avro"] = Field("json", description="Format of message keys.")
     keyless_mode: Literal["append_dedup"] = Field(
         "append_dedup",
         description="Tables without a primary key: rows keyed by source position, deletes match whole rows.",
     )
     mask_salt: SecretStr | None = Field(None, description="Salt of 'hash' masks.")
-    mask_salt_file: Path | None = None
+    mask_salt_file: Path | None = Field(None, description="File holding mask_salt.")
     batch: BatchSettings = Field(default_factory=BatchSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     dlq: DlqSettings = Field(default_factory=DlqSettings)
@@ -317,7 +325,7 @@ class PipelineSettings(_Model):
 class MonitorSettings(_Model):
     """Replication-slot lag monitor and thresholds used by alerts and throttling."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="Run the slot-lag and connector monitors in workers.")
     interval_s: float = Field(15.0, gt=0, description="Seconds between slot polls.")
     wal_rate_window_s: float = Field(300.0, gt=0, description="Sliding window of the WAL rate, seconds.")
     connector_auto_restart: bool = Field(True, description="Restart FAILED connector tasks with backoff.")
@@ -326,8 +334,11 @@ class MonitorSettings(_Model):
 class MetricsSettings(_Model):
     """Prometheus exposition and health endpoints."""
 
-    enabled: bool = True
-    host: str = "0.0.0.0"  # noqa: S104 - the endpoint must be reachable from Prometheus
+    enabled: bool = Field(True, description="Serve /metrics, /healthz and /readyz.")
+    host: str = Field(
+        "0.0.0.0",  # noqa: S104 - the endpoint must be reachable from Prometheus
+        description="Listen address of the HTTP endpoints.",
+    )
     port: int = Field(9108, ge=0, le=65535, description="0 picks a free port.")
 
 
@@ -625,3 +636,57 @@ def json_schema() -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "cdc-pipeline configuration"
     return schema
+
+
+def reference_rows() -> list[tuple[str, str, str, str]]:
+    """``(key path, env override, default, meaning)`` for every configuration key, in model
+    order, for the README's configuration reference. List entries are shown as ``[]`` in the
+    path and as ``<NAME>`` (or an index) in the variable."""
+    rows: list[tuple[str, str, str, str]] = []
+
+    def walk(model: type[BaseModel], path: str, env: str) -> None:
+        for name, field in model.model_fields.items():
+            key = field.alias or name
+            sub_path = f"{path}.{key}" if path else key
+            sub_env = f"{env}{ENV_NESTING}{key.upper()}" if env else f"{ENV_PREFIX}{key.upper()}"
+            inner = _model_of(field.annotation)
+            if inner is not None:
+                is_list = "list[" in repr(field.annotation)
+                walk(inner, sub_path + ("[]" if is_list else ""), sub_env + (f"{ENV_NESTING}<NAME>" if is_list else ""))
+                continue
+            rows.append((sub_path, sub_env, _default_text(field), field.description or ""))
+
+    walk(Settings, "", "")
+    return rows
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    candidates = [annotation, *getattr(annotation, "__args__", ())]
+    for cand in candidates:
+        if isinstance(cand, type) and issubclass(cand, BaseModel):
+            return cand
+    return None
+
+
+def _default_text(field: FieldInfo) -> str:
+    if field.is_required():
+        return "required"
+    if field.default_factory is not None:
+        value: Any = field.default_factory()  # type: ignore[call-arg]
+    else:
+        value = field.default
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, dict | list) and not value:
+        return "{}" if isinstance(value, dict) else "[]"
+    return str(value)
+
+
+def reference_markdown() -> str:
+    """The configuration reference as a Markdown table (README section, kept in sync by a test)."""
+    lines = ["| key | env override | default | meaning |", "|---|---|---|---|"]
+    for path, env, default, meaning in reference_rows():
+        lines.append(f"| `{path}` | `{env}` | {default.replace('|', '/')} | {meaning.replace('|', '/')} |")
+    return "\n".join(lines)

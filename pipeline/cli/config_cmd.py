@@ -8,7 +8,7 @@ import typer
 import yaml
 
 from pipeline.cli.common import ConfigOption, load_or_exit
-from pipeline.settings import json_schema
+from pipeline.settings import json_schema, reference_markdown
 
 app = typer.Typer(help="Validate and show pipeline configuration.", no_args_is_help=True)
 
@@ -31,6 +31,12 @@ def show(
         typer.echo(json.dumps(data, indent=2))
     else:
         typer.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
+
+
+@app.command()
+def reference() -> None:
+    """Print the configuration reference (every key, its env override, default) as Markdown."""
+    typer.echo(reference_markdown())
 
 
 @app.command()

@@ -18,7 +18,7 @@ from tests.unit.test_dashboard import exported_series, promql_metric_names
 
 REPO = Path(__file__).resolve().parents[2]
 PROM = REPO / "deploy" / "prometheus"
-DOC = REPO / "docs" / "observability.md"
+DOC = REPO / "README.md"
 
 REQUIRED_ALERTS = {
     "ReplicationSlotInactive",
@@ -76,7 +76,7 @@ def test_required_alerts_exist_with_severity_and_runbook() -> None:
     for rule in rules():
         assert rule["labels"]["severity"] in ("info", "warning", "critical"), rule["alert"]
         assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule["alert"]
-        assert rule["annotations"]["runbook_url"] == f"docs/observability.md#{rule['alert'].lower()}"
+        assert rule["annotations"]["runbook_url"] == f"README.md#{rule['alert'].lower()}"
 
 
 def test_migration_lag_critical_is_replication_lag_above_60_seconds() -> None:
@@ -109,7 +109,7 @@ def test_every_alert_has_a_runbook_section() -> None:
     text = DOC.read_text(encoding="utf-8")
     headings = {h.strip().lower() for h in re.findall(r"^#{2,4}\s+(\S+)\s*$", text, flags=re.MULTILINE)}
     missing = {r["alert"] for r in rules() if r["alert"].lower() not in headings}
-    assert not missing, f"docs/observability.md lacks a runbook heading for {sorted(missing)}"
+    assert not missing, f"README.md lacks a runbook heading for {sorted(missing)}"
 
 
 def test_rule_tests_catch_a_broken_threshold(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 from pipeline import metrics
 
 REPO = Path(__file__).resolve().parents[2]
-DOC = REPO / "docs" / "observability.md"
+DOC = REPO / "README.md"
 SECTION = "## Metrics reference"
 
 
