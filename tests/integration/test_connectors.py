@@ -512,7 +512,7 @@ def test_user_errors_exit_2(tmp_path: Path, cli: Cli) -> None:
             {
                 "connect": {"url": "http://127.0.0.1:9"},
                 "sources": [
-                    {"name": "s", "database": "d", "user": "u", "tables": ["public.t"], "snapshot_mode": "recovery"}
+                    {"name": "s", "database": "d", "user": "u", "tables": ["public.t"]}
                 ],
             }
         ),
@@ -521,8 +521,10 @@ def test_user_errors_exit_2(tmp_path: Path, cli: Cli) -> None:
     res = cli("connectors", "apply", "-c", path, "--source", "nope")
     assert res.exit_code == 2
     assert "unknown source 'nope'" in res.output
-    res = cli("connectors", "apply", "-c", path)
+    bad_mode = tmp_path / "bad-mode.yaml"
+    bad_mode.write_text(path.read_text().replace("tables:", "snapshot_mode: recovery\n  tables:"), encoding="utf-8")
+    res = cli("connectors", "apply", "-c", bad_mode)
     assert res.exit_code == 2
-    assert "'recovery' is not a Debezium PostgreSQL snapshot mode" in res.output
+    assert "sources[0].snapshot_mode: input should be 'initial'" in res.output
     res = cli("source", "check", "-c", tmp_path / "missing.yaml")
     assert res.exit_code == 2
