@@ -34,9 +34,9 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-demo: setup ## local stack up and a smoke run (the full pgbench demo comes with its issue)
-	$(BIN)/cdc-pipeline --log-format console local up
-	$(BIN)/cdc-pipeline --log-format console local status
+DEMO_ARGS ?=
+demo: setup ## pgbench replicated end to end on the local stack, verified, with a summary
+	$(BIN)/cdc-pipeline --log-format console demo $(DEMO_ARGS)
 
 local-up: setup
 	$(BIN)/cdc-pipeline --log-format console local up
