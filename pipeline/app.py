@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from confluent_kafka import Consumer, Producer
 from psycopg.conninfo import make_conninfo
 
-from connectors.debezium import build_connector_config, heartbeat_table
+from connectors.debezium import build_connector_config, heartbeat_table, signal_table
 from pipeline.decode import Decoder, DecoderConfig
 from pipeline.dlq import DeadLetterQueue
 from pipeline.events import ChangeEvent, Skip, TableId
@@ -28,6 +28,7 @@ from pipeline.monitor import build_monitors
 from pipeline.runner import Message, PipelineRunner
 from pipeline.settings import PipelineSettings, Settings, SourceSettings, TargetSettings
 from pipeline.transforms import build_transformer
+from pipeline.verify import coordination_monitors
 from sinks.base import Sink
 from sinks.postgres.sink import PostgresSink
 
@@ -101,12 +102,20 @@ def producer_config(settings: Settings, client_id: str) -> dict[str, Any]:
 
 
 def table_filter(source: SourceSettings, pipeline: PipelineSettings) -> Callable[[ChangeEvent], bool]:
-    """True for events of tables this pipeline applies (its ``tables``, else all of the
-    source's, plus the source's heartbeat table for time-lag measurement)."""
-    names = set(pipeline.tables or source.tables)
-    allowed = {TableId(*name.split(".", 1)) for name in names}
+    """True for events of tables this pipeline applies.
+
+    With ``pipeline.tables`` set: those tables plus the source's heartbeat table (for time-lag
+    measurement). Without it: every table the connector captures, so a table added to the
+    source while the worker runs is applied without a restart; only the source's Debezium
+    signal table is left out.
+    """
     hb = heartbeat_table(source)
-    allowed.add(TableId(hb.schema, hb.table))
+    heartbeat = TableId(hb.schema, hb.table)
+    if pipeline.tables is None:
+        sig = signal_table(source)
+        signals = TableId(sig.schema, sig.table)
+        return lambda e: e.table != signals
+    allowed = {TableId(*name.split(".", 1)) for name in pipeline.tables} | {heartbeat}
     return lambda e: e.table in allowed
 
 
@@ -174,11 +183,17 @@ def run_worker(settings: Settings, pipeline: PipelineSettings) -> int:
     """Run one worker until SIGTERM/SIGINT; returns the process exit code.
 
     Beside the runner: the slot-lag and connector-state monitors of the pipeline's source
-    (``monitor.enabled``) and the HTTP endpoints (``metrics.enabled``).
+    (``monitor.enabled``), the snapshot coordinator and cutover monitor, and the HTTP endpoints
+    (``metrics.enabled``).
     """
     worker = build_worker(settings, pipeline)
     monitors = build_monitors(settings, sources=[pipeline.source])
     monitors.start()
+    # The snapshot coordinator (only the holder of the source's coordinator lock acts) and the
+    # cutover-readiness monitor.
+    coordination = coordination_monitors(settings, pipeline)
+    for poller in coordination:
+        poller.start()
     if worker.health is not None:
         worker.health.start()
         log.info("http endpoints", port=worker.health.port, paths=["/metrics", "/healthz", "/readyz"])
@@ -193,5 +208,7 @@ def run_worker(settings: Settings, pipeline: PipelineSettings) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        for poller in coordination:
+            poller.stop(10)
         monitors.stop()
         worker.close()

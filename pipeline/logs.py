@@ -42,7 +42,7 @@ def configure_logging(fmt: LogFormat = "json", level: str = "info") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=numeric, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
@@ -50,6 +50,12 @@ def configure_logging(fmt: LogFormat = "json", level: str = "info") -> None:
     logging.getLogger("httpx").setLevel(logging.DEBUG if lvl == "debug" else logging.WARNING)
 
 
+def _stderr_logger(*_args: Any) -> structlog.PrintLogger:
+    """A logger writing to the *current* ``sys.stderr`` (which tests and CLIs may replace)."""
+    return structlog.PrintLogger(file=sys.stderr)
+
+
 def get_logger(name: str) -> Any:
-    """A structlog logger bound with ``component=name`` (lazy: configuration applies at first use)."""
-    return structlog.get_logger().bind(component=name)
+    """A structlog logger with ``component=name``; lazy, so the configuration made later by
+    :func:`configure_logging` applies (binding now would freeze structlog's defaults)."""
+    return structlog.get_logger(component=name)

@@ -291,6 +291,96 @@ class SlotStatsCollector(Collector):
 SLOT_STATS = SlotStatsCollector()
 REGISTRY.register(SLOT_STATS)
 
+# --------------------------------------------------------------------------- snapshot coordinator (pipeline.snapshot)
+
+SNAPSHOT_SIGNALS = Counter(
+    "cdc_snapshot_signals",
+    "Debezium signals inserted into the source's signal table, by type (execute-snapshot, pause-snapshot...).",
+    ["source", "type"],
+    registry=REGISTRY,
+)
+SNAPSHOT_REQUESTS = Gauge(
+    "cdc_snapshot_requests",
+    "Snapshot requests in the source's durable queue, by state (queued, sent, running, completed, failed, stopped).",
+    ["source", "state"],
+    registry=REGISTRY,
+)
+SNAPSHOT_TABLE_STATE = Gauge(
+    "cdc_snapshot_table_state",
+    "1 for the table's state in its latest snapshot request (queued, running, paused, completed, empty, failed...).",
+    ["source", "table", "state"],
+    registry=REGISTRY,
+)
+SNAPSHOT_ROWS = Gauge(
+    "cdc_snapshot_rows",
+    "Rows of the table's latest snapshot: Debezium's total_rows_scanned once scanned, else snapshot reads applied.",
+    ["source", "table"],
+    registry=REGISTRY,
+)
+SNAPSHOT_PROGRESS = Gauge(
+    "cdc_snapshot_progress_ratio",
+    "Progress of the table's latest snapshot: rows / pg_class.reltuples while running (max 0.99), 1 once scanned.",
+    ["source", "table"],
+    registry=REGISTRY,
+)
+SNAPSHOT_DURATION = Gauge(
+    "cdc_snapshot_duration_seconds",
+    "Seconds the table's latest snapshot request has run (started to finished, or to now).",
+    ["source", "table"],
+    registry=REGISTRY,
+)
+SNAPSHOT_THROTTLED = Gauge(
+    "cdc_snapshot_throttled",
+    "1 while the coordinator holds the running incremental snapshot paused because of lag.",
+    ["source"],
+    registry=REGISTRY,
+)
+SNAPSHOT_THROTTLE_PAUSES = Counter(
+    "cdc_snapshot_throttle_pauses",
+    "Incremental snapshots paused by the lag throttle, by reason (wal_retained, consumer_lag).",
+    ["source", "reason"],
+    registry=REGISTRY,
+)
+
+# --------------------------------------------------------------------------- verifier and cutover (pipeline.verify)
+
+VERIFY_ROWS = Gauge(
+    "cdc_verify_rows",
+    "Rows counted by the last verification, per table and side (source, target).",
+    ["pipeline", "table", "side"],
+    registry=REGISTRY,
+)
+VERIFY_CHUNKS = Gauge(
+    "cdc_verify_chunks",
+    "Key-range chunks compared by the last verification of the table.",
+    ["pipeline", "table"],
+    registry=REGISTRY,
+)
+VERIFY_MISMATCHED_CHUNKS = Gauge(
+    "cdc_verify_mismatched_chunks",
+    "Chunks whose row count or checksum differed in the last verification (confirmed, not in flight).",
+    ["pipeline", "table"],
+    registry=REGISTRY,
+)
+VERIFY_LAST_RUN = Gauge(
+    "cdc_verify_last_run_timestamp_seconds",
+    "When the table was last verified (epoch seconds).",
+    ["pipeline", "table"],
+    registry=REGISTRY,
+)
+VERIFY_OK = Gauge(
+    "cdc_verify_ok",
+    "1 when the table's last verification matched, 0 otherwise (mismatch, in flight, not verifiable).",
+    ["pipeline", "table"],
+    registry=REGISTRY,
+)
+CUTOVER_READY = Gauge(
+    "cdc_cutover_ready",
+    "1 while lag has stayed below the cutover threshold for the hold time and the last verification was clean.",
+    ["pipeline"],
+    registry=REGISTRY,
+)
+
 
 # --------------------------------------------------------------------------- catalogue
 

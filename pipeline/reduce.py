@@ -102,6 +102,17 @@ def row_id(position: Position) -> str:
     return f"{position.commit_lsn}:{position.lsn}"
 
 
+def read_row_id(event: ChangeEvent) -> str:
+    """Row identity of a keyless table's snapshot read: its Kafka coordinates.
+
+    Every read of one initial snapshot has the same position, so the position cannot tell
+    rows apart; the message's topic, partition and offset can, and they stay the same when
+    the topic is consumed again (replays dedup). A snapshot Debezium re-runs from scratch
+    produces new messages: see the keyless-mode notes in the README.
+    """
+    return f"r:{event.topic}:{event.partition}:{event.offset}"
+
+
 def reduce_events(events: Iterable[ChangeEvent], default_schema: str) -> ReducedBatch:
     """Reduce change events (in consumption order) to one :class:`ReducedBatch`.
 
@@ -168,7 +179,7 @@ def _reduce_keyless(changes: TableChanges, event: ChangeEvent) -> None:
     row = event.row
     if row is None:
         raise ValueError(f"{event.table}: a {event.op.value!r} event without an after image")
-    rid = row_id(event.position)
+    rid = read_row_id(event) if event.op is Op.READ else row_id(event.position)
     changes.upserts[rid] = Upsert(rid, {}, row, event.position, event.ts_ms, event.op, event.unavailable)
 
 

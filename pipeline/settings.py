@@ -331,6 +331,36 @@ class MonitorSettings(_Model):
     connector_auto_restart: bool = Field(True, description="Restart FAILED connector tasks with backoff.")
 
 
+class SnapshotConfig(_Model):
+    """Snapshot coordinator (incremental snapshots through Debezium signals) and its throttling."""
+
+    interval_s: float = Field(2.0, gt=0, description="Seconds between coordinator polls.")
+    max_wal_retained_bytes: int | None = Field(
+        1 << 30, ge=0, description="Pause a running incremental snapshot while the slot retains more WAL (bytes)."
+    )
+    max_consumer_lag: int | None = Field(
+        100_000, ge=0, description="Pause it while the pipeline's consumer lag exceeds this (messages)."
+    )
+    resume_ratio: float = Field(0.8, gt=0, le=1, description="Resume below this share of the thresholds.")
+    auto_snapshot_new_tables: bool = Field(True, description="Snapshot tables the connector starts capturing.")
+    capture_settle_s: float = Field(10.0, ge=0, description="Seconds a new table must be captured before its snapshot.")
+    signal_ack_timeout_s: float = Field(900.0, gt=0, description="Seconds to wait for Debezium to start a request.")
+    notification_lookback_s: float = Field(60.0, ge=0, description="Notification history read at start, seconds.")
+
+
+class VerifyConfig(_Model):
+    """Source-vs-target verification and the cutover-readiness signal."""
+
+    chunk_size: int = Field(10_000, ge=1, description="Rows per compared key-ordered chunk.")
+    max_wait_s: float = Field(300.0, ge=0, description="Seconds to wait for the pipeline to catch up first.")
+    recheck_attempts: int = Field(2, ge=0, description="Re-checks of mismatched chunks (rows in flight).")
+    statement_timeout_s: float = Field(600.0, gt=0, description="Statement timeout of checksum queries, seconds.")
+    repair_timeout_s: float = Field(3600.0, gt=0, description="Seconds a --repair may take.")
+    cutover_max_lag_s: float = Field(30.0, gt=0, description="cdc_cutover_ready needs lag below this (seconds).")
+    cutover_hold_s: float = Field(60.0, ge=0, description="...for at least this long (seconds).")
+    cutover_interval_s: float = Field(15.0, gt=0, description="Seconds between cutover-readiness checks.")
+
+
 class MetricsSettings(_Model):
     """Prometheus exposition and health endpoints."""
 
@@ -355,6 +385,8 @@ class Settings(BaseSettings):
     sources: list[SourceSettings] = Field(default_factory=list)
     pipelines: list[PipelineSettings] = Field(default_factory=list)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+    snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @classmethod

@@ -11,7 +11,18 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli import config_cmd, connectors_cmd, demo_cmd, lag_cmd, local_cmd, monitor_cmd, run_cmd, source_cmd
+from pipeline.cli import (
+    config_cmd,
+    connectors_cmd,
+    demo_cmd,
+    lag_cmd,
+    local_cmd,
+    monitor_cmd,
+    run_cmd,
+    snapshot_cmd,
+    source_cmd,
+    verify_cmd,
+)
 from pipeline.logs import LEVELS, configure_logging
 
 app = typer.Typer(
@@ -29,6 +40,8 @@ app.command(name="run")(run_cmd.run)
 app.command(name="monitor")(monitor_cmd.monitor)
 app.command(name="lag")(lag_cmd.lag)
 app.command(name="demo")(demo_cmd.demo)
+app.command(name="verify")(verify_cmd.verify)
+app.add_typer(snapshot_cmd.app, name="snapshot")
 
 
 @app.callback()

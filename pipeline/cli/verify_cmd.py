@@ -1,0 +1,135 @@
+"""``cdc-pipeline verify``: compare a pipeline's target with its source (counts and chunked
+checksums), optionally repair the differing chunks, and store the result for cutover readiness.
+
+Exit codes: 0 every table matches; 1 a mismatch, rows still in flight, a table that cannot be
+verified (unless ``--allow-unverifiable``), or a database/Kafka that cannot be reached; 2 invalid
+configuration or arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Annotated, Any
+
+import psycopg
+import typer
+
+from pipeline.app import UnsupportedTargetError
+from pipeline.cli.common import ConfigOption, fail, load_or_exit
+from pipeline.settings import PipelineSettings, Settings
+from pipeline.snapshot import SnapshotRequest
+from pipeline.verify import (
+    VerifyResult,
+    VerifySettings,
+    connect_target,
+    export_verify_metrics,
+    format_result,
+    repair_pipeline,
+    store_result,
+    verify_pipeline,
+)
+
+PipelineOption = Annotated[
+    str | None, typer.Option("--pipeline", "-p", help="Pipeline name (optional when there is one).")
+]
+TableOption = Annotated[
+    list[str] | None,
+    typer.Option("--table", "-t", help="Only this source table ('schema.table'); repeat for several. Default: all."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+RepairOption = Annotated[
+    bool,
+    typer.Option(
+        "--repair",
+        help="Delete target rows the source lacks and re-snapshot mismatched chunks (incremental snapshots "
+        "filtered to their key ranges), then verify again.",
+    ),
+]
+ChunkOption = Annotated[
+    int | None, typer.Option("--chunk-size", min=1, help="Rows per compared chunk (default: verify.chunk_size).")
+]
+WaitOption = Annotated[
+    float | None,
+    typer.Option(
+        "--max-wait-s", min=0, help="Seconds to wait for the pipeline to catch up (default: verify.max_wait_s)."
+    ),
+]
+UnverifiableOption = Annotated[
+    bool, typer.Option("--allow-unverifiable", help="Tables that cannot be verified do not fail the command.")
+]
+StoreOption = Annotated[
+    bool, typer.Option("--store/--no-store", help="Store the result in the target for cdc_cutover_ready.")
+]
+
+
+def _say(line: str, json_out: bool) -> None:
+    typer.echo(line, err=json_out)
+
+
+def verify(
+    config: ConfigOption = None,
+    pipeline: PipelineOption = None,
+    table: TableOption = None,
+    json_out: JsonOption = False,
+    repair: RepairOption = False,
+    chunk_size: ChunkOption = None,
+    max_wait_s: WaitOption = None,
+    allow_unverifiable: UnverifiableOption = False,
+    store: StoreOption = True,
+) -> None:
+    """Verify that the pipeline's target equals its source (counts + checksums of key-ordered chunks)."""
+    settings = load_or_exit(config)
+    try:
+        chosen = settings.pipeline(pipeline)
+    except KeyError as exc:
+        fail([f"--pipeline: {exc.args[0]} (defined: {', '.join(p.name for p in settings.pipelines) or 'none'})"])
+    cfg = VerifySettings.from_config(settings.verify)
+    if chunk_size is not None:
+        cfg = dataclasses.replace(cfg, chunk_size=chunk_size)
+    if max_wait_s is not None:
+        cfg = dataclasses.replace(cfg, max_wait_s=max_wait_s)
+    try:
+        first = _run(settings, chosen, table, cfg, store)
+        doc: dict[str, Any] = first.to_dict()
+        final = first
+        if repair and any(t.mismatched for t in first.tables):
+            if not json_out:
+                typer.echo(format_result(first, allow_unverifiable))
+            _say("repairing mismatched chunks...", json_out)
+
+            def progress(requests: list[SnapshotRequest]) -> None:
+                states = ", ".join(f"{r.id}: {r.state.value}" for r in requests)
+                _say(f"  snapshot requests: {states}", json_out)
+
+            report = repair_pipeline(settings, chosen, first, cfg, on_progress=progress)
+            for name, rows in sorted(report.deleted.items()):
+                _say(f"  {name}: {rows} target row(s) absent from the source deleted", json_out)
+            for name, why in sorted(report.skipped.items()):
+                _say(f"  {name}: not repaired: {why}", json_out)
+            if not report.completed:
+                _say("  not every repair snapshot completed; verifying anyway", json_out)
+            final = _run(settings, chosen, table, cfg, store)
+            doc = {**final.to_dict(), "before_repair": first.to_dict(), "repair": report.to_dict()}
+    except KeyError as exc:
+        fail([f"--table: {exc.args[0]}"])
+    except UnsupportedTargetError as exc:
+        fail([str(exc)])
+    except psycopg.Error as exc:
+        fail([f"verification failed: {type(exc).__name__}: {str(exc).strip()}"], code=1)
+    if json_out:
+        typer.echo(json.dumps(doc, indent=2, default=str))
+    else:
+        typer.echo(format_result(final, allow_unverifiable))
+    raise typer.Exit(final.exit_code(allow_unverifiable))
+
+
+def _run(
+    settings: Settings, pipeline: PipelineSettings, tables: list[str] | None, cfg: VerifySettings, store: bool
+) -> VerifyResult:
+    result = verify_pipeline(settings, pipeline, tables, cfg)
+    export_verify_metrics(result)
+    if store:
+        with connect_target(pipeline, "verify store", 60) as conn:
+            store_result(conn, pipeline, result)
+    return result

@@ -1,0 +1,445 @@
+"""Pure logic of the snapshot coordinator: signal JSON, key-range filters, notifications and the
+request state machine, throttle hysteresis, include-list matching, lag arithmetic, metrics."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipeline import metrics
+from pipeline.settings import SourceSettings
+from pipeline.snapshot import (
+    SIGNAL_DATA_MAX,
+    Condition,
+    LagReading,
+    Notification,
+    RequestState,
+    SnapshotCoordinator,
+    SnapshotKind,
+    SnapshotRequest,
+    SnapshotSettings,
+    TableProgress,
+    TableState,
+    Throttle,
+    ThrottleAction,
+    apply_notification,
+    captured_by_include_list,
+    execute_snapshot_data,
+    export_snapshot_metrics,
+    key_range_filters,
+    lag_per_partition,
+    merge_ranges,
+    notification_matches,
+    parse_notification,
+    split_include_list,
+    stop_snapshot_data,
+)
+
+RID = uuid.UUID("c0dfd0ad-d023-407d-be30-f3a3fa0a2f46")
+
+# A notification exactly as the sink channel wrote it on the local stack (Debezium 3.6.3).
+REAL_IN_PROGRESS = (
+    b'{"schema":{"type":"struct","fields":[],"optional":false,"name":"io.debezium.connector.common.Notification"},'
+    b'"payload":{"id":"c0dfd0ad-d023-407d-be30-f3a3fa0a2f46","type":"IN_PROGRESS",'
+    b'"aggregate_type":"Incremental Snapshot","additional_data":{"current_collection_in_progress":"public.items",'
+    b'"connector_name":"s_exp","maximum_key":"2200","last_processed_key":"600","data_collections":"public.items"},'
+    b'"timestamp":1795287145633}}'
+)
+
+
+def ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def literal(value: object) -> str:
+    return str(value) if isinstance(value, int) else "'" + str(value).replace("'", "''") + "'"
+
+
+def request(**kw: object) -> SnapshotRequest:
+    base: dict[str, object] = {
+        "id": RID,
+        "source": "s",
+        "seq": 1,
+        "kind": SnapshotKind.INCREMENTAL,
+        "origin": "cli",
+        "tables": ("public.items", "public.other"),
+        "state": RequestState.SENT,
+        "sent_at": datetime(2026, 1, 1, tzinfo=UTC),
+    }
+    base.update(kw)
+    return SnapshotRequest(**base)  # type: ignore[arg-type]
+
+
+def note(kind: str, ts: int, **data: str) -> Notification:
+    return Notification(str(RID), kind, "Incremental Snapshot", dict(data), ts)
+
+
+# --------------------------------------------------------------------------- signals
+
+
+def test_execute_snapshot_data_shape() -> None:
+    text = execute_snapshot_data(
+        ["public.items", "Odd Schema.T"],
+        SnapshotKind.INCREMENTAL,
+        [Condition("public.items", '("id") > (10)')],
+        surrogate_key="id",
+    )
+    assert json.loads(text) == {
+        "data-collections": ["public.items", '"Odd Schema".T'],
+        "type": "incremental",
+        "additional-conditions": [{"data-collection": "(?-i)public\\.items", "filter": '("id") > (10)'}],
+        "surrogate-key": "id",
+    }
+    assert json.loads(execute_snapshot_data(["public.items"], SnapshotKind.BLOCKING)) == {
+        "data-collections": ["public.items"],
+        "type": "blocking",
+    }
+
+
+def test_execute_snapshot_data_rejects_bad_requests() -> None:
+    with pytest.raises(ValueError, match="at least one table"):
+        execute_snapshot_data([])
+    with pytest.raises(ValueError, match="not requested"):
+        execute_snapshot_data(["public.a"], conditions=[Condition("public.b", "x > 1")])
+    with pytest.raises(ValueError, match=str(SIGNAL_DATA_MAX)):
+        execute_snapshot_data(["public.a"], conditions=[Condition("public.a", "x > 1 OR " * 300 + "true")])
+
+
+def test_stop_snapshot_data() -> None:
+    assert json.loads(stop_snapshot_data(SnapshotKind.INCREMENTAL)) == {"type": "incremental"}
+    assert json.loads(stop_snapshot_data(SnapshotKind.INCREMENTAL, ["public.a"])) == {
+        "type": "incremental",
+        "data-collections": ["public.a"],
+    }
+
+
+# --------------------------------------------------------------------------- key-range filters
+
+
+def test_merge_ranges_joins_adjacent_chunks_only() -> None:
+    ranges = [(None, (10,)), ((10,), (20,)), ((30,), (40,)), ((40,), None)]
+    assert merge_ranges(ranges) == [(None, (20,)), ((30,), None)]
+
+
+def test_key_range_filters_single_and_composite_keys() -> None:
+    assert key_range_filters(["id"], [((10,), (20,))], ident, literal) == ['(("id") > (10) AND ("id") <= (20))']
+    assert key_range_filters(["id"], [(None, (5,)), ((50,), None)], ident, literal) == [
+        '(("id") <= (5)) OR (("id") > (50))'
+    ]
+    assert key_range_filters(["a", "b"], [(("x", 1), ("y", 2))], ident, literal) == [
+        '(("a", "b") > (\'x\', 1) AND ("a", "b") <= (\'y\', 2))'
+    ]
+    assert key_range_filters(["id"], [(None, None)], ident, literal) == [None]
+
+
+def test_key_range_filters_split_to_fit() -> None:
+    ranges = [((i * 100,), (i * 100 + 10,)) for i in range(60)]
+    filters = key_range_filters(["id"], ranges, ident, literal, max_length=300)
+    assert len(filters) > 1
+    assert all(f is not None and len(f) <= 300 for f in filters)
+    joined = " OR ".join(f for f in filters if f is not None)
+    assert all(f'("id") > ({i * 100})' in joined for i in range(60))
+
+
+@given(st.lists(st.integers(0, 10_000), min_size=1, max_size=40, unique=True))
+def test_filters_cover_exactly_the_ranges(bounds: list[int]) -> None:
+    bounds.sort()
+    ranges = [((b,), (b + 1,)) for b in bounds]
+    filters = key_range_filters(["id"], ranges, ident, literal, max_length=200)
+    covered = set()
+    for f in filters:
+        assert f is not None
+        for part in f.split(" OR "):
+            low = int(part.split("> (")[1].split(")")[0])
+            high = int(part.split("<= (")[1].split(")")[0])
+            covered |= set(range(low + 1, high + 1))
+    assert covered == {b + 1 for b in bounds}
+
+
+# --------------------------------------------------------------------------- notifications
+
+
+def test_parse_real_notification() -> None:
+    n = parse_notification(REAL_IN_PROGRESS)
+    assert n == Notification(
+        str(RID),
+        "IN_PROGRESS",
+        "Incremental Snapshot",
+        {
+            "current_collection_in_progress": "public.items",
+            "connector_name": "s_exp",
+            "maximum_key": "2200",
+            "last_processed_key": "600",
+            "data_collections": "public.items",
+        },
+        1795287145633,
+    )
+    assert n.collections("data_collections") == ["public.items"]
+
+
+@pytest.mark.parametrize("value", [None, b"", b"not json", b"[]", b'{"payload": {"type": "X"}}'])
+def test_parse_notification_ignores_other_shapes(value: bytes | None) -> None:
+    assert parse_notification(value) is None
+
+
+def test_matching_by_correlation_id_and_blocking_by_time() -> None:
+    r = request()
+    assert notification_matches(r, note("STARTED", 1))
+    assert not notification_matches(r, Notification(str(uuid.uuid4()), "STARTED", "Incremental Snapshot", {}, 1))
+    blocking = request(kind=SnapshotKind.BLOCKING)
+    sent_ms = int(blocking.sent_at.timestamp() * 1000)  # type: ignore[union-attr]
+    assert notification_matches(blocking, Notification("x", "COMPLETED", "Initial Snapshot", {}, sent_ms + 10))
+    assert not notification_matches(blocking, Notification("x", "COMPLETED", "Initial Snapshot", {}, sent_ms - 60000))
+    assert not notification_matches(blocking, note("COMPLETED", sent_ms + 10))
+
+
+def run(r: SnapshotRequest, notes: list[Notification]) -> SnapshotRequest:
+    for n in notes:
+        u = apply_notification(r, n)
+        if u is None:
+            continue
+        r = SnapshotRequest(
+            **{
+                **{f: getattr(r, f) for f in SnapshotRequest.__dataclass_fields__},
+                "state": u.state,
+                "progress": u.progress,
+                "detail": u.detail,
+                "last_notification_ms": u.last_notification_ms,
+                "paused_by": None if u.clear_pause else r.paused_by,
+            }
+        )
+    return r
+
+
+HAPPY = [
+    note("STARTED", 100, data_collections="public.items,public.other"),
+    note(
+        "IN_PROGRESS",
+        101,
+        current_collection_in_progress="public.items",
+        last_processed_key="600",
+        maximum_key="2200",
+    ),
+    note("TABLE_SCAN_COMPLETED", 102, scanned_collection="public.items", total_rows_scanned="2100", status="SUCCEEDED"),
+    note("TABLE_SCAN_COMPLETED", 103, scanned_collection="public.other", total_rows_scanned="0", status="EMPTY"),
+    note("COMPLETED", 103),
+]
+
+
+def test_happy_path() -> None:
+    r = run(request(), HAPPY[:2])
+    assert r.state is RequestState.RUNNING
+    assert r.table_progress("public.items") == TableProgress(TableState.RUNNING, "600", "2200")
+    assert r.table_progress("public.other").state is TableState.QUEUED
+    done = run(request(), HAPPY)
+    assert done.state is RequestState.COMPLETED
+    assert done.table_progress("public.items").rows_scanned == 2100
+    assert done.table_progress("public.other").state is TableState.EMPTY
+
+
+def test_started_moves_sent_to_running_and_reports_started() -> None:
+    u = apply_notification(request(), HAPPY[0])
+    assert u is not None
+    assert u.state is RequestState.RUNNING
+    assert u.started
+
+
+def test_replays_change_nothing() -> None:
+    done = run(request(), HAPPY)
+    assert run(done, HAPPY) == done  # terminal requests are immune
+    mid = run(request(), HAPPY[:3])
+    assert run(mid, HAPPY[:3]) == mid  # re-applying what was seen is idempotent
+    assert apply_notification(mid, note("IN_PROGRESS", 50, current_collection_in_progress="public.items")) is None
+
+
+@given(st.integers(0, len(HAPPY)))
+def test_a_restart_at_any_point_converges(cut: int) -> None:
+    """A coordinator that dies after ``cut`` notifications and re-reads them all ends the same."""
+    first = run(request(), HAPPY[:cut])
+    assert run(first, HAPPY) == run(request(), HAPPY)
+
+
+def test_failed_scan_fails_the_request() -> None:
+    notes = [
+        HAPPY[0],
+        note("TABLE_SCAN_COMPLETED", 101, scanned_collection="public.items", status="NO_PRIMARY_KEY"),
+        note("TABLE_SCAN_COMPLETED", 102, scanned_collection="public.other", status="SUCCEEDED"),
+        note("COMPLETED", 103),
+    ]
+    r = run(request(), notes)
+    assert r.state is RequestState.FAILED
+    assert r.detail == "public.items: NO_PRIMARY_KEY"
+
+
+def test_pause_resume_and_abort() -> None:
+    r = run(request(paused_by="throttle"), HAPPY[:2])
+    assert r.table_progress("public.items").state is TableState.PAUSED  # paused by us: shown paused
+    r = run(request(), [*HAPPY[:2], note("PAUSED", 102)])
+    assert r.table_progress("public.items").state is TableState.PAUSED
+    r = run(r, [note("RESUMED", 103)])
+    assert r.table_progress("public.items").state is TableState.RUNNING
+    stopped = run(request(stop_requested=True), [*HAPPY[:2], note("ABORTED", 110, data_collections="")])
+    assert stopped.state is RequestState.STOPPED
+    assert {p.state for p in stopped.progress.values()} == {TableState.STOPPED}
+
+
+# --------------------------------------------------------------------------- throttle
+
+
+def test_throttle_hysteresis() -> None:
+    t = Throttle(max_wal_retained_bytes=1000, max_consumer_lag=100, resume_ratio=0.5)
+    assert t.decide(LagReading(10, 10), paused_by_throttle=False) is ThrottleAction.NONE
+    assert t.decide(LagReading(10, 101), paused_by_throttle=False) is ThrottleAction.PAUSE
+    assert t.reasons(LagReading(2000, 101)) == ["wal_retained", "consumer_lag"]
+    assert t.decide(LagReading(10, 101), paused_by_throttle=False, paused_by_user=True) is ThrottleAction.NONE
+    assert t.decide(LagReading(10, 60), paused_by_throttle=True) is ThrottleAction.NONE  # below limit, above 50 %
+    assert t.decide(LagReading(10, 49), paused_by_throttle=True) is ThrottleAction.RESUME
+    assert t.decide(LagReading(None, 0), paused_by_throttle=True) is ThrottleAction.NONE  # unknown: stay paused
+    assert t.decide(LagReading(None, None), paused_by_throttle=False) is ThrottleAction.NONE
+
+
+def test_throttle_with_one_check_disabled() -> None:
+    t = Throttle(max_wal_retained_bytes=None, max_consumer_lag=100)
+    assert t.decide(LagReading(None, 500), paused_by_throttle=False) is ThrottleAction.PAUSE
+    assert t.decide(LagReading(None, 0), paused_by_throttle=True) is ThrottleAction.RESUME
+    with pytest.raises(ValueError, match="resume_ratio"):
+        Throttle(1, 1, resume_ratio=0)
+
+
+# --------------------------------------------------------------------------- include list, lag
+
+
+def test_captured_by_include_list() -> None:
+    include = "(?-i)public\\.items,(?-i)cdc\\.heartbeat,inv\\..*,(?-i)a\\,b\\.c"
+    assert split_include_list(include) == ["(?-i)public\\.items", "(?-i)cdc\\.heartbeat", "inv\\..*", "(?-i)a\\,b\\.c"]
+    tables = ["public.items", "public.Items", "INV.x", "public.other", "a,b.c"]
+    assert captured_by_include_list(include, tables) == {"public.items", "INV.x", "a,b.c"}
+
+
+def test_lag_per_partition() -> None:
+    marks = {("t", 0): (0, 10), ("t", 1): (5, 8), ("u", 0): (0, 0)}
+    assert lag_per_partition(marks, {("t", 0): 4, ("t", 1): 2}) == {("t", 0): 6, ("t", 1): 3, ("u", 0): 0}
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def sample(name: str, **labels: str) -> float | None:
+    return metrics.REGISTRY.get_sample_value(name, labels)
+
+
+def test_export_snapshot_metrics() -> None:
+    started = datetime(2026, 1, 1, tzinfo=UTC)
+    done = run(request(source="msrc", started_at=started, tables=("public.items",)), [HAPPY[0], *HAPPY[2:]])
+    running = run(
+        request(id=uuid.uuid4(), seq=2, source="msrc", started_at=started, tables=("public.other",)),
+        [note("IN_PROGRESS", 1, current_collection_in_progress="public.other")],
+    )
+    queued = request(id=uuid.uuid4(), seq=3, source="msrc", tables=("public.q",), state=RequestState.QUEUED)
+    export_snapshot_metrics(
+        "msrc",
+        [done, running, queued],
+        {"public.other": 200.0},
+        {"public.other": 50.0},
+        started + timedelta(seconds=30),
+        throttled=True,
+    )
+    assert sample("cdc_snapshot_requests", source="msrc", state="completed") == 1
+    assert sample("cdc_snapshot_requests", source="msrc", state="queued") == 1
+    assert sample("cdc_snapshot_table_state", source="msrc", table="public.items", state="completed") == 1
+    assert sample("cdc_snapshot_table_state", source="msrc", table="public.items", state="running") == 0
+    assert sample("cdc_snapshot_table_state", source="msrc", table="public.other", state="running") == 1
+    assert sample("cdc_snapshot_rows", source="msrc", table="public.items") == 2100
+    assert sample("cdc_snapshot_rows", source="msrc", table="public.other") == 50
+    assert sample("cdc_snapshot_progress_ratio", source="msrc", table="public.items") == 1.0
+    assert sample("cdc_snapshot_progress_ratio", source="msrc", table="public.other") == 0.25
+    assert sample("cdc_snapshot_progress_ratio", source="msrc", table="public.q") == 0.0
+    assert sample("cdc_snapshot_duration_seconds", source="msrc", table="public.other") == 30
+    assert sample("cdc_snapshot_throttled", source="msrc") == 1
+
+
+# --------------------------------------------------------------------------- the coordinator's poll (fakes)
+
+
+class FakeQueue:
+    """The queue methods a poll uses, in memory."""
+
+    def __init__(self, inflight: SnapshotRequest | None) -> None:
+        self.inflight = inflight
+        self.calls: list[str] = []
+
+    def in_flight(self) -> SnapshotRequest | None:
+        return self.inflight
+
+    def pause(self, by: str = "user") -> SnapshotRequest:
+        self.calls.append(f"pause:{by}")
+        assert self.inflight is not None
+        self.inflight = request(state=RequestState.RUNNING, paused_by=by)
+        return self.inflight
+
+    def resume(self, by: str | None = None) -> SnapshotRequest:
+        self.calls.append(f"resume:{by}")
+        self.inflight = request(state=RequestState.RUNNING)
+        return self.inflight
+
+    def send_next(self) -> None:
+        self.calls.append("send")
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+
+class BrokenConnect:
+    def get_config(self, name: str) -> dict[str, str] | None:
+        raise ConnectionError("Connect is down")
+
+    def status(self, name: str) -> object:
+        raise AssertionError("not reached")
+
+
+def coordinator(q: FakeQueue, readings: list[LagReading]) -> SnapshotCoordinator:
+    src = SourceSettings(name="fake", database="d", user="u", tables=["public.items"])
+    c = SnapshotCoordinator(
+        src,
+        q,  # type: ignore[arg-type]
+        None,
+        config=SnapshotSettings(max_consumer_lag=100, max_wal_retained_bytes=None, resume_ratio=0.5),
+        connect=BrokenConnect(),
+        lag=lambda: readings.pop(0),
+    )
+    c.is_leader = lambda: True  # type: ignore[method-assign]
+    c._export = lambda: None  # type: ignore[method-assign]
+    return c
+
+
+def test_poll_throttles_and_a_failing_step_does_not_stop_the_others() -> None:
+    q = FakeQueue(request(state=RequestState.RUNNING))
+    c = coordinator(q, [LagReading(None, 500), LagReading(None, 80), LagReading(None, 10)])
+    c.poll_once()  # Connect is down (auto-snapshot fails) but the lag still pauses
+    assert q.calls == ["pause:throttle", "send"]
+    assert not c.healthy and c.last_error is not None and "auto_snapshot" in c.last_error
+    before = sample("cdc_monitor_poll_errors_total", monitor="snapshot", source="fake", check="auto_snapshot")
+    assert before is not None and before >= 1
+    c.poll_once()  # 80 is below the limit but above 50 %: stay paused
+    assert q.calls == ["pause:throttle", "send", "send"]
+    c.poll_once()
+    assert q.calls == ["pause:throttle", "send", "send", "resume:throttle", "send"]
+
+
+def test_poll_leaves_a_user_pause_and_idle_queues_alone() -> None:
+    q = FakeQueue(request(state=RequestState.RUNNING, paused_by="user"))
+    c = coordinator(q, [LagReading(None, 0)])
+    c.config = SnapshotSettings(auto_snapshot_new_tables=False, max_consumer_lag=100)
+    c.poll_once()
+    assert q.calls == ["send"]
+    assert c.healthy
+    idle = FakeQueue(None)
+    c = coordinator(idle, [])
+    c.config = SnapshotSettings(auto_snapshot_new_tables=False)
+    c.poll_once()  # nothing in flight: no lag reading, just the next request
+    assert idle.calls == ["send"]
