@@ -169,3 +169,17 @@ def test_bad_data_is_rejected_not_retried(sink: PostgresSink, databases: Databas
         apply(sink, ev(Op.UPDATE, (2, 2), 1, {"id": 1, "name": "a", "amount": "not-a-number"}))
     apply(sink, ev(Op.UPDATE, (3, 3), 1, {"id": 1, "name": "ok", "amount": None}))  # the sink recovers
     assert rows(databases.target_dsn) == [(1, "ok", None)]
+
+
+def test_keyless_snapshot_reads_keep_every_row_and_dedup_on_replay(sink: PostgresSink, databases: Databases) -> None:
+    table = TableId("public", "history")
+    cols = (Column("aid", "int32"), Column("delta", "int32"))
+    # An initial snapshot: every read has the same position, and two rows are identical.
+    reads = [
+        ChangeEvent("t", 0, 100 + i, table, Op.READ, Position(0, 500), 0, after=row, columns=cols, snapshot=True)
+        for i, row in enumerate([{"aid": 1, "delta": 5}, {"aid": 1, "delta": 5}, {"aid": 2, "delta": 7}])
+    ]
+    apply(sink, *reads)
+    apply(sink, *reads)  # the topic consumed again
+    got = rows(databases.target_dsn, '"public"."history"', "aid, delta")
+    assert got == [(1, 5), (1, 5), (2, 7)]
