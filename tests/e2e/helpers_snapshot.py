@@ -174,12 +174,13 @@ def incremental_reads(p: E2EPipeline, table: str, limit: int = 3) -> list[dict[s
 
 
 def run_snapshot(config: Path, *args: str) -> tuple[int, str]:
-    """``cdc-pipeline snapshot ARGS[0] -c CONFIG ARGS[1:]`` in-process; returns (exit code, stdout)."""
+    """``cdc-pipeline snapshot ARGS[0] -c CONFIG ARGS[1:]`` in-process; returns (exit code,
+    output): stdout alone with ``--json`` (logs go to stderr), else stdout and stderr."""
     configure_logging("console", "info")
     result = CliRunner().invoke(snapshot_app, [args[0], "-c", str(config), *args[1:]])
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
-    return result.exit_code, result.stdout + result.stderr
+    return result.exit_code, result.stdout if "--json" in args else result.stdout + result.stderr
 
 
 _VERIFY_APP = typer.Typer()
