@@ -57,16 +57,20 @@ class DlqLimiter:
         self._max_consecutive = max_consecutive
         self._max_ratio = max_ratio
         self._recent: deque[bool] = deque(maxlen=window)
+        self._dead_in_window = 0  # running count of True in _recent: O(1) per message
         self._consecutive = 0
 
     def observe(self, dead: bool) -> None:
-        """Record one message (dead-lettered or not). Raises DlqLimitExceededError."""
+        """Record one message (dead-lettered or not). Raises DlqLimitExceededError. O(1)."""
+        if len(self._recent) == self._recent.maxlen and self._recent[0]:
+            self._dead_in_window -= 1
         self._recent.append(dead)
+        self._dead_in_window += dead
         self._consecutive = self._consecutive + 1 if dead else 0
         if self._consecutive >= self._max_consecutive:
             raise DlqLimitExceededError(f"{self._consecutive} consecutive messages dead-lettered (dlq.max_consecutive)")
         if len(self._recent) == self._recent.maxlen:
-            ratio = sum(self._recent) / len(self._recent)
+            ratio = self._dead_in_window / len(self._recent)
             if ratio > self._max_ratio:
                 raise DlqLimitExceededError(
                     f"{ratio:.0%} of the last {len(self._recent)} messages dead-lettered (dlq.max_ratio)"

@@ -64,7 +64,7 @@ BATCH_DURATION = Histogram(
 )
 COMMIT_TO_APPLY = Histogram(
     "cdc_commit_to_apply_seconds",
-    "Seconds from the source commit (source.ts_ms) to the target commit, per written row.",
+    "Seconds from the source commit (source.ts_ms) to the target commit, per source transaction applied.",
     ["pipeline"],
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,

@@ -456,15 +456,18 @@ class PipelineRunner:
             self.on_batch(self.stats)
 
     def _observe_latency(self, reduced: ReducedBatch, committed_at: float) -> None:
+        """Observe commit-to-apply latency once per source transaction (distinct commit
+        timestamp) written by this batch; snapshot reads carry the read time, not a commit,
+        and are left out."""
         hist = metrics.COMMIT_TO_APPLY.labels(self._name)
+        commits: set[int] = set()
         for changes in reduced.tables.values():
-            # Snapshot reads carry the read time, not a commit: only streamed changes count.
-            streamed = [u.ts_ms for u in changes.upserts.values() if u.op is not Op.READ]
-            for ts_ms in streamed + [d.ts_ms for d in changes.deletes.values()]:
-                if ts_ms:
-                    hist.observe(max(0.0, committed_at - ts_ms / 1000))
+            commits.update(u.ts_ms for u in changes.upserts.values() if u.op is not Op.READ and u.ts_ms)
+            commits.update(d.ts_ms for d in changes.deletes.values() if d.ts_ms)
             if changes.max_ts_ms:
                 metrics.LAST_APPLIED_SOURCE_TS.labels(self._name, str(changes.table)).set(changes.max_ts_ms / 1000)
+        for ts_ms in commits:
+            hist.observe(max(0.0, committed_at - ts_ms / 1000))
 
 
 def _dead_letter(msg: Message, error_class: str, reason: str) -> DeadLetter:

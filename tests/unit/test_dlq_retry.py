@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipeline.dlq import DeadLetter, DlqLimiter, DlqLimitExceededError
 from pipeline.retry import Backoff, RetryBudgetExceededError
@@ -52,3 +54,11 @@ def test_backoff_budget() -> None:
     b.next_delay  # noqa: B018 - attribute exists
     with pytest.raises(RetryBudgetExceededError):
         b.next_delay()
+
+
+@given(st.lists(st.booleans(), max_size=300), st.integers(10, 40))
+def test_limiter_running_count_matches_a_recount(outcomes: list[bool], window: int) -> None:
+    limiter = DlqLimiter(max_consecutive=10_000, max_ratio=1.0, window=window)
+    for dead in outcomes:
+        limiter.observe(dead)
+        assert limiter._dead_in_window == sum(limiter._recent)
