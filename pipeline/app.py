@@ -85,7 +85,11 @@ def consumer_config(settings: Settings, pipeline: PipelineSettings, client_id: s
         # A killed worker's partitions move after this long (the broker allows >= 6 s by default).
         "session.timeout.ms": 10000,
         "heartbeat.interval.ms": 2000,
-        "queued.max.messages.kbytes": 65536,
+        # Prefetch at most 32 MB per worker, and refill it quickly: with librdkafka's default
+        # fetch.queue.backoff.ms (1 s) a full queue starves a fast worker (docs/benchmarks.md).
+        "queued.max.messages.kbytes": 32768,
+        "queued.min.messages": 20000,
+        "fetch.queue.backoff.ms": 20,
         "fetch.max.bytes": max(pipeline.batch.max_bytes, 1 << 20),
     }
 

@@ -365,6 +365,9 @@ class PostgresSink:
         with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(stg, copy_cols)) as copy:
             for d in changes.deletes.values():
                 copy.write_row([*(d.key_values[k] for k in keys), d.position.commit_lsn, d.position.lsn, d.key])
+        # Statistics let the planner probe the target's primary key instead of hash-joining a
+        # full scan of it (36 ms -> 3 ms per batch on a 45k-row table, docs/benchmarks.md).
+        conn.execute(sql.SQL("ANALYZE {}").format(stg))
         match = sql.SQL(" AND ").join(sql.SQL("t.{} = d.{}").format(sql.Identifier(k), sql.Identifier(k)) for k in keys)
         cur = conn.execute(
             sql.SQL(
