@@ -84,7 +84,6 @@ from typing import Any, ClassVar, Protocol, cast
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -96,22 +95,13 @@ from connectors.debezium import (
     signal_table,
     table_regex,
 )
+from connectors.source_prep import conninfo as source_conninfo
 from pipeline import metrics
 from pipeline.logs import get_logger
 from pipeline.monitor import PollingMonitor
 from pipeline.settings import PipelineSettings, Settings, SnapshotConfig, SourceSettings
 
-
-class _Log:
-    """Resolves the structlog logger at each call, so records follow the configuration made
-    after import (``get_logger().bind()`` at import time would freeze structlog's defaults:
-    console format on stdout, which would corrupt ``--json`` output)."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(get_logger(__name__), name)
-
-
-log = _Log()
+log = get_logger(__name__)
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -712,22 +702,6 @@ def captured_by_include_list(include_list: str, tables: Iterable[str]) -> set[st
 
 def _ident(schema: str, name: str) -> sql.Composed:
     return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(name))
-
-
-def source_conninfo(source: SourceSettings, application_name: str) -> str:
-    """libpq conninfo of ``source`` (with the password: never log it)."""
-    password = source.password.get_secret_value() if source.password is not None else None
-    return make_conninfo(
-        "",
-        host=source.host,
-        port=source.port,
-        dbname=source.database,
-        user=source.user,
-        password=password,
-        sslmode=source.sslmode,
-        application_name=application_name,
-        connect_timeout=10,
-    )
 
 
 _SELECT_COLUMNS = sql.SQL(

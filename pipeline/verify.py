@@ -71,6 +71,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from connectors.debezium import TableRef, change_topic, heartbeat_table
+from connectors.source_prep import conninfo as source_conninfo
 from pipeline import metrics
 from pipeline.events import TableId
 from pipeline.logs import get_logger
@@ -86,22 +87,11 @@ from pipeline.snapshot import (
     SnapshotSettings,
     key_range_filters,
     pipeline_offsets,
-    source_conninfo,
     topic_regex,
 )
 from pipeline.transforms import ColumnReport, build_transformer
 
-
-class _Log:
-    """Resolves the structlog logger at each call, so records follow the configuration made
-    after import (``get_logger().bind()`` at import time would freeze structlog's defaults:
-    console format on stdout, which would corrupt ``--json`` output)."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(get_logger(__name__), name)
-
-
-log = _Log()
+log = get_logger(__name__)
 
 Conn = psycopg.Connection[dict[str, Any]]
 
