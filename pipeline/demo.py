@@ -384,9 +384,11 @@ def _verify_lines(stdout: str) -> list[str]:
     lines = []
     for t in tables:
         if isinstance(t, Mapping):
+            excluded = t.get("excluded_columns") or []
             lines.append(
-                f"{t.get('table')}: source {t.get('source_rows')} rows, target {t.get('target_rows')} rows, "
-                f"{t.get('status', '')}"
+                f"{t.get('table')}: source {t.get('rows_source')} rows, target {t.get('rows_target')} rows, "
+                f"{t.get('chunks')} chunks, {t.get('status', '')}"
+                + (f" (excluded: {', '.join(map(str, excluded))})" if excluded else "")
             )
     return lines
 
