@@ -22,6 +22,7 @@ import uuid
 from typing import Any
 
 import orjson
+from _debezium_gen import SOURCE_FIELDS as GENERATED_SOURCE_FIELDS
 
 from pipeline.decode import Decoder
 from pipeline.events import ChangeEvent, PoisonMessageError
@@ -67,32 +68,7 @@ COLUMNS: list[dict[str, Any]] = [
     _col("description", "string", "TEXT"),
 ]
 
-SOURCE_FIELDS = [
-    {"type": "string", "optional": False, "field": "version"},
-    {"type": "string", "optional": False, "field": "connector"},
-    {"type": "string", "optional": False, "field": "name"},
-    {"type": "int64", "optional": False, "field": "ts_ms"},
-    {
-        "type": "string",
-        "optional": True,
-        "name": "io.debezium.data.Enum",
-        "version": 1,
-        "parameters": {"allowed": "true,first,first_in_data_collection,last_in_data_collection,last,false,incremental"},
-        "default": "false",
-        "field": "snapshot",
-    },
-    {"type": "string", "optional": False, "field": "db"},
-    {"type": "string", "optional": True, "field": "sequence"},
-    {"type": "int64", "optional": True, "field": "ts_us"},
-    {"type": "int64", "optional": True, "field": "ts_ns"},
-    {"type": "string", "optional": False, "field": "schema"},
-    {"type": "string", "optional": False, "field": "table"},
-    {"type": "int64", "optional": True, "field": "txId"},
-    {"type": "int64", "optional": True, "field": "lsn"},
-    {"type": "int64", "optional": True, "field": "xmin"},
-    {"type": "string", "optional": True, "field": "origin"},
-    {"type": "int64", "optional": True, "field": "origin_lsn"},
-]
+SOURCE_FIELDS = GENERATED_SOURCE_FIELDS  # the Debezium 3.6 source block, shared with apply_throughput
 
 
 NARROW: list[dict[str, Any]] = [

@@ -8,11 +8,13 @@ Set ``CDC_TEST_KEEP_STACK=1`` to leave it running after the session (faster re-r
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 
@@ -99,3 +101,24 @@ def databases(local_stack: LocalStack, unique: Callable[[str], str]) -> Iterator
 def drop_slots(conn: psycopg.Connection[tuple[object, ...]], database: str) -> None:
     """Drop every replication slot of ``database`` (see ``drop_database_slots``)."""
     drop_database_slots(conn, database, timeout_s=30)
+
+
+def wait_connector_running(connect_url: str, name: str, timeout_s: float = 90) -> None:
+    """Poll the Connect REST status of ``name`` until it and its tasks are RUNNING.
+
+    Raises AssertionError on a FAILED task (with its trace) or after ``timeout_s`` seconds.
+    """
+    deadline = time.monotonic() + timeout_s
+    state = None
+    while time.monotonic() < deadline:
+        resp = httpx.get(f"{connect_url}/connectors/{name}/status", timeout=5)
+        if resp.status_code == 200:
+            body = resp.json()
+            tasks = body.get("tasks", [])
+            state = (body["connector"]["state"], [t["state"] for t in tasks])
+            if state[0] == "RUNNING" and tasks and all(t["state"] == "RUNNING" for t in tasks):
+                return
+            if "FAILED" in state[1]:
+                raise AssertionError(f"connector task failed: {tasks[0].get('trace', '')[:2000]}")
+        time.sleep(0.5)
+    raise AssertionError(f"connector {name} not RUNNING after {timeout_s}s: {state}")

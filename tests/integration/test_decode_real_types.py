@@ -35,7 +35,7 @@ from confluent_kafka import Consumer
 from pipeline.decode import Decoder, DecoderConfig
 from pipeline.events import ChangeEvent, Op, Skip, TableId
 from pipeline.localstack import LocalStack
-from tests.conftest import Databases
+from tests.conftest import Databases, wait_connector_running
 
 FIXTURES = Path(__file__).resolve().parents[1] / "unit" / "fixtures" / "debezium"
 
@@ -259,23 +259,6 @@ def _same(column: str, decoded: Any, source: Any) -> bool:
     return type(decoded) is type(source) and bool(decoded == source)
 
 
-def _wait_running(connect_url: str, name: str, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    state = None
-    while time.monotonic() < deadline:
-        resp = httpx.get(f"{connect_url}/connectors/{name}/status", timeout=5)
-        if resp.status_code == 200:
-            body = resp.json()
-            tasks = body.get("tasks", [])
-            state = (body["connector"]["state"], [t["state"] for t in tasks])
-            if state[0] == "RUNNING" and tasks and all(t["state"] == "RUNNING" for t in tasks):
-                return
-            if "FAILED" in state[1]:
-                raise AssertionError(f"connector task failed: {tasks[0].get('trace', '')[:2000]}")
-        time.sleep(0.5)
-    raise AssertionError(f"connector {name} not RUNNING after {timeout_s}s: {state}")
-
-
 def _consume(
     bootstrap: str, group: str, topics: list[str], done: Callable[[list[dict[str, Any]]], bool]
 ) -> list[dict[str, Any]]:
@@ -382,7 +365,7 @@ def test_real_debezium_messages_decode_exactly(
     resp = httpx.put(f"{s.connect_url}/connectors/{connector}/config", json=config, timeout=30)
     assert resp.status_code in (200, 201), resp.text
     try:
-        _wait_running(s.connect_url, connector)
+        wait_connector_running(s.connect_url, connector)
         with psycopg.connect(databases.source_dsn, autocommit=True) as conn:
             conn.execute(INSERT, rows[2])
         inserted_row = _source_row(databases.source_dsn, 3)

@@ -11,24 +11,7 @@ import psycopg
 from confluent_kafka import Consumer
 
 from pipeline.localstack import LocalStack
-from tests.conftest import Databases
-
-
-def _wait_running(connect_url: str, name: str, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    state = None
-    while time.monotonic() < deadline:
-        resp = httpx.get(f"{connect_url}/connectors/{name}/status", timeout=5)
-        if resp.status_code == 200:
-            body = resp.json()
-            tasks = body.get("tasks", [])
-            state = (body["connector"]["state"], [t["state"] for t in tasks])
-            if state[0] == "RUNNING" and tasks and all(t["state"] == "RUNNING" for t in tasks):
-                return
-            if "FAILED" in state[1]:
-                raise AssertionError(f"connector task failed: {tasks[0].get('trace', '')[:2000]}")
-        time.sleep(0.5)
-    raise AssertionError(f"connector {name} not RUNNING after {timeout_s}s: {state}")
+from tests.conftest import Databases, wait_connector_running
 
 
 def test_debezium_change_events_reach_kafka(
@@ -58,7 +41,7 @@ def test_debezium_change_events_reach_kafka(
     resp = httpx.put(f"{s.connect_url}/connectors/{connector}/config", json=config, timeout=30)
     assert resp.status_code in (200, 201), resp.text
     try:
-        _wait_running(s.connect_url, connector)
+        wait_connector_running(s.connect_url, connector)
         with psycopg.connect(databases.source_dsn, autocommit=True) as conn:
             conn.execute("INSERT INTO public.items VALUES (1, 'first')")
             conn.execute("UPDATE public.items SET name = 'second' WHERE id = 1")
