@@ -511,9 +511,7 @@ def test_user_errors_exit_2(tmp_path: Path, cli: Cli) -> None:
         yaml.safe_dump(
             {
                 "connect": {"url": "http://127.0.0.1:9"},
-                "sources": [
-                    {"name": "s", "database": "d", "user": "u", "tables": ["public.t"]}
-                ],
+                "sources": [{"name": "s", "database": "d", "user": "u", "tables": ["public.t"]}],
             }
         ),
         encoding="utf-8",

@@ -1,4 +1,3 @@
-
 """Decoder contract: real Debezium 3.6 messages (fixtures), every type mapping, skips, poison.
 
 Fixtures under ``fixtures/debezium/`` are messages captured from the local stack:

@@ -18,7 +18,9 @@ def compose() -> dict:  # type: ignore[type-arg]
 
 def test_compose_mounts_and_build_contexts_exist() -> None:
     services = compose()["services"]
-    assert {"source-postgres", "target-postgres", "kafka", "connect", "pipeline", "prometheus", "grafana"} <= set(services)
+    assert {"source-postgres", "target-postgres", "kafka", "connect", "pipeline", "prometheus", "grafana"} <= set(
+        services
+    )
     for name, svc in services.items():
         build = svc.get("build")
         if build:
