@@ -122,3 +122,28 @@ def wait_connector_running(connect_url: str, name: str, timeout_s: float = 90) -
                 raise AssertionError(f"connector task failed: {tasks[0].get('trace', '')[:2000]}")
         time.sleep(0.5)
     raise AssertionError(f"connector {name} not RUNNING after {timeout_s}s: {state}")
+
+
+def raw_connector_config(
+    stack: LocalStack, database: str, prefix: str, tables: str, extra: dict[str, str] | None = None
+) -> dict[str, str]:
+    """A minimal Debezium PostgreSQL connector config for the test stack, written by hand (not
+    by ``connectors.debezium``) so foundation and decoder tests exercise Debezium directly.
+    ``prefix`` names the topic prefix, slot and publication; ``extra`` adds properties."""
+    s = stack.settings
+    return {
+        "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
+        "plugin.name": "pgoutput",
+        "database.hostname": s.host,
+        "database.port": str(s.source_pg_port),
+        "database.user": "postgres",
+        "database.password": "postgres",
+        "database.dbname": database,
+        "topic.prefix": prefix,
+        "slot.name": prefix,
+        "publication.name": prefix,
+        "publication.autocreate.mode": "filtered",
+        "table.include.list": tables,
+        "snapshot.mode": "initial",
+        **(extra or {}),
+    }

@@ -35,7 +35,7 @@ from confluent_kafka import Consumer
 from pipeline.decode import Decoder, DecoderConfig
 from pipeline.events import ChangeEvent, Op, Skip, TableId
 from pipeline.localstack import LocalStack
-from tests.conftest import Databases, wait_connector_running
+from tests.conftest import Databases, raw_connector_config, wait_connector_running
 
 FIXTURES = Path(__file__).resolve().parents[1] / "unit" / "fixtures" / "debezium"
 
@@ -342,26 +342,19 @@ def test_real_debezium_messages_decode_exactly(
         conn.execute("INSERT INTO public.tx VALUES (0, 'before the snapshot')")
     snapshot_rows = {i: _source_row(databases.source_dsn, i) for i in (1, 2)}
 
-    config = {
-        "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
-        "plugin.name": "pgoutput",
-        "database.hostname": s.host,
-        "database.port": str(s.source_pg_port),
-        "database.user": "postgres",
-        "database.password": "postgres",
-        "database.dbname": databases.name,
-        "topic.prefix": prefix,
-        "slot.name": prefix,
-        "publication.name": prefix,
-        "publication.autocreate.mode": "filtered",
-        "table.include.list": "public.all_types,public.tx",
-        "snapshot.mode": "initial",
-        "decimal.handling.mode": "precise",
-        "column.propagate.source.type": ".*",
-        "skipped.operations": "none",
-        "provide.transaction.metadata": "true",
-        "heartbeat.interval.ms": "1000",
-    }
+    config = raw_connector_config(
+        local_stack,
+        databases.name,
+        prefix,
+        "public.all_types,public.tx",
+        {
+            "decimal.handling.mode": "precise",
+            "column.propagate.source.type": ".*",
+            "skipped.operations": "none",
+            "provide.transaction.metadata": "true",
+            "heartbeat.interval.ms": "1000",
+        },
+    )
     resp = httpx.put(f"{s.connect_url}/connectors/{connector}/config", json=config, timeout=30)
     assert resp.status_code in (200, 201), resp.text
     try:

@@ -11,7 +11,7 @@ import psycopg
 from confluent_kafka import Consumer
 
 from pipeline.localstack import LocalStack
-from tests.conftest import Databases, wait_connector_running
+from tests.conftest import Databases, raw_connector_config, wait_connector_running
 
 
 def test_debezium_change_events_reach_kafka(
@@ -23,21 +23,7 @@ def test_debezium_change_events_reach_kafka(
     with psycopg.connect(databases.source_dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE public.items (id int PRIMARY KEY, name text NOT NULL)")
 
-    config = {
-        "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
-        "plugin.name": "pgoutput",
-        "database.hostname": s.host,
-        "database.port": str(s.source_pg_port),
-        "database.user": "postgres",
-        "database.password": "postgres",
-        "database.dbname": databases.name,
-        "topic.prefix": prefix,
-        "slot.name": prefix,
-        "publication.name": prefix,
-        "publication.autocreate.mode": "filtered",
-        "table.include.list": "public.items",
-        "snapshot.mode": "initial",
-    }
+    config = raw_connector_config(local_stack, databases.name, prefix, "public.items")
     resp = httpx.put(f"{s.connect_url}/connectors/{connector}/config", json=config, timeout=30)
     assert resp.status_code in (200, 201), resp.text
     try:
