@@ -36,14 +36,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def stack_settings() -> LocalStackSettings:
-    """Ports and state folder of the test stack."""
+    """Ports and state folder of the test stack.
+
+    ``CDC_TEST_STACK_SLOT=N`` (1-9) moves the stack to ``.local-stack-test-N`` with every port
+    shifted by ``N * 100``, so several checkouts or developers can run suites side by side.
+    """
+    slot = int(os.environ.get("CDC_TEST_STACK_SLOT", "0") or "0")
+    shift = slot * 100
     return LocalStackSettings(
-        state_dir=REPO / ".local-stack-test",
-        source_pg_port=15433,
-        target_pg_port=15434,
-        kafka_port=19092,
-        controller_port=19093,
-        connect_port=18083,
+        state_dir=REPO / (".local-stack-test" if slot == 0 else f".local-stack-test-{slot}"),
+        source_pg_port=15433 + shift,
+        target_pg_port=15434 + shift,
+        kafka_port=19092 + shift,
+        controller_port=19093 + shift,
+        connect_port=18083 + shift,
     )
 
 
