@@ -22,20 +22,26 @@ checks this module reproduces it byte for byte). Facts it shows, relied on here:
   ``transaction.id`` is ``"<txId>:<event LSN>"``; a delete's ``before`` holds only the key
   (``REPLICA IDENTITY DEFAULT``) and is followed by a tombstone (same key, null value).
 
+``DebeziumAvro`` writes the same changes in Avro, in the Confluent wire format (magic byte 0,
+4-byte schema id, Avro binary), with the Avro schemas Kafka Connect's ``AvroData`` derives from
+the same Connect schemas (:func:`avro_schema`; registered by the caller, who passes the ids).
+
 Pure code: no Kafka, no database.
 """
 
 from __future__ import annotations
 
 import base64
+import io
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import orjson
+from fastavro import parse_schema, schemaless_writer
 
 TABLE = "bench"
 SCHEMA = "public"
@@ -257,6 +263,7 @@ class DebeziumJson:
         self.prefix = prefix
         self.database = database
         self._value_head = b'{"schema":' + orjson.dumps(value_schema(prefix)) + b',"payload":'
+        self.head = self._value_head
         self._key_head = b'{"schema":' + orjson.dumps(key_schema(prefix)) + b',"payload":'
 
     def key(self, row_id: int) -> bytes:
@@ -300,11 +307,119 @@ class DebeziumJson:
         return self._value_head + orjson.dumps(payload) + b"}"
 
 
+_AVRO_PRIMITIVE = {
+    "int8": "int",
+    "int16": "int",
+    "int32": "int",
+    "int64": "long",
+    "float": "float",
+    "double": "double",
+    "boolean": "boolean",
+    "string": "string",
+    "bytes": "bytes",
+}
+
+
+def avro_schema(field: dict[str, Any], named: set[str] | None = None) -> Any:
+    """The Avro schema Kafka Connect's ``AvroData`` (Confluent's, and Apicurio's port) writes for
+    the Connect schema ``field`` (JsonConverter form): structs as records named by the Connect
+    name (a second use is a name reference), optional as ``["null", T]``, ``connect.name`` /
+    ``connect.version`` / ``connect.parameters`` / ``connect.type`` properties, and Connect
+    ``Decimal`` as ``bytes`` with ``logicalType: decimal``."""
+    named = set() if named is None else named
+    kind = field["type"]
+    name = field.get("name")
+    params = field.get("parameters")
+    out: Any
+    if kind == "struct":
+        full = name or "io.confluent.connect.avro.ConnectDefault"
+        if full in named:
+            out = full
+        else:
+            named.add(full)
+            namespace, _, short = full.rpartition(".")
+            fields = []
+            for f in field["fields"]:
+                entry: dict[str, Any] = {"name": f["field"], "type": avro_schema(f, named)}
+                if f.get("optional"):
+                    entry["default"] = None
+                fields.append(entry)
+            out = {"type": "record", "name": short, "namespace": namespace, "fields": fields, "connect.name": full}
+            if field.get("version") is not None:
+                out["connect.version"] = field["version"]
+    elif kind == "array":
+        out = {"type": "array", "items": avro_schema(field["items"], named)}
+    elif kind == "map":
+        out = {"type": "map", "values": avro_schema(field["values"], named)}
+    else:
+        base = _AVRO_PRIMITIVE[kind]
+        if name is None and not params and kind not in ("int8", "int16"):
+            out = base
+        else:
+            out = {"type": base}
+            if kind in ("int8", "int16"):
+                out["connect.type"] = kind
+            if field.get("version") is not None:
+                out["connect.version"] = field["version"]
+            if params:
+                out["connect.parameters"] = dict(params)
+            if name is not None:
+                out["connect.name"] = name
+            if name == "org.apache.kafka.connect.data.Decimal":
+                out["logicalType"] = "decimal"
+                out["precision"] = int((params or {}).get("connect.decimal.precision", 64))
+                out["scale"] = int((params or {}).get("scale", 0))
+    return ["null", out] if field.get("optional") else out
+
+
+def _raw(schema: Any) -> Any:
+    """``schema`` without ``logicalType`` (values are written as their primitives)."""
+    if isinstance(schema, dict):
+        return {k: _raw(v) for k, v in schema.items() if k != "logicalType"}
+    if isinstance(schema, list):
+        return [_raw(v) for v in schema]
+    return schema
+
+
+class DebeziumAvro:
+    """Serialises the same changes as :class:`DebeziumJson` in the Confluent Avro wire format;
+    ``value_id``/``key_id`` are the registry ids of :func:`avro_schema` of the value and key
+    schemas of ``prefix``."""
+
+    def __init__(self, prefix: str, database: str, value_id: int, key_id: int) -> None:
+        self._json = DebeziumJson(prefix, database)
+        self._value_header = b"\x00" + value_id.to_bytes(4, "big")
+        self._key_header = b"\x00" + key_id.to_bytes(4, "big")
+        self._value_schema = parse_schema(_raw(avro_schema(value_schema(prefix))))
+        self._key_schema = parse_schema(_raw(avro_schema(key_schema(prefix))))
+
+    def key(self, row_id: int) -> bytes:
+        """Key bytes of ``row_id``."""
+        out = io.BytesIO()
+        out.write(self._key_header)
+        schemaless_writer(out, self._key_schema, {"id": row_id})
+        return out.getvalue()
+
+    def value(self, op: str, before: dict[str, Any] | None, after: dict[str, Any] | None, src: SourceInfo) -> bytes:
+        """Value bytes of one change; ``before``/``after`` as :func:`row_image` makes them."""
+        payload = orjson.loads(self._json.value(op, before, after, src)[len(self._json.head) : -1])
+        for image in ("before", "after"):
+            row = payload[image]
+            if row is not None and row["amount"] is not None:
+                row["amount"] = base64.b64decode(row["amount"])
+        out = io.BytesIO()
+        out.write(self._value_header)
+        schemaless_writer(out, self._value_schema, payload)
+        return out.getvalue()
+
+
 # --------------------------------------------------------------------------- workload
 
 
 Message = tuple[bytes, bytes | None]
 """(key, value); a None value is a tombstone."""
+
+Serializer = DebeziumJson | DebeziumAvro
 
 
 @dataclass
@@ -327,12 +442,14 @@ class Workload:
     database: str = "bench"
     expected: dict[int, Row] = field(default_factory=dict)
     ops: dict[str, int] = field(default_factory=lambda: {"c": 0, "u": 0, "d": 0, "tombstone": 0})
+    serializer: Callable[[str, str], Serializer] | None = None
+    """Factory ``(prefix, database) -> serializer``; default :class:`DebeziumJson`."""
     _commit_cache: tuple[int, str] = field(default=(-1, ""), init=False, repr=False)
 
     def messages(self) -> Iterator[Message]:
         """Yield every message in source commit order (single pass; fills ``expected``)."""
         rng = random.Random(self.seed)
-        ser = DebeziumJson(self.prefix, self.database)
+        ser = (self.serializer or DebeziumJson)(self.prefix, self.database)
         self.expected.clear()
         self.ops = dict.fromkeys(self.ops, 0)
         lsn = 0x2_1A00_0000
@@ -367,7 +484,7 @@ class Workload:
             last_commit = lsn + rng.randint(48, 200)  # the transaction's commit record
             lsn = last_commit
 
-    def _change(self, rng: random.Random, ser: DebeziumJson, row_id: int, src: SourceInfo) -> Iterator[Message]:
+    def _change(self, rng: random.Random, ser: Serializer, row_id: int, src: SourceInfo) -> Iterator[Message]:
         key = ser.key(row_id)
         current = self.expected.get(row_id)
         if current is not None and rng.random() < self.delete_ratio:

@@ -20,6 +20,13 @@ Against a running local stack (default: the developer stack of ``cdc-pipeline lo
     .venv/bin/python bench/apply_throughput.py --events 200000 --workers 2
     .venv/bin/python bench/apply_throughput.py --smoke --state-dir .local-stack-test
     .venv/bin/python bench/apply_throughput.py --events 200000 --profile /tmp/prof   # py-spy per worker
+    .venv/bin/python bench/apply_throughput.py --events 200000 --format avro         # Avro + registry
+
+``--format avro`` writes the same changes as Avro in the Confluent wire format
+(``_debezium_gen.DebeziumAvro``), registers the value and key schemas in the stack's Apicurio
+Registry (``--registry-port``, default 8081; started by the bench from the stack's jar cache
+when nothing answers there, and stopped again at the end) and runs the workers with
+``format: avro``; the report adds bytes per event for comparing with JSON.
 
 Exit status: 0 when the target matched, 1 when it did not or a worker failed or timed out,
 2 when the stack is unreachable or the arguments are invalid. No speed assertion: figures only.
@@ -28,6 +35,7 @@ Exit status: 0 when the target matched, 1 when it did not or a worker failed or 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -43,9 +51,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import yaml
-from _debezium_gen import Row, Workload
+from _debezium_gen import DebeziumAvro, Row, Workload, avro_schema, key_schema, value_schema
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported without __all__
     AdminClient,
@@ -57,7 +66,10 @@ from psycopg import sql
 from pipeline.app import consumer_config
 from pipeline.localstack import LocalStackSettings, settings_for
 from pipeline.localstack.config import PG_PASSWORD, PG_SUPERUSER
+from pipeline.localstack.jars import cache_for
 from pipeline.localstack.procs import read_pid
+from pipeline.localstack.registry import DEFAULT_PORT as DEFAULT_REGISTRY_PORT
+from pipeline.localstack.registry import SchemaRegistryProcess
 from pipeline.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,10 +95,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1, help="worker processes in the consumer group (default 1)")
     p.add_argument("--keys", type=int, default=None, help="primary-key space (default events/4)")
     p.add_argument("--delete-ratio", type=float, default=0.1, help="share of later changes that delete (0.1)")
-    p.add_argument(
-        "--mode", choices=["json", "avro"], default="json", help="converter of the messages (only json so far)"
-    )
     p.add_argument("--seed", type=int, default=7, help="random seed of the workload")
+    p.add_argument(
+        "--format",
+        "--mode",
+        dest="format",
+        choices=("json", "avro"),
+        default="json",
+        help="converter of keys and values: json (JsonConverter with schemas) or avro (Confluent wire format)",
+    )
+    p.add_argument(
+        "--registry-port", type=int, default=DEFAULT_REGISTRY_PORT, help="Schema Registry port for --format avro"
+    )
     p.add_argument("--smoke", action="store_true", help=f"tiny run: defaults {SMOKE_EVENTS} events, 2 partitions")
     p.add_argument("--state-dir", type=Path, default=None, help="local stack state folder (default .local-stack)")
     p.add_argument("--kafka-port", type=int, default=None, help="override the stack's Kafka port")
@@ -113,8 +133,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.events = SMOKE_EVENTS if args.smoke else 1_000_000
     if args.partitions is None:
         args.partitions = 2 if args.smoke else 4
-    if args.mode != "json":
-        p.error(f"--mode {args.mode}: not implemented yet (json only)")
     if args.events < 1 or args.partitions < 1 or args.workers < 1:
         p.error("--events, --partitions and --workers must be >= 1")
     args.keys = args.keys or max(1, args.events // 4)
@@ -245,6 +263,50 @@ def cleanup(stack: LocalStackSettings, run: Run) -> list[str]:
     return problems
 
 
+# --------------------------------------------------------------------------- schema registry
+
+
+@contextmanager
+def schema_registry(stack: LocalStackSettings, port: int, timeout_s: float = 240) -> Iterator[str]:
+    """The Confluent-compatible URL of the registry on ``port``: the one answering there, else
+    one started from the stack's jar cache under its state folder (stopped on exit)."""
+    registry = SchemaRegistryProcess(stack.state, cache_for(stack.cache_dir), stack.host, port)
+    started = False
+    if not registry.health().ready:
+        try:
+            httpx.get(registry.endpoint + "/subjects", timeout=3)
+            raise BenchError(f"port {port} answers but is not this stack's registry: use --registry-port")
+        except httpx.HTTPError:
+            pass
+        print(f"schema registry: starting Apicurio Registry on port {port}", flush=True)
+        registry.start()
+        started = True
+        deadline = time.monotonic() + timeout_s
+        while not (health := registry.health()).ready:
+            if not health.running or time.monotonic() > deadline:
+                registry.stop()
+                raise BenchError(f"schema registry not ready ({health.detail}); log {registry.log_file}")
+            time.sleep(1)
+    try:
+        yield registry.endpoint
+    finally:
+        if started:
+            registry.stop()
+
+
+def register_schemas(url: str, run: Run) -> tuple[int, int]:
+    """Register the Avro value and key schemas of ``run``'s topic (subjects ``<topic>-value`` /
+    ``-key``, Confluent API ``POST /subjects/{subject}/versions``); returns their ids."""
+    ids = []
+    for suffix, connect in (("value", value_schema(run.name)), ("key", key_schema(run.name))):
+        body = {"schema": json.dumps(avro_schema(connect)), "schemaType": "AVRO"}
+        resp = httpx.post(f"{url}/subjects/{run.topic}-{suffix}/versions", json=body, timeout=30)
+        if resp.status_code != 200:
+            raise BenchError(f"registering the {suffix} schema failed: HTTP {resp.status_code} {resp.text[:300]}")
+        ids.append(int(resp.json()["id"]))
+    return ids[0], ids[1]
+
+
 # --------------------------------------------------------------------------- preload
 
 
@@ -302,8 +364,11 @@ def preload(stack: LocalStackSettings, topic: str, workload: Workload, timeout_s
 # --------------------------------------------------------------------------- workers
 
 
-def write_config(path: Path, stack: LocalStackSettings, run: Run, args: argparse.Namespace) -> None:
-    """The pipeline configuration of the workers (metrics endpoint off)."""
+def write_config(
+    path: Path, stack: LocalStackSettings, run: Run, args: argparse.Namespace, registry_url: str | None = None
+) -> None:
+    """The pipeline configuration of the workers (metrics endpoint off); with ``registry_url``
+    the source is ``format: avro`` with that Schema Registry."""
     batch: dict[str, int] = {}
     if args.batch_max_messages is not None:
         batch["max_messages"] = args.batch_max_messages
@@ -322,6 +387,7 @@ def write_config(path: Path, stack: LocalStackSettings, run: Run, args: argparse
                 "user": PG_SUPERUSER,
                 "tables": ["public.bench"],
                 "topic_prefix": run.name,
+                **({"format": "avro", "schema_registry": {"url": registry_url}} if registry_url else {}),
             }
         ],
         "pipelines": [
@@ -379,12 +445,17 @@ class Worker:
     stats: ProcStats = field(default_factory=ProcStats)
 
 
-def start_worker(index: int, config: Path, logs: Path, profile: Path | None) -> Worker:
-    """Start ``python -m pipeline.cli run -c CONFIG``; with ``profile``, attach py-spy to it."""
+# The worker entry point that builds its decoder with pipeline.decode.make_decoder (JSON or Avro)
+# until pipeline.app.build_worker does so itself; then "pipeline.cli" serves both formats.
+AVRO_WORKER_MODULE = "tests.e2e.avro.avro_worker"
+
+
+def start_worker(index: int, config: Path, logs: Path, profile: Path | None, module: str = "pipeline.cli") -> Worker:
+    """Start ``python -m <module> run -c CONFIG``; with ``profile``, attach py-spy to it."""
     log = logs / f"worker-{index}.log"
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "--log-level", "info", "run", "-c", str(config)],
+            [sys.executable, "-m", module, "--log-level", "info", "run", "-c", str(config)],
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=REPO,
@@ -473,7 +544,8 @@ def apply_all(
         busy0, all0 = machine_busy()
         broker0 = broker_cpu(stack)
         started = time.monotonic()
-        workers.extend(start_worker(i, config, logs, args.profile) for i in range(args.workers))
+        module = AVRO_WORKER_MODULE if args.format == "avro" else "pipeline.cli"
+        workers.extend(start_worker(i, config, logs, args.profile, module) for i in range(args.workers))
         first = 0.0
         first_done = 0
         last_report = started
@@ -689,7 +761,7 @@ def main(argv: list[str] | None = None) -> int:
     run = Run.new()
     print(
         f"apply_throughput: {args.events:,} events over {args.keys:,} keys, {args.partitions} partitions, "
-        f"{args.workers} worker(s), mode {args.mode}; Kafka {stack.bootstrap_servers}, "
+        f"{args.workers} worker(s), format {args.format}; Kafka {stack.bootstrap_servers}, "
         f"target port {stack.target_pg_port}, run {run.name}; load average {os.getloadavg()[0]:.2f}",
         flush=True,
     )
@@ -698,7 +770,11 @@ def main(argv: list[str] | None = None) -> int:
     ok = False
     try:
         with resources(stack, run, args.keep):
-            ok = _bench(stack, run, args, logs, workers)
+            if args.format == "avro":
+                with schema_registry(stack, args.registry_port) as url:
+                    ok = _bench(stack, run, args, logs, workers, url)
+            else:
+                ok = _bench(stack, run, args, logs, workers)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
     finally:
@@ -710,10 +786,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if ok else 1
 
 
-def _bench(stack: LocalStackSettings, run: Run, args: argparse.Namespace, logs: Path, workers: list[Worker]) -> bool:
+def _bench(
+    stack: LocalStackSettings,
+    run: Run,
+    args: argparse.Namespace,
+    logs: Path,
+    workers: list[Worker],
+    registry_url: str | None = None,
+) -> bool:
     admin = admin_client(stack)
     create_topic(admin, run.topic, args.partitions)
     workload = Workload(run.name, args.events, args.keys, args.seed, args.delete_ratio, database=run.database)
+    if registry_url is not None:
+        value_id, key_id = register_schemas(registry_url, run)
+        workload.serializer = lambda prefix, database: DebeziumAvro(prefix, database, value_id, key_id)
+        print(f"schemas registered at {registry_url}: value id {value_id}, key id {key_id}", flush=True)
     loaded = preload(stack, run.topic, workload, timeout_s=120 + args.events / 2000)
     ends = end_offsets(admin, run.topic, args.partitions)
     total = sum(ends.values())
@@ -728,7 +815,7 @@ def _bench(stack: LocalStackSettings, run: Run, args: argparse.Namespace, logs: 
         flush=True,
     )
     config = logs / "pipeline.yaml"
-    write_config(config, stack, run, args)
+    write_config(config, stack, run, args, registry_url)
     if args.consume_baseline:
         base = consume_baseline(config, run, total, args.timeout)
         print(
@@ -770,6 +857,7 @@ def report(
     cpu = sum(w.stats.cpu_s for w in workers)
     print(f"apply: {applied.wall_s:.1f} s wall from worker start (first commit after {applied.first_progress_s:.1f} s)")
     print(f"events/s: {eps:,.0f} (messages/s {loaded.messages / applied.wall_s:,.0f}; after the first commit {steady})")
+    print(f"format: {args.format}; bytes/event: {loaded.bytes / events:,.0f} (keys + values, tombstones included)")
     print(f"COPY rows/s: {copy_text:,.0f} (text; binary {copy_binary:,.0f}) for {rate.rows:,} final rows")
     print(f"ratio events/s / COPY rows/s: {eps / copy_text:.0%}")
     print(f"worker CPU s per 100k events: {cpu / events * 100_000:.2f} ({cpu:.1f} s in all)")

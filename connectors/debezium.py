@@ -43,6 +43,9 @@ applied last):
   months as 30.4375 days and is lossy.
 - ``include.unknown.datatypes=true``: a column of a type Debezium does not know is sent as
   bytes instead of being silently dropped from the event.
+- Avro instead of JSON when the source's ``format``/``key_format`` say so: Apicurio's
+  ``AvroConverter`` writing the Confluent wire format (see
+  :func:`converter_config`), with ``schema.name.adjustment.mode=avro``.
 - JSON converters with schemas; ``replace.null.with.default=false`` so a NULL in a column that
   has a DEFAULT stays NULL (Kafka ``JsonConverter`` option, Kafka 3.8+); decimals as
   ``BASE64`` bytes with their scale (exact with any JSON parser).
@@ -76,14 +79,15 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
 from psycopg import sql
 
-from pipeline.settings import MASK, ScalarValue, SourceSettings
+from pipeline.settings import MASK, MessageFormat, ScalarValue, SourceSettings
 
 POSTGRES_CONNECTOR_CLASS: Final = "io.debezium.connector.postgresql.PostgresConnector"
 JSON_CONVERTER: Final = "org.apache.kafka.connect.json.JsonConverter"
+APICURIO_AVRO_CONVERTER: Final = "io.apicurio.registry.utils.converter.AvroConverter"
 
 HEARTBEAT_TABLE: Final = "heartbeat"
 SIGNAL_TABLE_PREFIX: Final = "debezium_signal_"
@@ -346,15 +350,9 @@ def build_connector_config(
         "signal.data.collection": collection_id(signal_table(source)),
         "notification.enabled.channels": "sink",
         "notification.sink.topic.name": notification_topic(source),
-        # Kafka Connect converters (JsonConverterConfig)
-        "key.converter": JSON_CONVERTER,
-        "key.converter.schemas.enable": "true",
-        "key.converter.replace.null.with.default": "false",
-        "key.converter.decimal.format": "BASE64",
-        "value.converter": JSON_CONVERTER,
-        "value.converter.schemas.enable": "true",
-        "value.converter.replace.null.with.default": "false",
-        "value.converter.decimal.format": "BASE64",
+        # Kafka Connect converters (JsonConverterConfig, or Apicurio's AvroConverter)
+        **converter_config("key", source.resolved_key_format, source),
+        **converter_config("value", source.format, source),
         # "Customization of Kafka Connect automatic topic creation" (-1: broker default)
         "topic.creation.default.replication.factor": str(topic_replication_factor),
         "topic.creation.default.partitions": str(topic_partitions),
@@ -362,6 +360,11 @@ def build_connector_config(
         "topic.creation.cdcmeta.include": ",".join(java_regex_literal(t) for t in meta_topics),
         "topic.creation.cdcmeta.partitions": "1",
     }
+    if "avro" in (source.format, source.resolved_key_format):
+        # Avro schema names must match [A-Za-z_][A-Za-z0-9_]* per dot-separated part: adjust
+        # Debezium's schema names (e.g. a topic prefix with '-'). Column names are NOT adjusted:
+        # an invalid one fails the task visibly instead of renaming the target column silently.
+        config["schema.name.adjustment.mode"] = "avro"
     if source.password is not None:
         config["database.password"] = source.password.get_secret_value()
     if source.heartbeat_interval_ms > 0:
@@ -370,6 +373,56 @@ def build_connector_config(
     for key, value in source.connector_overrides.items():
         config[key] = _prop(value)
     return config
+
+
+def converter_config(side: Literal["key", "value"], fmt: MessageFormat, source: SourceSettings) -> dict[str, str]:
+    """The ``<side>.converter*`` properties of a connector writing ``fmt`` (``json``/``avro``).
+
+    ``json``: Kafka's ``JsonConverter`` with schemas (see the module docstring; unchanged by
+    the Avro support). ``avro``: Apicurio Registry's ``AvroConverter`` (2.x converter, in
+    ``plugins/apicurio-converter`` of the local stack) configured for the Confluent wire format
+    (magic byte 0, 4-byte schema id, Avro binary; no Kafka headers), which any
+    Confluent-compatible reader decodes (source: Apicurio ``SerdeConfig`` 2.6.13):
+
+    - ``apicurio.registry.url``: the registry's v2 API (``schema_registry.resolved_converter_url``);
+    - ``apicurio.registry.auto-register=true``, ``find-latest=true``: new schema versions
+      (ADD COLUMN) are registered by the connector as they appear;
+    - ``apicurio.registry.as-confluent=true`` (``Legacy4ByteIdHandler``: 4-byte id) with
+      ``apicurio.registry.use-id=contentId``: the id is the content id, which is what
+      Apicurio 3's ``/apis/ccompat/v7/schemas/ids/{id}`` resolves (``legacy-id-mode`` off);
+    - ``apicurio.registry.headers.enabled=false``: the id is in the payload, not in headers;
+    - ``apicurio.auth.username``/``apicurio.auth.password`` from the registry settings;
+    - ``schema_registry.converter_properties`` last, verbatim.
+
+    Raises ValueError when ``fmt`` is avro and the source has no ``schema_registry``.
+    """
+    prefix = f"{side}.converter"
+    if fmt == "json":
+        return {
+            prefix: JSON_CONVERTER,
+            f"{prefix}.schemas.enable": "true",
+            f"{prefix}.replace.null.with.default": "false",
+            f"{prefix}.decimal.format": "BASE64",
+        }
+    registry = source.schema_registry
+    if registry is None:
+        raise ValueError(f"source {source.name!r}: {side} format avro needs schema_registry")
+    props = {
+        prefix: APICURIO_AVRO_CONVERTER,
+        f"{prefix}.apicurio.registry.url": registry.resolved_converter_url,
+        f"{prefix}.apicurio.registry.auto-register": "true",
+        f"{prefix}.apicurio.registry.find-latest": "true",
+        f"{prefix}.apicurio.registry.as-confluent": "true",
+        f"{prefix}.apicurio.registry.use-id": "contentId",
+        f"{prefix}.apicurio.registry.headers.enabled": "false",
+    }
+    if registry.username is not None:
+        props[f"{prefix}.apicurio.auth.username"] = registry.username
+    if registry.password is not None:
+        props[f"{prefix}.apicurio.auth.password"] = registry.password.get_secret_value()
+    for key, value in registry.converter_properties.items():
+        props[f"{prefix}.{key}"] = _prop(value)
+    return props
 
 
 def _prop(value: ScalarValue) -> str:

@@ -1,4 +1,5 @@
-"""Decode Debezium PostgreSQL change messages (Kafka Connect ``JsonConverter``) into events.
+"""Decode Debezium PostgreSQL change messages (Kafka Connect ``JsonConverter``, or Avro in the
+Confluent wire format) into events.
 
 Input: what confluent-kafka hands the runner for one message: ``topic``, ``partition``,
 ``offset``, ``key: bytes | None``, ``value: bytes | None``. Output: a
@@ -23,6 +24,14 @@ real end of the schema. Messages that are not laid out the way the ``JsonConvert
 them (whitespace, other key order) are parsed whole and still cached by their canonical schema.
 TOAST placeholder checks run only when a placeholder form occurs in the payload bytes.
 
+Avro (``Decoder(avro_values=..., avro_keys=...)``, built by :func:`make_decoder` from the
+settings): the writer schema comes from the Schema Registry by id (``pipeline.schema_registry``),
+is turned back into the Connect schema (``pipeline.avro.connect_schema``) and goes through the
+same plans as JSON with ``wire="avro"`` (BYTES as raw bytes, FLOAT32 single precision): the
+same exact values, column schemas and TOAST handling. A schema id the registry does not know is
+poison; an unreachable registry raises ``RegistryUnavailableError``, a transient error (a
+``sinks.base.TransientSinkError``) that is never turned into poison.
+
 Positions: ``source.sequence``/``source.lsn`` are validated here and turned into a
 :class:`~pipeline.events.Position` by :func:`~pipeline.events.position_from_source` (its
 docstring holds the rule and the observed Debezium values it rests on).
@@ -43,6 +52,7 @@ import dataclasses
 import hashlib
 import math
 import re
+import struct
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -52,6 +62,8 @@ from typing import Any, Literal, Protocol, TypeAlias
 
 import orjson
 
+from connectors.debezium import build_connector_config
+from pipeline.avro import AvroReader, WireFormatError
 from pipeline.events import (
     ChangeEvent,
     Column,
@@ -64,6 +76,8 @@ from pipeline.events import (
     TableId,
     position_from_source,
 )
+from pipeline.schema_registry import RegistryUnavailableError, SchemaRegistryClient, UnknownSchemaError
+from pipeline.settings import PipelineSettings, SourceSettings
 
 __all__ = [
     "DEFAULT_UNAVAILABLE_PLACEHOLDER",
@@ -73,6 +87,7 @@ __all__ = [
     "KafkaMessage",
     "bits_to_text",
     "converter_for",
+    "make_decoder",
     "make_event",
     "toast_forms",
 ]
@@ -83,6 +98,10 @@ DEFAULT_UNAVAILABLE_PLACEHOLDER = "__debezium_unavailable_value"
 BinaryHandlingMode: TypeAlias = Literal["bytes", "base64", "base64-url-safe", "hex"]
 
 Converter: TypeAlias = Callable[[Any], Any]
+
+Wire: TypeAlias = Literal["json", "avro"]
+"""How a Connect value is written: ``json`` (JsonConverter: BYTES as base64 text) or ``avro``
+(Avro binary read by fastavro: BYTES as raw ``bytes``, FLOAT32 as a single-precision float)."""
 
 # Debezium topic naming defaults (debezium-core AbstractTopicNamingStrategy, 3.x):
 # heartbeat topic = "<topic.heartbeat.prefix>.<topic.prefix>" unless topic.heartbeat.name is set,
@@ -119,6 +138,8 @@ _TS_INFINITY_NS = {2**63 - 1: _INFINITY, -(2**63): _NEG_INFINITY}
 _DATE_INFINITY = {-2147472692: _INFINITY, -2147472691: _NEG_INFINITY}
 
 _WIDE_ISO = re.compile(r"(?P<year>[+-]?\d{4,})(?P<rest>-\d\d-\d\dT\d\d:\d\d(?::\d\d(?:\.\d{1,9})?)?)Z")
+
+_F32 = struct.Struct(">f")
 
 _FLOAT_SPECIAL = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
@@ -273,6 +294,29 @@ def _base64_url(value: Any) -> bytes:
     return binascii.a2b_base64(text.replace("-", "+").replace("_", "/"), strict_mode=True)
 
 
+def _native_bytes(value: Any) -> bytes:
+    """Connect BYTES read from Avro: already ``bytes``."""
+    if type(value) is not bytes:
+        raise TypeError(f"expected bytes, got {type(value).__name__}")
+    return value
+
+
+def _float32(value: Any) -> float:
+    """FLOAT32 read from Avro: the shortest decimal that rounds to the same single-precision
+    value, as Java's ``Float.toString`` (hence the JsonConverter) writes it; so ``REAL 1.1`` is
+    ``1.1`` in both formats, not ``1.100000023841858``."""
+    if type(value) is not float:
+        return _float(value)
+    if not math.isfinite(value):
+        return value
+    single: float = _F32.unpack(_F32.pack(value))[0]
+    for digits in range(6, 10):
+        candidate = float(f"{single:.{digits}g}")
+        if _F32.unpack(_F32.pack(candidate))[0] == single:
+            return candidate
+    return single
+
+
 def _unscaled_decimal(raw: bytes, scale: int) -> Decimal:
     unscaled = int.from_bytes(raw, "big", signed=True)
     if scale == 0:
@@ -305,12 +349,28 @@ def _decimal_converter(scale: int) -> Converter:
     return convert
 
 
+def _native_decimal_converter(scale: int) -> Converter:
+    """``Decimal`` read from Avro: the unscaled two's-complement bytes (Avro ``bytes`` with
+    ``logicalType: decimal``, read raw) -> exact Decimal with ``scale``."""
+
+    def convert(value: Any) -> Decimal:
+        return _unscaled_decimal(_native_bytes(value), scale)
+
+    return convert
+
+
 def _variable_scale_decimal(value: Any) -> Decimal:
     """``io.debezium.data.VariableScaleDecimal`` (PostgreSQL docs, "Decimal types", NUMERIC
     without scale): struct ``{scale: INT32, value: BYTES}`` with the unscaled value."""
     _need(value, dict)
     scale = _int(value["scale"])
     return _unscaled_decimal(_base64(value["value"]), scale)
+
+
+def _native_variable_scale_decimal(value: Any) -> Decimal:
+    """:func:`_variable_scale_decimal` read from Avro (``value`` is raw bytes)."""
+    _need(value, dict)
+    return _unscaled_decimal(_native_bytes(value["value"]), _int(value["scale"]))
 
 
 def _decimal_text(value: Any) -> Decimal:
@@ -506,26 +566,30 @@ def _uuid(value: Any) -> uuid.UUID:
     return uuid.UUID(_str(value))
 
 
-def _point(value: Any) -> Point:
+def _point_converter(wkb_bytes: Converter) -> Converter:
     """``io.debezium.data.geometry.Point`` (PostgreSQL docs, "Basic types", POINT)."""
-    _need(value, dict)
-    wkb = value.get("wkb")
-    srid = value.get("srid")
-    return Point(
-        x=_float(value["x"]),
-        y=_float(value["y"]),
-        wkb=None if wkb is None else _base64(wkb),
-        srid=None if srid is None else _int(srid),
-    )
+
+    def convert(value: Any) -> Point:
+        _need(value, dict)
+        wkb = value.get("wkb")
+        srid = value.get("srid")
+        return Point(
+            x=_float(value["x"]),
+            y=_float(value["y"]),
+            wkb=None if wkb is None else wkb_bytes(wkb),
+            srid=None if srid is None else _int(srid),
+        )
+
+    return convert
 
 
-def _geometry_converter(geography: bool) -> Converter:
+def _geometry_converter(geography: bool, wkb_bytes: Converter = _base64) -> Converter:
     """``io.debezium.data.geometry.Geometry``/``Geography`` (PostgreSQL docs, "PostGIS types")."""
 
     def convert(value: Any) -> Geometry:
         _need(value, dict)
         srid = value.get("srid")
-        return Geometry(wkb=_base64(value["wkb"]), srid=None if srid is None else _int(srid), geography=geography)
+        return Geometry(wkb=wkb_bytes(value["wkb"]), srid=None if srid is None else _int(srid), geography=geography)
 
     return convert
 
@@ -567,7 +631,9 @@ def _map_converter(key: Converter | None, val: Converter | None) -> Converter:
             _need(value, list)
             pairs = value
         out: dict[Any, Any] = {}
-        for k, v in pairs:
+        for pair in pairs:
+            # JSON: [key, value] pairs; Avro (non-string keys): MapEntry records {key, value}.
+            k, v = (pair["key"], pair["value"]) if isinstance(pair, dict) else pair
             out[k if key is None or k is None else key(k)] = v if val is None or v is None else val(v)
         return out
 
@@ -629,9 +695,18 @@ _LOGICAL: dict[str, Converter] = {
     "io.debezium.time.IsoTimestamp": _iso_timestamp,
     "io.debezium.time.MicroDuration": _micro_duration,
     "io.debezium.data.Uuid": _uuid,
-    "io.debezium.data.geometry.Point": _point,
+    "io.debezium.data.geometry.Point": _point_converter(_base64),
     "io.debezium.data.geometry.Geometry": _geometry_converter(geography=False),
     "io.debezium.data.geometry.Geography": _geometry_converter(geography=True),
+}
+
+# The same semantic types read from Avro, where BYTES are raw bytes.
+_LOGICAL_AVRO: dict[str, Converter] = {
+    **_LOGICAL,
+    "io.debezium.data.VariableScaleDecimal": _native_variable_scale_decimal,
+    "io.debezium.data.geometry.Point": _point_converter(_native_bytes),
+    "io.debezium.data.geometry.Geometry": _geometry_converter(geography=False, wkb_bytes=_native_bytes),
+    "io.debezium.data.geometry.Geography": _geometry_converter(geography=True, wkb_bytes=_native_bytes),
 }
 
 # Kept as str (exact text): Json (the sink casts to jsonb), Xml, Enum, Ltree, Interval
@@ -650,14 +725,23 @@ _PRIMITIVE: dict[str, Converter] = {
     "bytes": _base64,
 }
 
-# Converters that only check the JSON type and return the value unchanged.
-_KEPT: dict[Converter | None, type] = {_int: int, _str: str, _bool: bool}
+_PRIMITIVE_AVRO: dict[str, Converter] = {**_PRIMITIVE, "bytes": _native_bytes, "float32": _float32, "float": _float32}
+
+# Converters that only check the value's type and return it unchanged.
+_KEPT: dict[Converter | None, type] = {_int: int, _str: str, _bool: bool, _native_bytes: bytes}
 
 _BINARY_TEXT: dict[str, Converter] = {"base64": _base64, "base64-url-safe": _base64_url, "hex": _hex_bytes}
 
 
-def converter_for(schema: Mapping[str, Any], binary_mode: BinaryHandlingMode = "bytes") -> Converter:
+def converter_for(
+    schema: Mapping[str, Any], binary_mode: BinaryHandlingMode = "bytes", wire: Wire = "json"
+) -> Converter:
     """The function turning one JSON value of the field ``schema`` into its exact Python value.
+
+    With ``wire="avro"`` the value is one read from Avro by fastavro (without logical types:
+    see :mod:`pipeline.avro`), where BYTES (and so ``Decimal``, ``VariableScaleDecimal``
+    values, WKB) are raw ``bytes`` and FLOAT32 is single precision; the results are the same
+    Python values as from JSON.
 
     ``schema`` is a Connect field schema as the JsonConverter writes it (``type``, optional
     ``name``, ``parameters``, ``items``, ``fields``...). The converter is never called with None
@@ -686,31 +770,33 @@ def converter_for(schema: Mapping[str, Any], binary_mode: BinaryHandlingMode = "
     kind = schema.get("type")
     logical = schema.get("name")
     params = schema.get("parameters") or {}
+    avro = wire == "avro"
     if logical == "org.apache.kafka.connect.data.Decimal":
-        return _decimal_converter(int(params.get("scale", 0)))
+        scale = int(params.get("scale", 0))
+        return _native_decimal_converter(scale) if avro else _decimal_converter(scale)
     if logical is not None:
-        found = _LOGICAL.get(logical)
+        found = (_LOGICAL_AVRO if avro else _LOGICAL).get(logical)
         if found is not None:
             return found
     if kind == "array":
         items = schema.get("items")
-        item = converter_for(items, binary_mode) if isinstance(items, dict) else None
+        item = converter_for(items, binary_mode, wire) if isinstance(items, dict) else None
         return _array_converter(item)
     if kind == "map":
         keys, values = schema.get("keys"), schema.get("values")
         return _map_converter(
-            converter_for(keys, binary_mode) if isinstance(keys, dict) else None,
-            converter_for(values, binary_mode) if isinstance(values, dict) else None,
+            converter_for(keys, binary_mode, wire) if isinstance(keys, dict) else None,
+            converter_for(values, binary_mode, wire) if isinstance(values, dict) else None,
         )
     if kind == "struct":
-        return _struct_converter(_row_plan(schema.get("fields") or [], binary_mode, placeholders=None))
+        return _struct_converter(_row_plan(schema.get("fields") or [], binary_mode, None, wire))
     source_type = str(params.get("__debezium.source.column.type", "")).upper()
     if kind == "string":
         if source_type in ("NUMERIC", "DECIMAL"):
             return _decimal_text
         if source_type == "BYTEA" and binary_mode in _BINARY_TEXT:
             return _BINARY_TEXT[binary_mode]
-    found = _PRIMITIVE.get(str(kind))
+    found = (_PRIMITIVE_AVRO if avro else _PRIMITIVE).get(str(kind))
     if found is None:
         raise ValueError(f"unsupported Connect schema type {kind!r}")
     return found
@@ -724,6 +810,7 @@ class _Placeholders:
     """Every JSON form of ``unavailable.value.placeholder`` (debezium UnchangedToastedPlaceholder)."""
 
     text: str
+    raw: bytes
     base64: str
     octets: list[int]  # Java bytes widened to int: signed
     text_list: list[str]
@@ -741,6 +828,7 @@ class _Placeholders:
         digest[8] = (digest[8] & 0x3F) | 0x80
         return cls(
             text=text,
+            raw=raw,
             base64=b64,
             octets=[b - 256 if b > 127 else b for b in raw],
             text_list=[text],
@@ -797,14 +885,14 @@ def toast_forms(
     return _forms_for(schema, forms)
 
 
-def _forms_for(schema: Mapping[str, Any], ph: _Placeholders) -> tuple[Any, ...]:
+def _forms_for(schema: Mapping[str, Any], ph: _Placeholders, wire: Wire = "json") -> tuple[Any, ...]:
     kind = schema.get("type")
     if kind == "string":
         if schema.get("name") == "io.debezium.data.Json":
             return (ph.text, ph.hstore_json)
         return (ph.text,)
     if kind == "bytes":
-        return (ph.base64, ph.text)
+        return (ph.raw,) if wire == "avro" else (ph.base64, ph.text)
     if kind == "map":
         return (ph.hstore_map,)
     if kind == "array":
@@ -813,14 +901,16 @@ def _forms_for(schema: Mapping[str, Any], ph: _Placeholders) -> tuple[Any, ...]:
         if item_kind in ("int32", "int64", "int16", "int8"):
             return (ph.octets,)
         if item_kind == "bytes":
-            return (ph.base64_list,)
+            return ([ph.raw],) if wire == "avro" else (ph.base64_list,)
         if isinstance(items, dict) and items.get("name") == "io.debezium.data.Uuid":
             return (ph.uuid_list, ph.text_list)
         return (ph.text_list,)
     return ()
 
 
-def _row_plan(fields: list[Any], binary_mode: BinaryHandlingMode, placeholders: _Placeholders | None) -> _RowPlan:
+def _row_plan(
+    fields: list[Any], binary_mode: BinaryHandlingMode, placeholders: _Placeholders | None, wire: Wire = "json"
+) -> _RowPlan:
     converters: list[tuple[str, Converter]] = []
     checks: list[tuple[str, type]] = []
     toast: list[tuple[str, tuple[Any, ...]]] = []
@@ -828,14 +918,14 @@ def _row_plan(fields: list[Any], binary_mode: BinaryHandlingMode, placeholders: 
         if not isinstance(field, dict) or not isinstance(field.get("field"), str):
             raise _BadMessageError("schema: a struct field without a 'field' name")
         name = field["field"]
-        conv = converter_for(field, binary_mode)
+        conv = converter_for(field, binary_mode, wire)
         kept = _KEPT.get(conv)
         if kept is not None:
             checks.append((name, kept))
         else:
             converters.append((name, conv))
         if placeholders is not None:
-            forms = _forms_for(field, placeholders)
+            forms = _forms_for(field, placeholders, wire)
             if forms:
                 toast.append((name, forms))
     return _RowPlan(tuple(converters), tuple(checks), tuple(toast))
@@ -872,7 +962,7 @@ class _KeyPlan:
     key_columns: tuple[str, ...]
 
 
-def _value_plan(schema: Any, config: DecoderConfig, placeholders: _Placeholders) -> _ValuePlan:
+def _value_plan(schema: Any, config: DecoderConfig, placeholders: _Placeholders, wire: Wire = "json") -> _ValuePlan:
     if not isinstance(schema, dict):
         raise _BadMessageError("value schema is not an object")
     name = schema.get("name")
@@ -895,16 +985,16 @@ def _value_plan(schema: Any, config: DecoderConfig, placeholders: _Placeholders)
     row_fields = row_schema.get("fields")
     if not isinstance(row_fields, list):
         raise _BadMessageError("value schema: 'after' struct without fields")
-    plan = _row_plan(row_fields, config.binary_handling_mode, placeholders)
+    plan = _row_plan(row_fields, config.binary_handling_mode, placeholders, wire)
     columns = tuple(_column(f, f["field"]) for f in row_fields)
     return _ValuePlan("change", plan, columns)
 
 
-def _key_plan(schema: Any, config: DecoderConfig) -> _KeyPlan:
+def _key_plan(schema: Any, config: DecoderConfig, wire: Wire = "json") -> _KeyPlan:
     if not isinstance(schema, dict) or schema.get("type") != "struct" or not isinstance(schema.get("fields"), list):
         raise _BadMessageError("key schema is not a struct")
     fields = schema["fields"]
-    plan = _row_plan(fields, config.binary_handling_mode, placeholders=None)
+    plan = _row_plan(fields, config.binary_handling_mode, None, wire)
     return _KeyPlan(plan, tuple(f["field"] for f in fields))
 
 
@@ -1128,8 +1218,20 @@ class Decoder:
     pure apart from those caches.
     """
 
-    def __init__(self, config: DecoderConfig | None = None) -> None:
+    def __init__(
+        self,
+        config: DecoderConfig | None = None,
+        *,
+        avro_values: AvroReader | None = None,
+        avro_keys: AvroReader | None = None,
+    ) -> None:
+        """``avro_values``/``avro_keys``: read values/keys as Avro in the Confluent wire format
+        with these readers (see :func:`make_decoder`); otherwise as JsonConverter JSON."""
         self.config = config or DecoderConfig()
+        self._avro_values = avro_values
+        self._avro_keys = avro_keys
+        self._avro_value_plans: dict[int, _ValuePlan] = {}
+        self._avro_key_plans: dict[int, _KeyPlan] = {}
         self._placeholders = _Placeholders.of(self.config.placeholder_bytes)
         self._generic_forms = self._placeholders.generic()
         self._needles = self._placeholders.needles()
@@ -1147,8 +1249,8 @@ class Decoder:
         self._heartbeat_prefix = cfg.heartbeat_topic_prefix + cfg.topic_delimiter
 
     def cached_schemas(self) -> int:
-        """Number of value and key schema plans currently cached (for metrics)."""
-        return len(self._values) + len(self._keys)
+        """Number of value and key schema plans currently cached (for metrics), JSON and Avro."""
+        return len(self._values) + len(self._keys) + len(self._avro_value_plans) + len(self._avro_key_plans)
 
     def _topic_reason(self, topic: str) -> str | None:
         reason = self._topic_reasons.get(topic, _MISSING)
@@ -1183,6 +1285,8 @@ class Decoder:
             return self._decode(topic, partition, offset, key, value)
         except PoisonMessageError:
             raise
+        except UnknownSchemaError as exc:
+            raise PoisonMessageError(topic, partition, offset, str(exc)) from None
         except _BadMessageError as exc:
             raise PoisonMessageError(topic, partition, offset, str(exc)) from None
         except orjson.JSONDecodeError as exc:
@@ -1204,7 +1308,12 @@ class Decoder:
         return self.decode(topic, partition, offset, message.key(), message.value())
 
     def _decode(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes) -> ChangeEvent | Skip:
-        plan, payload, start = _split_parse(value, topic, self._values, self._build_value_plan)
+        avro = self._avro_values is not None
+        if avro:
+            plan, payload = self._read_avro_value(value)
+            start = 0
+        else:
+            plan, payload, start = _split_parse(value, topic, self._values, self._build_value_plan)
         if plan is not None and plan.kind != "change":
             if plan.kind == "other":
                 raise _BadMessageError("the value schema is not a Debezium change event envelope (no 'op' field)")
@@ -1250,8 +1359,9 @@ class Decoder:
                 if before is None:
                     raise _BadMessageError("op 'd' without 'before'")
             row = plan.row if plan is not None else None
-            # Placeholder checks only when one of its forms occurs in the payload bytes at all.
-            toast = any(value.find(needle, start) >= 0 for needle in self._needles)
+            # Placeholder checks only when one of its forms occurs in the payload bytes at all
+            # (JSON); Avro values are always checked (ints of an int[] form are varints).
+            toast = avro or any(value.find(needle, start) >= 0 for needle in self._needles)
             if after is not None:
                 unavailable = self._convert("after", after, row, toast)
             if before is not None:
@@ -1260,7 +1370,10 @@ class Decoder:
         key_row: dict[str, Any] | None = None
         key_columns: tuple[str, ...] = ()
         if key is not None:
-            key_plan, key_payload, _ = _split_parse(key, topic, self._keys, self._build_key_plan)
+            if self._avro_keys is not None:
+                key_plan, key_payload = self._read_avro_key(key)
+            else:
+                key_plan, key_payload, _ = _split_parse(key, topic, self._keys, self._build_key_plan)
             if key_payload is not None:
                 if type(key_payload) is not dict:
                     raise _BadMessageError(f"key payload is {type(key_payload).__name__}, not an object")
@@ -1305,8 +1418,41 @@ class Decoder:
     def _build_value_plan(self, schema: Any) -> _ValuePlan:
         return _value_plan(schema, self.config, self._placeholders)
 
+    def _read_avro_value(self, data: bytes) -> tuple[_ValuePlan, Any]:
+        assert self._avro_values is not None
+        schema_id, connect, payload = _read_avro(self._avro_values, data, "value")
+        plan = self._avro_value_plans.get(schema_id)
+        if plan is None:
+            if len(self._avro_value_plans) >= self.config.max_cached_schemas:
+                self._avro_value_plans.clear()
+            plan = self._avro_value_plans[schema_id] = _value_plan(connect, self.config, self._placeholders, "avro")
+        return plan, payload
+
+    def _read_avro_key(self, data: bytes) -> tuple[_KeyPlan, Any]:
+        assert self._avro_keys is not None
+        schema_id, connect, payload = _read_avro(self._avro_keys, data, "key")
+        plan = self._avro_key_plans.get(schema_id)
+        if plan is None:
+            if len(self._avro_key_plans) >= self.config.max_cached_schemas:
+                self._avro_key_plans.clear()
+            plan = self._avro_key_plans[schema_id] = _key_plan(connect, self.config, "avro")
+        return plan, payload
+
     def _build_key_plan(self, schema: Any) -> _KeyPlan:
         return _key_plan(schema, self.config)
+
+
+def _read_avro(reader: AvroReader, data: bytes, what: str) -> tuple[int, dict[str, Any], Any]:
+    """``reader.read(data)`` with decoding failures as _BadMessageError naming ``what``;
+    registry errors (unknown id, registry down) pass through."""
+    try:
+        return reader.read(data)
+    except (UnknownSchemaError, RegistryUnavailableError):
+        raise
+    except WireFormatError as exc:
+        raise _BadMessageError(f"{what}: {exc}") from None
+    except (ValueError, TypeError, KeyError, IndexError, EOFError, OverflowError, struct.error) as exc:
+        raise _BadMessageError(f"{what}: not decodable Avro: {type(exc).__name__}: {exc}") from None
 
 
 def _convert_row(where: str, row: dict[str, Any], plan: _RowPlan, toast: bool) -> frozenset[str]:
@@ -1385,3 +1531,29 @@ def _shape_reason(payload: dict[str, Any]) -> str | None:
 def _preview(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def make_decoder(source: SourceSettings, pipeline: PipelineSettings | None = None) -> Decoder:
+    """The decoder of ``pipeline``'s messages from ``source``: JSON or Avro per key and value
+    (``pipeline.value_format``/``key_format``, which default to and must agree with the source's
+    ``format``/``key_format``), with a Schema Registry client (``source.schema_registry``)
+    when either is Avro. The registry client retries an unavailable registry with the
+    pipeline's ``retry`` backoff before raising RegistryUnavailableError (transient).
+
+    Raises ValueError when a format is Avro and the source has no ``schema_registry``.
+    """
+    value_format = (pipeline.value_format if pipeline else None) or source.format
+    key_format = (pipeline.key_format if pipeline else None) or source.resolved_key_format
+    config = DecoderConfig.from_connector_config(build_connector_config(source))
+    if "avro" not in (value_format, key_format):
+        return Decoder(config)
+    registry = source.schema_registry
+    if registry is None:
+        raise ValueError(f"source {source.name!r}: avro messages need schema_registry")
+    client = SchemaRegistryClient(registry, pipeline.retry if pipeline else None)
+    reader = AvroReader(client.schema, registry.cache_size)
+    return Decoder(
+        config,
+        avro_values=reader if value_format == "avro" else None,
+        avro_keys=reader if key_format == "avro" else None,
+    )

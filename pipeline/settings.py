@@ -153,6 +153,68 @@ class ConnectSettings(_Model):
     verify_tls: bool = Field(True, description="Verify the REST endpoint's TLS certificate.")
 
 
+MessageFormat = Literal["json", "avro"]
+
+_CCOMPAT_SUFFIX = "/apis/ccompat/v7"
+_APICURIO_V2_SUFFIX = "/apis/registry/v2"
+
+
+class SchemaRegistrySettings(_Model):
+    """A Schema Registry holding the Avro schemas of a source's change topics.
+
+    The pipeline reads schemas through the registry's Confluent-compatible REST API
+    (``GET {url}/schemas/ids/{id}``); Kafka Connect's Apicurio ``AvroConverter`` registers them
+    through ``converter_url`` (Apicurio's own v2 API). Basic auth and TLS (CA bundle, client
+    certificate) apply to the pipeline's requests.
+    """
+
+    url: str = Field(
+        pattern=r"^https?://",
+        description="Confluent-compatible API base URL as the pipeline reaches it, e.g. "
+        "'http://registry:8080/apis/ccompat/v7' (Apicurio) or 'http://registry:8081' (Confluent, Karapace).",
+    )
+    converter_url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="Apicurio registry API URL for Kafka Connect's AvroConverter; defaults to 'url' with "
+        "'/apis/ccompat/v7' replaced by '/apis/registry/v2'.",
+    )
+    username: str | None = Field(None, description="Basic-auth user.")
+    password: SecretStr | None = Field(None, description="Basic-auth password (secret).")
+    password_file: Path | None = Field(None, description="File holding password.")
+    ca_file: Path | None = Field(None, description="PEM CA bundle that verifies the registry's TLS certificate.")
+    cert_file: Path | None = Field(None, description="PEM client certificate (mutual TLS).")
+    key_file: Path | None = Field(None, description="PEM private key of cert_file.")
+    verify: bool = Field(True, description="Verify the registry's TLS certificate.")
+    timeout_s: float = Field(10.0, gt=0, description="Per-request timeout, seconds.")
+    cache_size: int = Field(1000, ge=1, description="Schemas kept in memory (by schema id).")
+    converter_properties: dict[str, ScalarValue] = Field(
+        default_factory=dict,
+        description="Extra converter properties, set as 'key.converter.<k>' and 'value.converter.<k>' "
+        "(e.g. 'apicurio.registry.tls.truststore.location').",
+    )
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Self:
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file is set without cert_file")
+        return self
+
+    @property
+    def resolved_converter_url(self) -> str:
+        """Apicurio registry API URL used by Kafka Connect's ``AvroConverter``.
+
+        Raises ValueError when ``converter_url`` is unset and ``url`` is not an Apicurio
+        ``/apis/ccompat/v7`` URL it can be derived from.
+        """
+        if self.converter_url is not None:
+            return self.converter_url
+        base = self.url.rstrip("/")
+        if base.endswith(_CCOMPAT_SUFFIX):
+            return base[: -len(_CCOMPAT_SUFFIX)] + _APICURIO_V2_SUFFIX
+        raise ValueError("schema_registry.converter_url: required when url is not an Apicurio '/apis/ccompat/v7' URL")
+
+
 class SourceSettings(_Model):
     """One PostgreSQL source database captured by one Debezium PostgreSQL connector."""
 
@@ -191,6 +253,26 @@ class SourceSettings(_Model):
     connector_overrides: dict[str, ScalarValue] = Field(
         default_factory=dict, description="Connector properties set last, over everything built here."
     )
+    format: MessageFormat = Field(
+        "json", description="Converter of message values (and keys, unless key_format is set): json or avro."
+    )
+    key_format: MessageFormat | None = Field(None, description="Converter of message keys; defaults to 'format'.")
+    schema_registry: SchemaRegistrySettings | None = Field(
+        None, description="Schema Registry of the Avro schemas; required when a format is avro."
+    )
+
+    @model_validator(mode="after")
+    def _check_registry(self) -> Self:
+        if "avro" in (self.format, self.resolved_key_format) and self.schema_registry is None:
+            raise ValueError("schema_registry: required when format or key_format is 'avro' (add its url)")
+        if self.schema_registry is not None and "avro" in (self.format, self.resolved_key_format):
+            self.schema_registry.resolved_converter_url  # noqa: B018 - raises when it cannot be derived
+        return self
+
+    @property
+    def resolved_key_format(self) -> MessageFormat:
+        """Format of message keys."""
+        return self.key_format or self.format
 
     @field_validator("tables")
     @classmethod
@@ -298,8 +380,12 @@ class PipelineSettings(_Model):
     tables: list[str] | None = Field(None, description="Subset of the source's tables; all by default.")
     target: TargetSettings
     consumer_group: str | None = Field(None, description="Defaults to 'cdc.<name>'.")
-    value_format: Literal["json", "avro"] = Field("json", description="Format of message values.")
-    key_format: Literal["json", "avro"] = Field("json", description="Format of message keys.")
+    value_format: MessageFormat | None = Field(
+        None, description="Format of message values; defaults to the source's 'format' and must agree with it."
+    )
+    key_format: MessageFormat | None = Field(
+        None, description="Format of message keys; defaults to the source's key format and must agree with it."
+    )
     keyless_mode: Literal["append_dedup"] = Field(
         "append_dedup",
         description="Tables without a primary key: rows keyed by source position, deletes match whole rows.",
@@ -418,6 +504,15 @@ class Settings(BaseSettings):
                     raise ValueError(
                         f"pipelines[{i}].tables: {table!r} is not captured by source {src.name!r} "
                         "(add it to the source's tables)"
+                    )
+            for key, mine, theirs, where in (
+                ("value_format", pipe.value_format, src.format, "format"),
+                ("key_format", pipe.key_format, src.resolved_key_format, "key_format"),
+            ):
+                if mine is not None and mine != theirs:
+                    raise ValueError(
+                        f"pipelines[{i}].{key}: {mine!r} but source {src.name!r} produces {theirs!r} "
+                        f"(set the source's {where} to {mine!r}, or drop {key} to follow the source)"
                     )
         return self
 
@@ -630,7 +725,8 @@ def format_validation_error(exc: ValidationError) -> list[str]:
             lines.append(text if re.match(r"^\w+\[\d+\]", text) else f"{loc}: {text}")
         else:
             got = err.get("input")
-            shown = "" if isinstance(got, dict | list) else f", got {got!r}"
+            secret = any(isinstance(part, str) and _SECRET_KEY.search(part) for part in err["loc"])
+            shown = "" if secret or isinstance(got, dict | list) else f", got {got!r}"
             lines.append(f"{loc}: {msg.lower()}{shown}")
     return lines
 

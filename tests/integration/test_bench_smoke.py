@@ -8,6 +8,7 @@ events/s figure and finds the target equal to the expected state: no speed asser
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -16,6 +17,9 @@ from decimal import Decimal
 from pathlib import Path
 from types import ModuleType
 
+from pipeline.avro import AvroReader
+from pipeline.decode import Decoder, DecoderConfig
+from pipeline.events import ChangeEvent, Skip
 from pipeline.localstack import LocalStack
 
 REPO = Path(__file__).resolve().parents[2]
@@ -156,4 +160,49 @@ def test_bench_smoke(local_stack: LocalStack) -> None:
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
     assert re.search(r"^events/s: [\d,]+", proc.stdout, re.MULTILINE), output
+    assert "target matches: yes" in proc.stdout, output
+
+
+def _decoded(decoder: Decoder, messages: list[tuple[bytes, bytes | None]]) -> list[object]:
+    out: list[object] = []
+    for offset, (key, value) in enumerate(messages):
+        event = decoder.decode("avrochk.public.bench", 0, offset, key, value)
+        if isinstance(event, Skip):
+            out.append(event.reason)
+        else:
+            assert isinstance(event, ChangeEvent)
+            out.append((event.op, event.key, event.before, event.after, event.position, event.columns))
+    return out
+
+
+def test_avro_generator_decodes_like_json() -> None:
+    """The bench's Avro messages (``--format avro``) carry the same changes as its JSON ones."""
+    gen = _generator()
+    schemas = {1: gen.avro_schema(gen.value_schema("avrochk")), 2: gen.avro_schema(gen.key_schema("avrochk"))}
+    as_json = gen.Workload("avrochk", 300, 60, seed=3)
+    as_avro = gen.Workload("avrochk", 300, 60, seed=3)
+    as_avro.serializer = lambda prefix, database: gen.DebeziumAvro(prefix, database, 1, 2)
+    json_messages, avro_messages = list(as_json.messages()), list(as_avro.messages())
+    reader = AvroReader(schemas.__getitem__)
+    avro_decoder = Decoder(DecoderConfig(), avro_values=reader, avro_keys=reader)
+    assert _decoded(avro_decoder, avro_messages) == _decoded(Decoder(DecoderConfig()), json_messages)
+    assert as_avro.expected == as_json.expected
+    json_bytes = sum(len(k) + len(v or b"") for k, v in json_messages)
+    avro_bytes = sum(len(k) + len(v or b"") for k, v in avro_messages)
+    assert avro_bytes * 5 < json_bytes
+
+
+def test_bench_smoke_avro(local_stack: LocalStack) -> None:
+    """``--format avro`` against the test stack's Apicurio Registry (the bench starts it when
+    nothing answers on the port, and stops what it started)."""
+    s = local_stack.settings
+    slot = int(os.environ.get("CDC_TEST_STACK_SLOT", "0") or "0")
+    args = ["--smoke", "--format", "avro", "--state-dir", str(s.state), "--kafka-port", str(s.kafka_port)]
+    args += ["--target-port", str(s.target_pg_port), "--registry-port", str(18081 + 100 * slot)]
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), *args], capture_output=True, text=True, timeout=900, cwd=REPO, check=False
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert re.search(r"^format: avro; bytes/event: [\d,]+", proc.stdout, re.MULTILINE), output
     assert "target matches: yes" in proc.stdout, output
