@@ -10,6 +10,10 @@ Steps, on the local stack (``cdc-pipeline local up``):
    pipeline is stopped and restarted in the middle);
 5. wait until the pipeline has caught up, ``cdc-pipeline verify``, and a summary.
 
+A second pipeline (``pgbench_to_mariadb``, its own consumer group on the same change topics)
+applies the three small tables into the local MariaDB and is verified too; it is skipped when
+the stack runs without MariaDB (``CDC_LOCAL_MARIADB_ENABLED=false``).
+
 Each run gets fresh names (topic prefix, slot, connector, consumer group: ``pgbench_r<N>``) and
 fresh ``pgbench`` databases; the previous run's connector and slot are removed first, so
 running the demo twice works. Every step runs the real CLI as a user would.
@@ -29,6 +33,7 @@ from dataclasses import dataclass
 
 import httpx
 import psycopg
+import pymysql
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 
@@ -40,6 +45,10 @@ from pipeline.localstack.services import drop_database_slots, pg_bindir
 CONFIG = REPO_ROOT / "config" / "examples" / "pgbench.yaml"
 DATABASE = "pgbench"
 TABLES = ("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history")
+PG_PIPELINE = "pgbench_to_target"
+MARIADB_PIPELINE = "pgbench_to_mariadb"
+MARIADB_TABLES = ("pgbench_branches", "pgbench_tellers", "pgbench_history")
+MARIADB_DATABASES = ("pgbench", "pgbench_cdc_control")  # target.schema and control_schema in the config
 
 
 class DemoError(RuntimeError):
@@ -57,6 +66,7 @@ class DemoOptions:
     restart_midway: bool = False
     metrics_port: int = 9108
     catch_up_timeout_s: float = 600.0
+    mariadb: bool = True
 
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -118,6 +128,8 @@ class Demo:
         self.run_id = self._next_run_id()
         self.env = self._environment()
         self.worker: subprocess.Popen[bytes] | None = None
+        self.maria_worker: subprocess.Popen[bytes] | None = None
+        self.with_mariadb = options.mariadb and stack.settings.mariadb_enabled
 
     # ------------------------------------------------------------------ set-up
 
@@ -151,6 +163,8 @@ class Demo:
             "CDC_SOURCES__0__PUBLICATION_NAME": names["publication_name"],
             "CDC_SOURCES__0__CONNECTOR_NAME": names["connector_name"],
             "CDC_PIPELINES__0__CONSUMER_GROUP": names["consumer_group"],
+            "CDC_PIPELINES__1__CONSUMER_GROUP": f"{names['consumer_group']}_mariadb",
+            "MARIADB_PORT": str(s.mariadb_port),
             "PGPASSWORD": PG_PASSWORD,
             "PYTHONUNBUFFERED": "1",
         }
@@ -178,6 +192,14 @@ class Demo:
                     raise DemoError(str(exc)) from exc
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DATABASE)))
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
+        if self.with_mariadb:
+            maria = self.stack.mariadb.connect()
+            try:
+                with maria.cursor() as cur:
+                    for name in MARIADB_DATABASES:  # fixed names from this module, not input
+                        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+            finally:
+                maria.close()
         (self.dir / "runs.json").write_text(json.dumps({"last": self.run_id}))
 
     def pgbench_argv(self, *args: str) -> list[str]:
@@ -205,15 +227,36 @@ class Demo:
     # ------------------------------------------------------------------ the worker
 
     def start_worker(self) -> None:
-        """Start ``cdc-pipeline run`` in the background (log: <state>/demo/worker.log)."""
+        """Start ``cdc-pipeline run -p pgbench_to_target`` in the background (log:
+        <state>/demo/worker.log)."""
         log = (self.dir / "worker.log").open("ab")
         self.worker = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "run", "-c", str(CONFIG)],
+            [sys.executable, "-m", "pipeline.cli", "run", "-p", PG_PIPELINE, "-c", str(CONFIG)],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         self._wait(self._metrics_up, 60, "the worker's /metrics endpoint")
+
+    def start_mariadb_worker(self) -> None:
+        """Start ``cdc-pipeline run -p pgbench_to_mariadb`` (metrics on the next port; log:
+        <state>/demo/mariadb-worker.log)."""
+        log = (self.dir / "mariadb-worker.log").open("ab")
+        self.maria_worker = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "run", "-p", MARIADB_PIPELINE, "-c", str(CONFIG)],
+            env={**self.env, "CDC_METRICS__PORT": str(self.opts.metrics_port + 1)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def stop_mariadb_worker(self) -> None:
+        """SIGTERM the MariaDB pipeline's worker and wait for its graceful exit."""
+        if self.maria_worker is not None and self.maria_worker.poll() is None:
+            self.maria_worker.send_signal(signal.SIGTERM)
+            code = self.maria_worker.wait(60)
+            if code != 0:
+                raise DemoError(f"the MariaDB worker exited with {code}; see {self.dir / 'mariadb-worker.log'}")
+        self.maria_worker = None
 
     def stop_worker(self) -> None:
         """SIGTERM the worker and wait for its graceful exit."""
@@ -255,9 +298,32 @@ class Demo:
                     out[table] = 0
         return out
 
+    def mariadb_counts(self) -> dict[str, int]:
+        """Row count per table of the MariaDB pipeline in its target (0 before it exists)."""
+        out = dict.fromkeys(MARIADB_TABLES, 0)
+        try:
+            conn = self.stack.mariadb.connect()
+        except pymysql.MySQLError:
+            return out
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s", (DATABASE,))
+                present = {str(r[0]) for r in cur.fetchall()}
+                for table in MARIADB_TABLES:  # fixed names from this module
+                    if table in present:
+                        cur.execute(f"SELECT count(*) FROM `{DATABASE}`.`{table}`")
+                        row = cur.fetchone()
+                        out[table] = int(row[0]) if row else 0
+        finally:
+            conn.close()
+        return out
+
     def caught_up(self) -> bool:
-        """Target counts equal source counts and no partition has consumer lag."""
-        if self.counts("source") != self.counts("target"):
+        """Target counts equal source counts and no partition has consumer lag (both pipelines)."""
+        source = self.counts("source")
+        if source != self.counts("target"):
+            return False
+        if self.with_mariadb and self.mariadb_counts() != {t: source[t] for t in MARIADB_TABLES}:
             return False
         return total(scrape(self.opts.metrics_port), "cdc_consumer_lag_messages") == 0
 
@@ -283,6 +349,9 @@ class Demo:
         self.say("$ cdc-pipeline run -c config/examples/pgbench.yaml   (in the background)")
         t_snap = time.monotonic()
         self.start_worker()
+        if self.with_mariadb:
+            self.say("$ cdc-pipeline run -p pgbench_to_mariadb -c config/examples/pgbench.yaml   (in the background)")
+            self.start_mariadb_worker()
         expected = self.counts("source")
         self._wait(lambda: self.counts("target") == expected, o.catch_up_timeout_s, "the initial snapshot")
         snapshot_s = time.monotonic() - t_snap
@@ -328,9 +397,15 @@ class Demo:
         p99 = histogram_quantile(0.99, after_snapshot, end, "cdc_commit_to_apply_seconds")
         retained = total(end, "cdc_replication_slot_wal_retained_bytes")
 
-        verify = self.cli("verify", "--json", check=False)
+        verify = self.cli("verify", "--json", "-p", PG_PIPELINE, check=False)
+        maria_verify = (
+            self.cli("verify", "--json", "--no-store", "-p", MARIADB_PIPELINE, check=False)
+            if self.with_mariadb
+            else None
+        )
         self.stop_worker()
-        ok = verify.returncode == 0
+        self.stop_mariadb_worker()
+        ok = verify.returncode == 0 and (maria_verify is None or maria_verify.returncode == 0)
         self.say("")
         self.say("== summary")
         self.say(
@@ -347,6 +422,10 @@ class Demo:
         self.say(f"verification                {'CLEAN: every table matches' if ok else 'FAILED'}")
         for line in _verify_lines(verify.stdout):
             self.say(f"  {line}")
+        if maria_verify is not None:
+            self.say("  into MariaDB (pipeline pgbench_to_mariadb, its own consumer group):")
+            for line in _verify_lines(maria_verify.stdout):
+                self.say(f"  {line}")
         self.say(
             f"metrics                     http://127.0.0.1:{o.metrics_port}/metrics while `cdc-pipeline run` "
             "runs; Grafana dashboard: deploy/grafana/dashboards/cdc-pipeline.json"
@@ -354,13 +433,16 @@ class Demo:
         self.say(f"total demo time             {time.monotonic() - t_start:.0f}s")
         if not ok:
             self.say(verify.stdout + verify.stderr)
+            if maria_verify is not None:
+                self.say(maria_verify.stdout + maria_verify.stderr)
         return 0 if ok else 1
 
     def close(self) -> None:
-        """Stop the worker if it still runs."""
-        if self.worker is not None and self.worker.poll() is None:
-            self.worker.kill()
-            self.worker.wait(30)
+        """Stop the workers if they still run."""
+        for proc in (self.worker, self.maria_worker):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
 
 
 def _subtract(a: Samples, b: Samples) -> Samples:

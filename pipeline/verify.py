@@ -40,6 +40,13 @@ its text output under pinned session settings (``TimeZone=UTC``, ``DateStyle=ISO
 (empty field) from the empty string (``""``) (PostgreSQL "Composite Types" > "Composite Type
 Input and Output Syntax").
 
+MariaDB/MySQL and SQLite targets (:func:`is_portable_target`): the same plans and chunks, but
+both sides' rows are fetched and each row's canonical text is computed in Python by the
+*source* column type (:mod:`sinks.sqlalchemy.canonical`: :class:`PortableSourceSide`,
+:class:`PortableTargetSide`); catch-up reads the stored offsets through the SQLAlchemy sink
+(:func:`wait_caught_up_portable`). Results are stored, and cutover readiness and repair are
+available, for PostgreSQL targets only (``docs/targets.md``).
+
 Repair (:func:`repair_pipeline`): per mismatched chunk of a keyed table, (a) a *guarded* DELETE
 of target rows whose key the source lacks - only rows whose version columns still hold the
 values read before the source was checked, so a row the pipeline (re)wrote meanwhile is kept -
@@ -56,16 +63,18 @@ target's ``<control_schema>.verify_results``) was clean.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import psycopg
+import sqlalchemy as sa
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -86,10 +95,14 @@ from pipeline.snapshot import (
     SnapshotRequest,
     SnapshotSettings,
     key_range_filters,
+    lag_per_partition,
     pipeline_offsets,
     topic_regex,
 )
 from pipeline.transforms import ColumnReport, build_transformer
+from sinks.sqlalchemy import canonical
+from sinks.sqlalchemy.ddl import dialect_kind, physical, read_shape
+from sinks.sqlalchemy.types import adapt
 
 log = get_logger(__name__)
 
@@ -833,12 +846,47 @@ class _Pending:
     diff: ChunkDiff
 
 
-def _compare_keyed(sconn: Conn, tconn: Conn, plan: TablePlan, chunk_size: int, result: TableResult) -> list[ChunkDiff]:
+class Side(Protocol):
+    """One side of a comparison: chunk and bucket checksums and row counts of a planned table."""
+
+    def chunk(self, plan: TablePlan, key_range: KeyRange) -> Checksum:
+        """Row count and checksum of ``key_range``."""
+
+    def buckets(self, plan: TablePlan, buckets: int) -> dict[int, Checksum]:
+        """Per-bucket row count and checksum (keyless tables)."""
+
+    def count(self, plan: TablePlan) -> int:
+        """Rows of the table on this side."""
+
+
+@dataclass
+class PgSide:
+    """A PostgreSQL side: everything computed server-side in SQL (the fast path)."""
+
+    conn: Conn
+    side: str  # "source" or "target"
+
+    def chunk(self, plan: TablePlan, key_range: KeyRange) -> Checksum:
+        """See :func:`chunk_checksum`."""
+        return chunk_checksum(self.conn, plan, self.side, key_range)
+
+    def buckets(self, plan: TablePlan, buckets: int) -> dict[int, Checksum]:
+        """See :func:`bucket_checksums`."""
+        return bucket_checksums(self.conn, plan, self.side, buckets)
+
+    def count(self, plan: TablePlan) -> int:
+        """See :func:`count_rows`."""
+        return count_rows(self.conn, plan.table if self.side == "source" else plan.target)
+
+
+def _compare_keyed(
+    sconn: Conn, src_side: Side, tgt_side: Side, plan: TablePlan, chunk_size: int, result: TableResult
+) -> list[ChunkDiff]:
     diffs: list[ChunkDiff] = []
     ranges = chunk_bounds(sconn, plan, chunk_size)
     for index, key_range in enumerate(ranges, start=1):
-        src = chunk_checksum(sconn, plan, "source", key_range)
-        tgt = chunk_checksum(tconn, plan, "target", key_range)
+        src = src_side.chunk(plan, key_range)
+        tgt = tgt_side.chunk(plan, key_range)
         result.rows_source += src[0]
         result.rows_target += tgt[0]
         if src != tgt:
@@ -854,11 +902,11 @@ def bucket_count(rows: int, chunk_size: int) -> int:
 
 
 def _compare_keyless(
-    sconn: Conn, tconn: Conn, plan: TablePlan, chunk_size: int, result: TableResult
+    sconn: Conn, src_side: Side, tgt_side: Side, plan: TablePlan, chunk_size: int, result: TableResult
 ) -> list[ChunkDiff]:
-    buckets = bucket_count(count_rows(sconn, plan.table), chunk_size)
-    src = bucket_checksums(sconn, plan, "source", buckets)
-    tgt = bucket_checksums(tconn, plan, "target", buckets)
+    buckets = bucket_count(src_side.count(plan), chunk_size)
+    src = src_side.buckets(plan, buckets)
+    tgt = tgt_side.buckets(plan, buckets)
     result.rows_source = sum(c[0] for c in src.values())
     result.rows_target = sum(c[0] for c in tgt.values())
     result.chunks = buckets
@@ -870,18 +918,262 @@ def _compare_keyless(
     ]
 
 
-def _recompute(sconn: Conn, tconn: Conn, plan: TablePlan, diff: ChunkDiff) -> ChunkDiff:
+def _recompute(src_side: Side, tgt_side: Side, plan: TablePlan, diff: ChunkDiff) -> ChunkDiff:
     if diff.bucket is None or diff.buckets is None:
         return ChunkDiff(
             diff.index,
             diff.key_range,
-            chunk_checksum(sconn, plan, "source", diff.key_range),
-            chunk_checksum(tconn, plan, "target", diff.key_range),
+            src_side.chunk(plan, diff.key_range),
+            tgt_side.chunk(plan, diff.key_range),
         )
     empty: Checksum = (0, None)
-    src = bucket_checksums(sconn, plan, "source", diff.buckets).get(diff.bucket, empty)
-    tgt = bucket_checksums(tconn, plan, "target", diff.buckets).get(diff.bucket, empty)
+    src = src_side.buckets(plan, diff.buckets).get(diff.bucket, empty)
+    tgt = tgt_side.buckets(plan, diff.buckets).get(diff.bucket, empty)
     return ChunkDiff(diff.index, diff.key_range, src, tgt, bucket=diff.bucket, buckets=diff.buckets)
+
+
+# =========================================================================== targets other than PostgreSQL
+
+
+def is_portable_target(pipeline: PipelineSettings) -> bool:
+    """True when ``pipeline`` writes to a MariaDB/MySQL or SQLite target (the Python path).
+
+    Raises :class:`pipeline.app.UnsupportedTargetError` for an unknown scheme."""
+    from pipeline.app import target_kind  # noqa: PLC0415 - app imports the runner
+
+    return target_kind(pipeline.target) == "sqlalchemy"
+
+
+def _portable_engine(pipeline: PipelineSettings) -> sa.Engine:
+    from pipeline.app import target_sqlalchemy_url  # noqa: PLC0415 - app imports the runner
+
+    return sa.create_engine(target_sqlalchemy_url(pipeline.target), poolclass=sa.pool.NullPool)
+
+
+def _source_select(plan: TablePlan, typnames: Mapping[str, str]) -> sql.Composable:
+    """Compared source columns, intervals as Debezium ``MicroDuration`` microseconds."""
+    parts: list[sql.Composable] = []
+    for c in plan.columns:
+        ident = sql.Identifier(c.source)
+        if typnames[c.source] == "interval":
+            parts.append(sql.SQL(canonical.interval_micros_sql("{c}")).format(c=ident))
+        else:
+            parts.append(ident)
+    return sql.SQL(", ").join(parts)
+
+
+@dataclass
+class PortableSourceSide:
+    """The PostgreSQL source compared with a MariaDB/SQLite target: rows are fetched and their
+    canonical text computed in Python (:mod:`sinks.sqlalchemy.canonical`), like the target's."""
+
+    conn: Conn
+    typnames: dict[str, str]  # source column -> pg_type.typname
+
+    def _texts(self, plan: TablePlan, key_range: KeyRange | None) -> list[str]:
+        where, params = range_where(plan, "source", key_range) if key_range else (sql.SQL(""), [])
+        rows = self.conn.execute(
+            sql.SQL("SELECT {} FROM {}{}").format(_source_select(plan, self.typnames), _qualified(plan.table), where),
+            params,
+        ).fetchall()
+        types = [self.typnames[c.source] for c in plan.columns]
+        return [canonical.row_text(_values(r), types) for r in rows]
+
+    def chunk(self, plan: TablePlan, key_range: KeyRange) -> Checksum:
+        """Count and checksum of the canonical row texts of ``key_range``."""
+        return canonical.checksum(self._texts(plan, key_range))
+
+    def buckets(self, plan: TablePlan, buckets: int) -> dict[int, Checksum]:
+        """Per-bucket count and checksum of the canonical row texts."""
+        return _bucketed(self._texts(plan, None), buckets)
+
+    def count(self, plan: TablePlan) -> int:
+        """``count(*)`` of the source table."""
+        return count_rows(self.conn, plan.table)
+
+
+@dataclass
+class PortableTargetSide:
+    """A MariaDB/MySQL or SQLite target: rows fetched through SQLAlchemy, canonical text in Python
+    by the *source* column types. Key ranges are SQL row-value comparisons in the target (its
+    binary collation orders text keys by code point, like the source's "C" collation)."""
+
+    engine: sa.Engine
+    dialect: str
+    typnames: dict[str, str]
+
+    def _table(self, plan: TablePlan) -> sa.TableClause:
+        schema, name = physical(plan.target, self.dialect)
+        return sa.table(name, *(sa.column(c.target) for c in plan.columns), schema=schema)
+
+    def _texts(self, plan: TablePlan, key_range: KeyRange | None) -> list[str]:
+        if not plan.target_exists:
+            return []
+        t = self._table(plan)
+        query = sa.select(*(t.c[c.target] for c in plan.columns))
+        if key_range is not None:
+            keys = sa.tuple_(*(t.c[c.target] for c in plan.key))
+            low, high = key_range
+            if low is not None:
+                query = query.where(keys > sa.tuple_(*(sa.literal(adapt(v, self.dialect)) for v in low)))
+            if high is not None:
+                query = query.where(keys <= sa.tuple_(*(sa.literal(adapt(v, self.dialect)) for v in high)))
+        types = [self.typnames[c.source] for c in plan.columns]
+        with self.engine.connect() as conn:
+            return [canonical.row_text(tuple(r), types) for r in conn.execute(query)]
+
+    def chunk(self, plan: TablePlan, key_range: KeyRange) -> Checksum:
+        """Count and checksum of the canonical row texts of ``key_range``."""
+        return canonical.checksum(self._texts(plan, key_range))
+
+    def buckets(self, plan: TablePlan, buckets: int) -> dict[int, Checksum]:
+        """Per-bucket count and checksum of the canonical row texts."""
+        return _bucketed(self._texts(plan, None), buckets)
+
+    def count(self, plan: TablePlan) -> int:
+        """Rows of the target table."""
+        return len(self._texts(plan, None))
+
+
+def _bucketed(texts: Sequence[str], buckets: int) -> dict[int, Checksum]:
+    by_bucket: dict[int, list[str]] = {}
+    for text in texts:
+        by_bucket.setdefault(canonical.bucket_of(text, buckets), []).append(text)
+    return {b: canonical.checksum(items) for b, items in by_bucket.items()}
+
+
+class _PgTargetAccess:
+    """Plans and sides of a PostgreSQL target (server-side checksums)."""
+
+    def __init__(self, tconn: Conn) -> None:
+        self.tconn = tconn
+
+    def plan(self, sconn: Conn, pipeline: PipelineSettings, table: TableId) -> TablePlan:
+        return plan_table(sconn, self.tconn, pipeline, table)
+
+    def sides(self, sconn: Conn, plan: TablePlan) -> tuple[Side, Side]:
+        return PgSide(sconn, "source"), PgSide(self.tconn, "target")
+
+
+class _PortableTargetAccess:
+    """Plans and sides of a MariaDB/MySQL or SQLite target (Python checksums on both sides)."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        with engine.connect() as conn:
+            self.dialect = dialect_kind(conn.dialect)
+
+    def target_columns(self, target: TableId) -> list[ColumnInfo]:
+        with self.engine.connect() as conn:
+            shape = read_shape(conn, target)
+        if shape is None:
+            return []
+        return [ColumnInfo(name, type_, type_) for name, type_ in shape.columns.items()]
+
+    def plan(self, sconn: Conn, pipeline: PipelineSettings, table: TableId) -> TablePlan:
+        source_columns = read_columns(sconn, table)
+        if not source_columns:
+            raise LookupError(f"source table {table} does not exist")
+        transformer = build_transformer(pipeline.transforms, pipeline.mask_salt)
+        report = transformer.column_report(table, [c.name for c in source_columns])
+        target = target_table(pipeline, table, report)
+        # Collations are not compared across engines: text keys are ordered by code point on
+        # both sides ("C" source collation, binary target collation; see PortableTargetSide).
+        plain = [ColumnInfo(c.name, c.type, c.typname) for c in source_columns]
+        return build_plan(table, target, plain, read_primary_key(sconn, table), self.target_columns(target), report)
+
+    def sides(self, sconn: Conn, plan: TablePlan) -> tuple[Side, Side]:
+        typnames = {c.name: c.typname for c in read_columns(sconn, plan.table)}
+        return PortableSourceSide(sconn, typnames), PortableTargetSide(self.engine, self.dialect, typnames)
+
+
+@contextlib.contextmanager
+def _target_access(
+    pipeline: PipelineSettings, statement_timeout_s: float
+) -> Iterator[_PgTargetAccess | _PortableTargetAccess]:
+    if is_portable_target(pipeline):
+        engine = _portable_engine(pipeline)
+        try:
+            yield _PortableTargetAccess(engine)
+        finally:
+            engine.dispose()
+        return
+    with connect_target(pipeline, "verify", statement_timeout_s) as tconn:
+        yield _PgTargetAccess(tconn)
+
+
+def read_heartbeat_portable(engine: sa.Engine, table: TableId, source_name: str) -> datetime | None:
+    """The heartbeat ``ts`` of ``source_name`` in a MariaDB/SQLite target (UTC), or None when the
+    table or row does not exist yet. The sink stored it in UTC without zone."""
+    with engine.connect() as conn:
+        schema, name = physical(table, dialect_kind(conn.dialect))
+        t = sa.table(name, sa.column("ts"), sa.column("source"), schema=schema)
+        try:
+            value = conn.execute(sa.select(t.c.ts).where(t.c.source == source_name)).scalar()
+        except sa.exc.DBAPIError:
+            return None
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if not isinstance(value, datetime):
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def wait_caught_up_portable(
+    settings: Settings, pipeline: PipelineSettings, max_wait_s: float, sleep_s: float = 0.5
+) -> CatchUp:
+    """:func:`wait_caught_up` for a MariaDB/SQLite target (at most ``max_wait_s``): the
+    heartbeat written now must show in the target, then the offsets the pipeline stored in its
+    target (read through :class:`sinks.sqlalchemy.sink.SqlAlchemySink`) must reach the Kafka
+    high watermarks of every change topic. Raises sqlalchemy/psycopg errors when a database is
+    unreachable."""
+    from pipeline.app import target_sqlalchemy_url  # noqa: PLC0415 - app imports the runner
+    from sinks.sqlalchemy.sink import SqlAlchemySink  # noqa: PLC0415 - only for these targets
+
+    source = settings.source(pipeline.source)
+    start = time.monotonic()
+    deadline = start + max_wait_s
+    with connect_source(source, "verify heartbeat", 30) as sconn:
+        written = write_heartbeat(sconn, source)
+    hb_target = heartbeat_target_table(source, pipeline)
+    engine = _portable_engine(pipeline)
+    applied = False
+    try:
+        while True:
+            seen = read_heartbeat_portable(engine, hb_target, source.name)
+            if seen is not None and seen >= written:
+                applied = True
+                break
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(sleep_s)
+    finally:
+        engine.dispose()
+    probe = ConsumerLagProbe(settings.kafka.client_config(), topic_regex(source), [])
+    sink = SqlAlchemySink(target_sqlalchemy_url(pipeline.target), control_schema=pipeline.target.control_schema)
+    pending: dict[str, int] = {}
+    try:
+        while True:
+            marks = probe.watermarks()
+            stored = sink.stored_offsets(pipeline.resolved_consumer_group, list(marks))
+            pending = {}
+            for (topic, _), lag in lag_per_partition(marks, stored).items():
+                if lag > 0:
+                    pending[topic] = pending.get(topic, 0) + lag
+            if (not pending and applied) or time.monotonic() >= deadline:
+                break
+            time.sleep(sleep_s)
+    finally:
+        probe.close()
+        sink.close()
+    parts = []
+    if not applied:
+        parts.append(f"heartbeat {written.isoformat()} not applied to {hb_target} within {max_wait_s:.0f} s")
+    if pending:
+        parts.append(f"{sum(pending.values())} message(s) not applied")
+    return CatchUp(applied and not pending, applied, time.monotonic() - start, pending, "; ".join(parts))
 
 
 def verify_pipeline(
@@ -894,9 +1186,10 @@ def verify_pipeline(
     """Verify ``pipeline`` (all its tables, or ``tables`` given as ``schema.table``).
 
     ``catch_up`` replaces :func:`wait_caught_up` (tests; return ``CatchUp(True, True, 0)`` to
-    skip waiting). Raises KeyError for a table the pipeline does not apply, psycopg.Error when
-    a database is unreachable, :class:`pipeline.app.UnsupportedTargetError` for a non-PostgreSQL
-    target. Per-table problems are results, not exceptions.
+    skip waiting). Raises KeyError for a table the pipeline does not apply, psycopg.Error (or
+    sqlalchemy.exc.DBAPIError for a MariaDB/SQLite target) when a database is unreachable,
+    :class:`pipeline.app.UnsupportedTargetError` for an unknown target scheme. Per-table
+    problems are results, not exceptions.
     """
     cfg = config or VerifySettings()
     source = settings.source(pipeline.source)
@@ -908,7 +1201,11 @@ def verify_pipeline(
             raise KeyError(f"not tables of pipeline {pipeline.name}: {', '.join(unknown)}")
         selected = [t for t in selected if t in wanted]
 
+    portable = is_portable_target(pipeline)
+
     def default_catch_up() -> CatchUp:
+        if portable:
+            return wait_caught_up_portable(settings, pipeline, cfg.max_wait_s)
         return wait_caught_up(settings, pipeline, cfg.max_wait_s)
 
     catch = catch_up or default_catch_up
@@ -916,15 +1213,16 @@ def verify_pipeline(
     first = catch()
     results: list[TableResult] = []
     pending: list[_Pending] = []
+    sides: dict[TableId, tuple[Side, Side]] = {}
     topics = {t: change_topic(source, TableRef(t.schema, t.table)) for t in selected}
     with (
         connect_source(source, "verify", cfg.statement_timeout_s) as sconn,
-        connect_target(pipeline, "verify", cfg.statement_timeout_s) as tconn,
+        _target_access(pipeline, cfg.statement_timeout_s) as target_access,
     ):
         for table in selected:
             t0 = time.monotonic()
             try:
-                plan = plan_table(sconn, tconn, pipeline, table)
+                plan = target_access.plan(sconn, pipeline, table)
             except LookupError as exc:
                 results.append(TableResult(table, None, Status.ERROR, str(exc)))
                 continue
@@ -944,7 +1242,10 @@ def verify_pipeline(
             if plan.problem is not None:
                 result.status, result.reason = Status.ERROR, plan.problem
                 continue
-            diffs = (_compare_keyless if plan.keyless else _compare_keyed)(sconn, tconn, plan, cfg.chunk_size, result)
+            src_side, tgt_side = target_access.sides(sconn, plan)
+            sides[plan.table] = (src_side, tgt_side)
+            compare = _compare_keyless if plan.keyless else _compare_keyed
+            diffs = compare(sconn, src_side, tgt_side, plan, cfg.chunk_size, result)
             pending.extend(_Pending(result, plan, d) for d in diffs)
             result.seconds = time.monotonic() - t0
             if not plan.target_exists and result.rows_source == 0:
@@ -956,7 +1257,7 @@ def verify_pipeline(
             last = catch()
             still: list[_Pending] = []
             for item in pending:
-                again = _recompute(sconn, tconn, item.plan, item.diff)
+                again = _recompute(*sides[item.plan.table], item.plan, item.diff)
                 if again.source == again.target:
                     _adjust_rows(item.result, item.diff, again)
                     continue
@@ -1333,4 +1634,10 @@ def coordination_monitors(
     source = settings.source(pipeline.source)
     snapshot = snapshot or SnapshotSettings.from_config(settings.snapshot)
     verify = verify or VerifySettings.from_config(settings.verify)
-    return [build_coordinator(settings, source, snapshot), CutoverMonitor(settings, pipeline, verify)]
+    monitors: list[PollingMonitor] = [build_coordinator(settings, source, snapshot)]
+    if is_portable_target(pipeline):
+        # Verification results and the heartbeat are read from PostgreSQL targets only.
+        log.info("cutover readiness not monitored for this target", pipeline=pipeline.name)
+    else:
+        monitors.append(CutoverMonitor(settings, pipeline, verify))
+    return monitors

@@ -1,6 +1,6 @@
 """Shared fixtures: one real local stack per test session, and unique names per test.
 
-The stack runs on test ports (15433/15434 PostgreSQL, 19092/19093 Kafka, 18083 Connect) under
+The stack runs on test ports (15433/15434 PostgreSQL, 15435 MariaDB, 19092/19093 Kafka, 18083 Connect) under
 ``.local-stack-test/`` so it never collides with a developer's ``cdc-pipeline local up``.
 Set ``CDC_TEST_KEEP_STACK=1`` to leave it running after the session (faster re-runs).
 """
@@ -50,6 +50,7 @@ def stack_settings() -> LocalStackSettings:
         kafka_port=19092 + shift,
         controller_port=19093 + shift,
         connect_port=18083 + shift,
+        mariadb_port=15435 + shift,
     )
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs, from Debian's packages, what the local stack needs and the machine lacks:
-# PostgreSQL server + client tools (initdb, pg_ctl, pgbench), a JDK 17+, Maven, and promtool.
+# PostgreSQL server + client tools (initdb, pg_ctl, pgbench), MariaDB server (the second
+# target: mariadb-install-db, mariadbd), a JDK 17+, Maven, and promtool.
 # Does nothing when everything is present; needs root (or sudo) otherwise.
 set -euo pipefail
 
@@ -8,6 +9,7 @@ need=()
 have_pg() { command -v pg_ctl >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; }
 have_pg || need+=(postgresql postgresql-contrib)
 command -v pgbench >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pgbench >/dev/null 2>&1 || need+=(postgresql-contrib)
+command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
 java_major() { java -version 2>&1 | sed -nE 's/.*version "([0-9]+).*/\1/p' | head -1; }
 if ! command -v java >/dev/null 2>&1 || [ "$(java_major)" -lt 17 ]; then need+=(openjdk-17-jdk-headless); fi
 command -v mvn >/dev/null 2>&1 || need+=(maven)
@@ -28,3 +30,5 @@ $SUDO apt-get install -y -q --no-install-recommends "${need[@]}"
 if command -v pg_lsclusters >/dev/null 2>&1 && pg_lsclusters -h 2>/dev/null | grep -q online; then
   $SUDO pg_ctlcluster "$(pg_lsclusters -h | awk 'NR==1{print $1}')" main stop || true
 fi
+# Debian's mariadb-server may start a system server on 3306; the local stack runs its own
+# mariadbd on 3307 (tests: 15435 + 100 x slot), so the two never collide: it is left alone.

@@ -1,7 +1,8 @@
-"""The local stack: real PostgreSQL, Kafka and Kafka Connect processes under a state folder.
+"""The local stack: real PostgreSQL, MariaDB, Kafka and Kafka Connect processes under a state folder.
 
 ``LocalStack(settings).up()`` fetches the jars (cached), starts the PostgreSQL source and
-target clusters, the Kafka broker and the Connect worker, and waits until each is ready;
+target clusters, the MariaDB target (unless ``mariadb_enabled`` is off), the Kafka broker and
+the Connect worker, and waits until each is ready;
 it is idempotent. ``down()`` stops only the processes it started (by PID file);
 ``down(purge=True)`` also deletes the state folder. See ``../shared/design.md``, "Local stack".
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from pipeline.localstack.config import LocalStackSettings
 from pipeline.localstack.jars import JarCache, cache_for, ensure_jars
+from pipeline.localstack.mariadb import MariaDBServer
 from pipeline.localstack.services import (
     ConnectWorker,
     Health,
@@ -58,11 +60,13 @@ class LocalStack:
         self.target = PostgresCluster("target", settings)
         self.kafka = KafkaBroker(settings, self._jars)
         self.connect = ConnectWorker(settings, self._jars)
+        self.mariadb = MariaDBServer(settings, pg_data_root(settings.state))
 
     @property
     def services(self) -> list[Service]:
-        """In start order."""
-        return [self.source, self.target, self.kafka, self.connect]
+        """In start order (MariaDB only when ``mariadb_enabled``)."""
+        extra: list[Service] = [self.mariadb] if self.settings.mariadb_enabled else []
+        return [self.source, self.target, *extra, self.kafka, self.connect]
 
     def up(self) -> dict[str, float]:
         """Start every service that is not running and wait until all are ready.
@@ -84,12 +88,15 @@ class LocalStack:
 
         t = time.monotonic()
         self.kafka.start()  # the JVM boots while PostgreSQL initialises
-        for cluster in (self.source, self.target):
+        databases: list[Service] = [self.source, self.target]
+        if self.settings.mariadb_enabled:
+            databases.append(self.mariadb)
+        for db in databases:
             ts = time.monotonic()
-            cluster.start()
-            self._wait_ready(cluster)
-            timings[cluster.name] = time.monotonic() - ts
-            self._report(f"{cluster.name}: ready at {cluster.endpoint} ({timings[cluster.name]:.1f}s)")
+            db.start()
+            self._wait_ready(db)
+            timings[db.name] = time.monotonic() - ts
+            self._report(f"{db.name}: ready at {db.endpoint} ({timings[db.name]:.1f}s)")
         self._wait_ready(self.kafka)
         timings["kafka"] = time.monotonic() - t
         self._report(f"kafka: ready at {self.kafka.endpoint} ({timings['kafka']:.1f}s)")

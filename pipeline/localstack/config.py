@@ -16,6 +16,8 @@ DEFAULT_CACHE = Path.home() / ".cache" / "cdc-pipeline" / "jars"
 # Development defaults of the clusters initdb creates. Local use only: documented in the README.
 PG_SUPERUSER = "postgres"
 PG_PASSWORD = "postgres"  # noqa: S105 - fixed password of throwaway local clusters
+MARIADB_USER = "cdc"
+MARIADB_PASSWORD = "cdc"  # noqa: S105 - fixed password of the throwaway local MariaDB
 
 
 class LocalStackSettings(BaseSettings):
@@ -31,6 +33,8 @@ class LocalStackSettings(BaseSettings):
     kafka_port: int = 9092
     controller_port: int = 9093
     connect_port: int = 8083
+    mariadb_port: int = 3307
+    mariadb_enabled: bool = Field(True, description="Run the MariaDB target (second target database).")
     kafka_heap: str = "768m"
     connect_heap: str = "1g"
     ready_timeout_s: float = Field(180.0, description="Seconds each service may take to become ready.")
@@ -54,3 +58,7 @@ class LocalStackSettings(BaseSettings):
         """libpq URL of the ``source`` or ``target`` cluster as the superuser."""
         port = self.source_pg_port if role == "source" else self.target_pg_port
         return f"postgresql://{PG_SUPERUSER}:{PG_PASSWORD}@{self.host}:{port}/{dbname}"
+
+    def mariadb_url(self, database: str = "") -> str:
+        """SQLAlchemy URL of the local MariaDB target as the development user (with password)."""
+        return f"mariadb+pymysql://{MARIADB_USER}:{MARIADB_PASSWORD}@{self.host}:{self.mariadb_port}/{database}"

@@ -18,15 +18,23 @@ from typing import Any
 
 import psycopg
 import pytest
+import sqlalchemy as sa
 import yaml
 from psycopg import sql
 
 from connectors import source_prep
 from connectors.connect_client import ConnectClient
 from connectors.debezium import build_connector_config
+from pipeline.events import TableId
 from pipeline.localstack import LocalStack
 from pipeline.settings import Settings, load_settings
+from pipeline.transforms import build_transformer
+from pipeline.verify import target_table
+from sinks.sqlalchemy import canonical as portable
+from sinks.sqlalchemy.ddl import physical
 from tests.conftest import Databases, drop_slots
+
+TARGETS = ("postgresql", "mariadb", "sqlite")
 
 
 def canonical(value: Any) -> Any:
@@ -82,10 +90,81 @@ class E2EPipeline:
     log_dir: Path
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     killed: set[int] = field(default_factory=set)
+    target_kind: str = "postgresql"
+    target_url: str = ""  # SQLAlchemy URL (with password) of a MariaDB/SQLite target
 
     @property
     def pipeline_name(self) -> str:
         return self.settings.pipelines[0].name
+
+    def target_table(self, table: str) -> TableId:
+        """Where the pipeline writes the source table ``schema.table`` (routes applied)."""
+        pipe = self.settings.pipelines[0]
+        schema, _, name = table.partition(".")
+        source = TableId(schema, name)
+        report = build_transformer(pipe.transforms, pipe.mask_salt).column_report(
+            source, _columns(self.source_dsn, table)
+        )
+        return target_table(pipe, source, report)
+
+    def target_values(self, table: str, columns: list[str] | None = None) -> list[tuple[Any, ...]]:
+        """Raw rows of the target copy of source ``table`` (default: the source's columns), sorted."""
+        cols = columns or _columns(self.source_dsn, table)
+        if self.target_kind == "postgresql":
+            t = self.target_table(table)
+            return table_rows(self.target_dsn, f"{t.schema}.{t.table}", cols)
+        return sorted(_sa_rows(self.target_url, self.target_kind, self.target_table(table), cols), key=repr)
+
+    def target_canonical(self, table: str) -> list[str] | None:
+        """Canonical texts of the target copy (source column types), sorted; None when absent."""
+        cols, types = _typed_columns(self.source_dsn, table)
+        try:
+            rows = _sa_rows(self.target_url, self.target_kind, self.target_table(table), cols)
+        except sa.exc.DBAPIError:
+            return None
+        return sorted(portable.row_text(r, types) for r in rows)
+
+    def source_canonical(self, table: str) -> list[str]:
+        """Canonical texts of the source rows, sorted."""
+        cols, types = _typed_columns(self.source_dsn, table)
+        schema, _, name = table.partition(".")
+        with psycopg.connect(self.source_dsn) as conn:
+            select = [
+                sql.SQL(portable.interval_micros_sql("{c}")).format(c=sql.Identifier(c))
+                if t == "interval"
+                else sql.Identifier(c)
+                for c, t in zip(cols, types, strict=True)
+            ]
+            rows = conn.execute(
+                sql.SQL("SELECT {} FROM {}.{}").format(
+                    sql.SQL(", ").join(select), sql.Identifier(schema), sql.Identifier(name)
+                )
+            ).fetchall()
+        return sorted(portable.row_text(r, types) for r in rows)
+
+    def target_snapshot(self, table: str) -> list[str]:
+        """Every column of the target copy, version columns included, as sorted text."""
+        t = self.target_table(table)
+        if self.target_kind == "postgresql":
+            with psycopg.connect(self.target_dsn) as conn:
+                rows = conn.execute(
+                    sql.SQL("SELECT t::text FROM {}.{} t").format(sql.Identifier(t.schema), sql.Identifier(t.table))
+                ).fetchall()
+            return sorted(r[0] for r in rows)
+        engine = sa.create_engine(self.target_url, poolclass=sa.pool.NullPool)
+        schema, name = physical(t, "sqlite" if self.target_kind == "sqlite" else "mysql")
+        try:
+            with engine.connect() as conn:
+                tbl = sa.Table(name, sa.MetaData(), schema=schema, autoload_with=conn)
+                return sorted(repr(tuple(r)) for r in conn.execute(sa.select(tbl)).all())
+        finally:
+            engine.dispose()
+
+    def make_sink(self) -> Any:
+        """The pipeline's own sink (to read or reset stored offsets the way workers do)."""
+        from pipeline.app import make_sink  # noqa: PLC0415 - the worker wiring is heavy
+
+        return make_sink(self.settings.pipelines[0])
 
     def start_worker(self) -> subprocess.Popen[bytes]:
         log = (self.log_dir / f"worker-{len(self.workers)}.log").open("ab")
@@ -138,8 +217,8 @@ class E2EPipeline:
         deadline = time.monotonic() + timeout
         diff = ""
         while time.monotonic() < deadline:
-            diff = ""
-            for table in tables or self.tables:
+            diff = self._diff(tables) if self.target_kind != "postgresql" else ""
+            for table in (tables or self.tables) if self.target_kind == "postgresql" else []:
                 src = table_rows(self.source_dsn, table)
                 try:
                     tgt = table_rows(self.target_dsn, table, _columns(self.source_dsn, table))
@@ -157,6 +236,44 @@ class E2EPipeline:
                     raise AssertionError(f"a worker exited with {proc.returncode}:\n{self.worker_logs()}")
             time.sleep(0.5)
         raise AssertionError(f"target did not converge: {diff}\n{self.worker_logs()}")
+
+    def _diff(self, tables: list[str] | None) -> str:
+        """'' when every table's canonical rows are equal on a MariaDB/SQLite target, else why not."""
+        for table in tables or self.tables:
+            src = self.source_canonical(table)
+            tgt = self.target_canonical(table)
+            if tgt is None:
+                return f"{table}: not created yet"
+            if src != tgt:
+                missing = sorted(set(src) - set(tgt))[:3]
+                extra = sorted(set(tgt) - set(src))[:3]
+                return f"{table}: source {len(src)} rows, target {len(tgt)}; missing {missing}, unexpected {extra}"
+        return ""
+
+
+def _typed_columns(dsn: str, table: str) -> tuple[list[str], list[str]]:
+    """Column names and ``pg_type.typname`` of a source table, in order."""
+    schema, _, name = table.partition(".")
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT a.attname::text, t.typname::text FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_type t ON t.oid = a.atttypid"
+            " WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            (schema, name),
+        ).fetchall()
+    return [r[0] for r in rows], [r[1] for r in rows]
+
+
+def _sa_rows(url: str, kind: str, table: TableId, columns: list[str]) -> list[tuple[Any, ...]]:
+    """Rows of ``columns`` of a MariaDB/SQLite target table (raw driver values)."""
+    schema, name = physical(table, "sqlite" if kind == "sqlite" else "mysql")
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            t = sa.table(name, *(sa.column(c) for c in columns), schema=schema)
+            return [tuple(r) for r in conn.execute(sa.select(*t.c)).all()]
+    finally:
+        engine.dispose()
 
 
 def _columns(dsn: str, table: str) -> list[str]:
@@ -189,11 +306,18 @@ def e2e(
         tables: list[str],
         pipeline: dict[str, Any] | None = None,
         source: dict[str, Any] | None = None,
+        target: str = "postgresql",
+        share_source_with: E2EPipeline | None = None,
     ) -> E2EPipeline:
+        """``target`` is ``postgresql`` (default), ``mariadb`` (the stack's MariaDB, a database
+        named like the test's databases for un-routed tables) or ``sqlite`` (a file in tmp_path).
+        ``share_source_with`` makes a second pipeline (own consumer group) on the source and
+        connector of an existing one: ``ddl`` then runs on the source and no connector is made."""
         with psycopg.connect(databases.source_dsn, autocommit=True) as conn:
             for statement in ddl:
                 conn.execute(statement)
-        name = unique("s")
+        name = unique("s") if share_source_with is None else f"{unique('s')}_{len(made)}"
+        target_doc, target_url = _target_doc(target, local_stack, databases, tmp_path / f"{name}.db")
         doc: dict[str, Any] = {
             "kafka": {"bootstrap_servers": s.bootstrap_servers},
             "connect": {"url": s.connect_url},
@@ -214,10 +338,7 @@ def e2e(
                 {
                     "name": unique("p"),
                     "source": name,
-                    "target": {
-                        "url": f"postgresql://postgres@{s.host}:{s.target_pg_port}/{databases.name}",
-                        "password": "postgres",
-                    },
+                    "target": target_doc,
                     "batch": {"max_wait_ms": 200},
                     "retry": {"initial_backoff_s": 0.1, "max_backoff_s": 2},
                     **(pipeline or {}),
@@ -225,10 +346,22 @@ def e2e(
             ],
             "metrics": {"enabled": False},
         }
+        if share_source_with is not None:
+            shared = yaml.safe_load(share_source_with.config_path.read_text(encoding="utf-8"))
+            doc["sources"] = shared["sources"]
+            doc["pipelines"][0]["source"] = shared["sources"][0]["name"]
+            doc["pipelines"][0]["name"] = f"{shared['pipelines'][0]['name']}_{len(made)}"
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(doc), encoding="utf-8")
         settings = load_settings(path, {})
         src = settings.sources[0]
+        if share_source_with is not None:
+            log_dir = tmp_path / f"logs-{name}"
+            log_dir.mkdir()
+            p = E2EPipeline(path, settings, databases.source_dsn, databases.target_dsn, tables, log_dir)
+            p.target_kind, p.target_url = target, target_url
+            made.append(p)
+            return p
         source_prep.prepare(src)
         connector = src.resolved_connector_name
         client.apply(connector, build_connector_config(src))
@@ -237,6 +370,7 @@ def e2e(
         log_dir = tmp_path / f"logs-{name}"
         log_dir.mkdir()
         p = E2EPipeline(path, settings, databases.source_dsn, databases.target_dsn, tables, log_dir)
+        p.target_kind, p.target_url = target, target_url
         made.append(p)
         return p
 
@@ -251,3 +385,38 @@ def e2e(
     client.close()
     with psycopg.connect(s.pg_dsn("source"), autocommit=True) as conn:
         drop_slots(conn, databases.name)
+    if any(p.target_kind == "mariadb" for p in made):
+        drop_mariadb_databases(local_stack, databases.name)
+
+
+def _target_doc(kind: str, stack: LocalStack, databases: Databases, sqlite_file: Path) -> tuple[dict[str, Any], str]:
+    """The pipeline's ``target`` section and the SQLAlchemy URL to read it back (MariaDB/SQLite)."""
+    s = stack.settings
+    if kind == "postgresql":
+        url = f"postgresql://postgres@{s.host}:{s.target_pg_port}/{databases.name}"
+        return {"url": url, "password": "postgres"}, ""
+    if kind == "mariadb":
+        from pipeline.localstack.config import MARIADB_PASSWORD, MARIADB_USER  # noqa: PLC0415
+
+        doc = {
+            "url": f"mariadb+pymysql://{MARIADB_USER}@{s.host}:{s.mariadb_port}/",
+            "password": MARIADB_PASSWORD,
+            "schema": databases.name,
+            "control_schema": f"{databases.name}_ctl",
+        }
+        return doc, s.mariadb_url()
+    if kind == "sqlite":
+        return {"url": f"sqlite:///{sqlite_file}"}, f"sqlite:///{sqlite_file}"
+    raise ValueError(f"unknown e2e target {kind!r} (one of {TARGETS})")
+
+
+def drop_mariadb_databases(stack: LocalStack, prefix: str) -> None:
+    """Drop the MariaDB databases ``<prefix>`` and ``<prefix>_ctl`` (a test's target schema and
+    control schema; tests that route tables elsewhere drop those databases themselves)."""
+    conn = stack.mariadb.connect()
+    try:
+        with conn.cursor() as cur:
+            for db in (prefix, f"{prefix}_ctl"):
+                cur.execute("DROP DATABASE IF EXISTS `" + db.replace("`", "``") + "`")
+    finally:
+        conn.close()

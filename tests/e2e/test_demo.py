@@ -1,5 +1,6 @@
 """The main job (issue 7): the pgbench demo, twice in a row, the second time with the
-pipeline stopped and restarted in the middle of the load; both verify clean."""
+pipeline stopped and restarted in the middle of the load; both verify clean, the PostgreSQL
+pipeline and the MariaDB one (issue 8) alike."""
 
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ def test_demo_twice_and_with_a_restart_midway(local_stack: LocalStack) -> None:
     assert "verification                CLEAN" in first.stdout
     assert re.search(r"rows snapshotted\s+100,0\d\d in", first.stdout)
     assert "pgbench_history" in first.stdout  # the keyless table is verified too
+    # The second pipeline, own consumer group on the same topics, into MariaDB: verified clean.
+    assert "into MariaDB (pipeline pgbench_to_mariadb" in first.stdout
+    maria = first.stdout.split("into MariaDB", 1)[1]
+    assert re.search(r"public\.pgbench_history: source \d+ rows, target \d+ rows, \d+ chunks, match", maria), maria
 
     second = run_demo(local_stack, "--restart-midway")
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]

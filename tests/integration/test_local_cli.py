@@ -41,6 +41,7 @@ def test_up_status_down_with_cold_cache(tmp_path: Path) -> None:
         "CDC_LOCAL_KAFKA_PORT": "29092",
         "CDC_LOCAL_CONTROLLER_PORT": "29093",
         "CDC_LOCAL_CONNECT_PORT": "28083",
+        "CDC_LOCAL_MARIADB_PORT": "25435",
     }
     try:
         up = run(["local", "up"], env)
@@ -56,17 +57,18 @@ def test_up_status_down_with_cold_cache(tmp_path: Path) -> None:
         status = run(["local", "status"], env)
         assert status.returncode == 0, status.stdout
         lines = [line for line in status.stdout.splitlines() if line.strip()]
-        assert len(lines) == 4
+        assert len(lines) == 5
         assert all(" healthy " in line for line in lines), status.stdout
+        assert any(line.lstrip().startswith("mariadb") and "25435" in line for line in lines), status.stdout
         assert stack_pids(state), "no stack process found while it runs"
     finally:
         down = run(["local", "down"], env)
     assert down.returncode == 0, down.stderr
-    assert "stopped: connect, kafka, postgres-target, postgres-source" in down.stdout
+    assert "stopped: connect, kafka, mariadb, postgres-target, postgres-source" in down.stdout
     assert stack_pids(state) == []
     status = run(["local", "status"], env)
     assert status.returncode == 1
-    assert status.stdout.count(" stopped ") == 4
+    assert status.stdout.count(" stopped ") == 5
     purge = run(["local", "down", "--purge"], env)
     assert purge.returncode == 0
     assert not state.exists()

@@ -1,0 +1,123 @@
+"""Version-guarded upsert statements per dialect (SQLAlchemy Core; pure: no connection).
+
+Every statement takes its values from bind parameters named ``p0..pN`` (one per column, in
+the given order), so hostile column names never become parameter names.
+
+MariaDB/MySQL (MariaDB "INSERT ON DUPLICATE KEY UPDATE")::
+
+    INSERT INTO t (k, a, b, v_commit, v_lsn) VALUES (...)
+    ON DUPLICATE KEY UPDATE
+      a = CASE WHEN (VALUES(v_commit), VALUES(v_lsn)) > (v_commit, v_lsn) THEN VALUES(a) ELSE a END,
+      b = CASE WHEN ... same guard ... END,
+      v_lsn = CASE WHEN ... same guard ... THEN VALUES(v_lsn) ELSE v_lsn END,
+      v_commit = CASE WHEN VALUES(v_commit) > v_commit THEN VALUES(v_commit) ELSE v_commit END
+
+MariaDB/MySQL assign left to right, and a later assignment sees the columns already assigned.
+So the data columns come first (the guard still reads the *stored* version), then ``v_lsn``
+(its guard reads the stored ``v_commit`` and, on the right-hand side, the stored ``v_lsn``),
+and ``v_commit`` last with a guard that needs only ``v_commit``: when the incoming
+``v_commit`` is greater the full guard was true; when it is equal, both branches give the same
+value; when it is smaller the full guard was false. The result equals
+``IF(guard, incoming, stored)`` for every column.
+
+SQLite (sqlite.org "UPSERT"): ``INSERT ... ON CONFLICT (k) DO UPDATE SET a = excluded.a, ...
+WHERE (excluded.v_commit, excluded.v_lsn) > (t.v_commit, t.v_lsn)`` (row values, SQLite 3.15+).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.sql.dml import Insert
+
+from sinks.sqlalchemy.types import MYSQL, SQLITE
+
+
+def params(values: Sequence[object]) -> dict[str, object]:
+    """Bind parameters ``{"p0": v0, ...}`` for a statement of this module."""
+    return {f"p{i}": v for i, v in enumerate(values)}
+
+
+def _insert(dialect: str, table: sa.TableClause, columns: Sequence[str]) -> Insert:
+    values: dict[sa.ColumnClause[Any], sa.BindParameter[Any]] = {
+        table.c[c]: sa.bindparam(f"p{i}") for i, c in enumerate(columns)
+    }
+    base = sqlite.insert(table) if dialect == SQLITE else mysql.insert(table)
+    return base.values(values)
+
+
+def _incoming(columns: Sequence[str]) -> dict[str, sa.ColumnElement[object]]:
+    """``VALUES(col)`` (the value the INSERT would have written) per column, for MariaDB/MySQL.
+
+    Built as ``func.values(<unattached column>)`` so the compiler quotes the name once,
+    because SQLAlchemy 2.1's ``Insert.inserted`` escapes a ``%`` in a column name twice for
+    pyformat drivers (PyMySQL).
+    """
+    return {c: sa.func.values(sa.column(c)) for c in columns}
+
+
+def guarded_upsert(
+    dialect: str,
+    table: sa.TableClause,
+    columns: Sequence[str],
+    key_columns: Sequence[str],
+    version_columns: tuple[str, str],
+) -> Insert:
+    """Insert ``columns`` (which include the key and both version columns); on a key conflict
+    update the non-key columns only when the incoming ``version_columns`` pair is greater."""
+    if dialect not in (MYSQL, SQLITE):
+        raise ValueError(f"unsupported dialect {dialect!r}")
+    commit, lsn = version_columns
+    stmt = _insert(dialect, table, columns)
+    t = table.c
+    data = [c for c in columns if c not in key_columns and c not in version_columns]
+    if dialect == SQLITE:
+        ex = stmt.excluded  # type: ignore[attr-defined]
+        return stmt.on_conflict_do_update(  # type: ignore[no-any-return,attr-defined]
+            index_elements=[t[k] for k in key_columns],
+            set_={c: ex[c] for c in [*data, commit, lsn]},
+            where=sa.tuple_(ex[commit], ex[lsn]) > sa.tuple_(t[commit], t[lsn]),
+        )
+    new = _incoming(columns)
+    newer = sa.tuple_(new[commit], new[lsn]) > sa.tuple_(t[commit], t[lsn])
+    updates: list[tuple[str, sa.ColumnElement[object]]] = [
+        (c, sa.case((newer, new[c]), else_=t[c])) for c in [*data, lsn]
+    ]
+    updates.append((commit, sa.case((new[commit] > t[commit], new[commit]), else_=t[commit])))
+    return stmt.on_duplicate_key_update(updates)  # type: ignore[no-any-return,attr-defined]
+
+
+def insert_ignoring_duplicates(
+    dialect: str, table: sa.TableClause, columns: Sequence[str], key_columns: Sequence[str]
+) -> Insert:
+    """Insert ``columns``; a row whose key exists is left alone (keyless rows, markers).
+
+    MariaDB/MySQL: ``ON DUPLICATE KEY UPDATE k = k`` (not ``INSERT IGNORE``, which would also
+    turn data errors into warnings)."""
+    stmt = _insert(dialect, table, columns)
+    if dialect == SQLITE:
+        return stmt.on_conflict_do_nothing(index_elements=[table.c[k] for k in key_columns])  # type: ignore[no-any-return,attr-defined]
+    first = key_columns[0]
+    return stmt.on_duplicate_key_update([(first, table.c[first])])  # type: ignore[no-any-return,attr-defined]
+
+
+def replacing_upsert(dialect: str, table: sa.TableClause, columns: Sequence[str], key_columns: Sequence[str]) -> Insert:
+    """Insert ``columns``; on a key conflict overwrite the non-key columns (stored offsets)."""
+    stmt = _insert(dialect, table, columns)
+    data = [c for c in columns if c not in key_columns]
+    if dialect == SQLITE:
+        ex = stmt.excluded  # type: ignore[attr-defined]
+        return stmt.on_conflict_do_update(  # type: ignore[no-any-return,attr-defined]
+            index_elements=[table.c[k] for k in key_columns], set_={c: ex[c] for c in data}
+        )
+    new = _incoming(columns)
+    return stmt.on_duplicate_key_update([(c, new[c]) for c in data])  # type: ignore[no-any-return,attr-defined]
+
+
+def compile_sql(statement: sa.ClauseElement, dialect: str) -> str:
+    """The SQL text of ``statement`` for ``dialect`` (for tests and debugging)."""
+    d: sa.engine.Dialect = sqlite.dialect() if dialect == SQLITE else mysql.dialect()
+    return str(statement.compile(dialect=d))

@@ -1,0 +1,448 @@
+"""The SQLAlchemy sink (SQLAlchemy 2 Core): version-guarded apply into MariaDB/MySQL or SQLite.
+
+Same invariants as :mod:`sinks.postgres.sink` (design invariant 1): every row carries its
+source position ``(__cdc_commit_lsn, __cdc_lsn)``; an upsert or delete takes effect only when
+its position is newer than the stored one; deletes leave versioned tombstones; truncates raise
+a per-table watermark; the batch's consumer offsets are written in the same transaction.
+
+Per batch:
+
+1. DDL, in its own short transaction *before* the data transaction (MariaDB commits
+   implicitly around DDL): control tables, create missing target tables from the event
+   schema, add new columns (:mod:`sinks.sqlalchemy.ddl`);
+2. ONE data transaction: truncates (delete older rows, raise the watermark, drop older
+   tombstones); upserts, after dropping in Python those covered by a newer tombstone or the
+   truncate watermark (tombstones of a key are written only by the worker owning that key's
+   partition, so reading them in the transaction is enough), as a batched, guarded
+   ``INSERT ... ON DUPLICATE KEY UPDATE`` / ``ON CONFLICT DO UPDATE ... WHERE``
+   (:mod:`sinks.sqlalchemy.dml`), one statement shape per set of unavailable TOASTed columns
+   (those columns are left alone); deletes guarded by the version and tombstoned; offsets.
+
+SQLite runs each transaction as ``BEGIN IMMEDIATE`` (the write lock up front, so two writers
+wait on ``busy_timeout`` instead of failing to upgrade a read lock) in WAL journal mode.
+MariaDB sessions use ``time_zone='+00:00'``, a strict ``sql_mode`` (bad values are errors, not
+warnings) and READ COMMITTED.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Connection, Engine
+
+from pipeline.events import Position, TableId
+from pipeline.logs import get_logger
+from pipeline.reduce import Delete, ReducedBatch, TableChanges, Upsert
+from sinks.base import ApplyResult, BatchRejectedError, OffsetMap, TopicPartition, TransientSinkError
+from sinks.sqlalchemy import ddl, dml
+from sinks.sqlalchemy.ddl import ROW_ID, VERSION_COLUMNS, ControlTables, TableShape
+from sinks.sqlalchemy.types import MYSQL, SQLITE, UnsupportedValueError, adapt
+
+log = get_logger(__name__)
+
+# MariaDB error codes worth a retry (MariaDB "Error Codes"): lock wait timeout, deadlock, too
+# many connections, server shutdown, connection killed; client codes 2002/2003/2006/2013/2055
+# (cannot connect, server gone away, lost connection).
+_TRANSIENT_MYSQL_CODES = frozenset({1040, 1053, 1205, 1213, 1927, 2002, 2003, 2006, 2013, 2055, 4031})
+_TRANSIENT_SQLITE_TEXT = ("database is locked", "database is busy", "disk i/o error")
+_MYSQL_SQL_MODE = "STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION"
+_IN_CHUNK = 500
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors a retry may fix: lost connections, deadlocks, lock timeouts, a busy SQLite file."""
+    if isinstance(exc, sa.exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        orig = exc.orig
+        code = orig.args[0] if orig is not None and orig.args and isinstance(orig.args[0], int) else None
+        if code is not None and code in _TRANSIENT_MYSQL_CODES:
+            return True
+        text = str(orig).lower()
+        return isinstance(exc, sa.exc.OperationalError) and any(t in text for t in _TRANSIENT_SQLITE_TEXT)
+    return False
+
+
+def make_engine(url: URL) -> Engine:
+    """An engine for a ``mysql+pymysql``/``mariadb+pymysql`` or ``sqlite`` URL with the session
+    settings of the module docstring. Raises ValueError for another dialect."""
+    if url.get_backend_name() == SQLITE:
+        engine = sa.create_engine(url, connect_args={"timeout": 30}, poolclass=sa.pool.NullPool)
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (SQLAlchemy "pysqlite" docs)
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if url.get_backend_name() not in (MYSQL, "mariadb"):
+        raise ValueError(f"the SQLAlchemy sink supports mysql/mariadb and sqlite URLs, not {url.drivername!r}")
+    engine = sa.create_engine(
+        url,
+        isolation_level="READ COMMITTED",
+        pool_pre_ping=True,
+        pool_size=2,
+        connect_args={"connect_timeout": 10, "charset": "utf8mb4"},
+    )
+
+    @sa.event.listens_for(engine, "connect")
+    def _mysql_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("SET SESSION time_zone = '+00:00'")
+        cur.execute(f"SET SESSION sql_mode = '{_MYSQL_SQL_MODE}'")
+        cur.close()
+
+    return engine
+
+
+class SqlAlchemySink:
+    """Applies reduced batches to a MariaDB/MySQL or SQLite database; see the module docstring.
+
+    ``url`` is a SQLAlchemy URL object with the password already set (never logged).
+    ``control_schema`` names the control tables' schema (MariaDB database; SQLite prefix).
+    """
+
+    def __init__(
+        self,
+        url: URL,
+        *,
+        control_schema: str = "cdc_control",
+        create_tables: bool = True,
+        add_columns: bool = True,
+    ) -> None:
+        self._engine = make_engine(url)
+        self._dialect = ddl.dialect_kind(self._engine.dialect)
+        self._control_schema = control_schema
+        self._control_tables: ControlTables | None = None  # built once connected (server kind known)
+        self._create_tables = create_tables
+        self._add_columns = add_columns
+        self._shapes: dict[TableId, TableShape] = {}
+        self._control_ready = False
+
+    @property
+    def engine(self) -> Engine:
+        """The engine (for tests and the verifier)."""
+        return self._engine
+
+    @property
+    def dialect(self) -> str:
+        """``mysql`` (MariaDB too) or ``sqlite``."""
+        return self._dialect
+
+    # ------------------------------------------------------------------ transactions
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """A transaction; database errors become TransientSinkError or BatchRejectedError."""
+        try:
+            with self._engine.begin() as conn:
+                yield conn
+        except sa.exc.DBAPIError as exc:
+            self._shapes.clear()
+            message = f"{type(exc.orig).__name__}: {_first_line(exc.orig)}"
+            if is_transient(exc):
+                raise TransientSinkError(message) from exc
+            raise BatchRejectedError(message) from exc
+        except (UnsupportedValueError, ddl.UnsupportedTableError, ValueError) as exc:
+            raise BatchRejectedError(str(exc)) from exc
+        except sa.exc.SQLAlchemyError as exc:
+            raise BatchRejectedError(f"{type(exc).__name__}: {_first_line(exc)}") from exc
+
+    def close(self) -> None:
+        """Dispose of the engine's connections."""
+        with contextlib.suppress(sa.exc.SQLAlchemyError):
+            self._engine.dispose()
+
+    @property
+    def _control(self) -> ControlTables:
+        assert self._control_tables is not None, "_ensure_control() first"
+        return self._control_tables
+
+    def _ensure_control(self) -> None:
+        if self._control_ready:
+            return
+        with self._transaction() as conn:
+            # A mysql:// URL learns that the server is MariaDB on the first connection, and
+            # the collation of the control tables depends on it.
+            self._control_tables = ddl.control_tables(self._control_schema, conn.dialect)
+            ddl.ensure_control(conn, self._control_tables)
+        self._control_ready = True
+
+    # ------------------------------------------------------------------ offsets
+
+    def stored_offsets(self, group: str, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Next offsets stored for ``group`` among ``partitions``."""
+        self._ensure_control()
+        wanted = set(partitions)
+        t = self._control.offsets
+        with self._transaction() as conn:
+            rows = conn.execute(
+                sa.select(t.c.topic, t.c.kafka_partition, t.c.next_offset).where(t.c.consumer_group == group)
+            ).all()
+        return {(str(tp), int(p)): int(o) for tp, p, o in rows if (tp, p) in wanted}
+
+    def reset_offsets(self, group: str) -> int:
+        """Delete every stored offset of ``group``; returns the number of rows deleted."""
+        self._ensure_control()
+        t = self._control.offsets
+        with self._transaction() as conn:
+            return int(conn.execute(sa.delete(t).where(t.c.consumer_group == group)).rowcount)
+
+    def _store_offsets(self, conn: Connection, group: str, offsets: OffsetMap) -> None:
+        if not offsets:
+            return
+        cols = ["consumer_group", "topic", "kafka_partition", "next_offset", "updated_at"]
+        stmt = dml.replacing_upsert(self._dialect, self._control.offsets, cols, cols[:3])
+        now = _utcnow()
+        conn.execute(stmt, [dml.params([group, t, p, o, now]) for (t, p), o in offsets.items()])
+
+    # ------------------------------------------------------------------ apply
+
+    def apply(self, batch: ReducedBatch, group: str, offsets: OffsetMap) -> ApplyResult:
+        """Apply ``batch`` and store ``offsets`` in one transaction (see :mod:`sinks.base`).
+
+        Raises TransientSinkError (retry) or BatchRejectedError (bad data for this target).
+        """
+        self._ensure_control()
+        shapes = {table: self._shape_for(changes) for table, changes in batch.tables.items()}
+        upserted = deleted = truncated = 0
+        with self._transaction() as conn:
+            for table, changes in batch.tables.items():
+                shape = shapes[table]
+                if changes.truncate is not None:
+                    truncated += self._truncate(conn, shape, changes.truncate)
+                watermark = self._truncate_watermark(conn, table)
+                if changes.upserts:
+                    upserted += self._upsert(conn, shape, changes, watermark)
+                if changes.deletes:
+                    deleted += self._delete(conn, shape, changes)
+            self._store_offsets(conn, group, offsets)
+        return ApplyResult(upserted, deleted, truncated, time.time())
+
+    # -- DDL
+
+    def _shape_for(self, changes: TableChanges) -> TableShape:
+        table = changes.table
+        shape = self._shapes.get(table)
+        columns = changes.columns
+        if shape is not None and (columns is None or all(c.name in shape.columns for c in columns)):
+            return shape
+        with self._transaction() as conn:
+            shape = ddl.read_shape(conn, table)
+            if shape is None:
+                if not self._create_tables:
+                    raise BatchRejectedError(f"target table {table} does not exist and create_tables is off")
+                if columns is None:
+                    raise BatchRejectedError(
+                        f"target table {table} does not exist and the events carry no schema "
+                        "(enable value.converter.schemas.enable or create the table)"
+                    )
+                ddl.create_table(conn, table, columns, changes.key_columns)
+                log.info("target table created", table=str(table), columns=len(columns), dialect=self._dialect)
+                shape = ddl.read_shape(conn, table)
+                assert shape is not None
+            elif columns is not None:
+                new = [c for c in columns if c.name not in shape.columns]
+                if new and self._add_columns:
+                    ddl.add_columns(conn, shape, new)
+                    log.info("target columns added", table=str(table), columns=[c.name for c in new])
+                    shape = ddl.read_shape(conn, table)
+                    assert shape is not None
+        self._shapes[table] = shape
+        return shape
+
+    # -- truncate
+
+    def _truncate(self, conn: Connection, shape: TableShape, position: Position) -> int:
+        name = str(shape.table)
+        t = shape.clause([*VERSION_COLUMNS])
+        result = conn.execute(
+            sa.delete(t).where(
+                sa.tuple_(t.c[VERSION_COLUMNS[0]], t.c[VERSION_COLUMNS[1]])
+                < sa.tuple_(sa.literal(position.commit_lsn), sa.literal(position.lsn))
+            )
+        )
+        tr = self._control.truncations
+        cols = ["table_name", "commit_lsn", "lsn", "truncated_at"]
+        conn.execute(
+            dml.guarded_upsert(self._dialect, tr, cols, ["table_name"], ("commit_lsn", "lsn")),
+            dml.params([name, position.commit_lsn, position.lsn, _utcnow()]),
+        )
+        tb = self._control.tombstones
+        conn.execute(
+            sa.delete(tb).where(
+                tb.c.table_name == name,
+                sa.tuple_(tb.c.commit_lsn, tb.c.lsn)
+                < sa.tuple_(sa.literal(position.commit_lsn), sa.literal(position.lsn)),
+            )
+        )
+        log.info("target table truncated", table=name, rows=result.rowcount, position=str(position))
+        return 1
+
+    def _truncate_watermark(self, conn: Connection, table: TableId) -> Position | None:
+        tr = self._control.truncations
+        row = conn.execute(sa.select(tr.c.commit_lsn, tr.c.lsn).where(tr.c.table_name == str(table))).first()
+        return Position(int(row[0]), int(row[1])) if row else None
+
+    def _tombstones(self, conn: Connection, table: TableId, keys: Sequence[str]) -> dict[str, Position]:
+        """Tombstone positions of ``keys`` (canonical key texts) of ``table``."""
+        tb = self._control.tombstones
+        name = str(table)
+        if conn.execute(sa.select(sa.literal(1)).where(tb.c.table_name == name).limit(1)).first() is None:
+            return {}
+        by_hash = {ddl.row_hash(k): k for k in keys}
+        found: dict[str, Position] = {}
+        hashes = list(by_hash)
+        for i in range(0, len(hashes), _IN_CHUNK):
+            rows = conn.execute(
+                sa.select(tb.c.row_hash, tb.c.commit_lsn, tb.c.lsn).where(
+                    tb.c.table_name == name, tb.c.row_hash.in_(hashes[i : i + _IN_CHUNK])
+                )
+            ).all()
+            for h, c, lsn in rows:
+                found[by_hash[str(h)]] = Position(int(c), int(lsn))
+        return found
+
+    # -- upsert
+
+    def _upsert(self, conn: Connection, shape: TableShape, changes: TableChanges, watermark: Position | None) -> int:
+        stones = self._tombstones(conn, shape.table, list(changes.upserts))
+        groups: dict[frozenset[str], list[Upsert]] = defaultdict(list)
+        for up in changes.upserts.values():
+            stone = stones.get(up.key)
+            if stone is not None and stone >= up.position:
+                continue  # deleted by a newer change: a replayed older insert must not resurrect it
+            if watermark is not None and up.position <= watermark:
+                continue  # older than the newest truncate
+            groups[up.unavailable].append(up)
+        total = 0
+        for unavailable, ups in groups.items():
+            columns = [c for c in shape.columns if c not in unavailable and not c.startswith(ddl.OWN_PREFIX)]
+            total += self._upsert_group(conn, shape, columns, ups)
+        return total
+
+    def _upsert_group(self, conn: Connection, shape: TableShape, columns: list[str], ups: list[Upsert]) -> int:
+        extra = [c for c in ups[0].row if c not in shape.columns]
+        if extra:
+            raise BatchRejectedError(
+                f"{shape.table}: target has no column(s) {extra} (add them or drop them by transform)"
+            )
+        all_cols = [*columns, *VERSION_COLUMNS] + ([ROW_ID] if shape.keyless else [])
+        table = shape.clause(all_cols)
+        if shape.keyless:
+            stmt = dml.insert_ignoring_duplicates(self._dialect, table, all_cols, [ROW_ID])
+        else:
+            stmt = dml.guarded_upsert(self._dialect, table, all_cols, shape.key_columns, VERSION_COLUMNS)
+        rows = []
+        for up in ups:
+            values = [adapt(up.row.get(c), self._dialect) for c in columns]
+            values += [up.position.commit_lsn, up.position.lsn]
+            if shape.keyless:
+                values.append(up.key)
+            rows.append(dml.params(values))
+        _executemany(conn, stmt, rows)
+        return len(rows)
+
+    # -- delete
+
+    def _delete(self, conn: Connection, shape: TableShape, changes: TableChanges) -> int:
+        if shape.keyless:
+            return self._delete_keyless(conn, shape, list(changes.deletes.values()))
+        keys = list(shape.key_columns)
+        t = shape.clause([*keys, *VERSION_COLUMNS])
+        match = [t.c[k] == sa.bindparam(f"k{i}") for i, k in enumerate(keys)]
+        newer = sa.tuple_(t.c[VERSION_COLUMNS[0]], t.c[VERSION_COLUMNS[1]]) < sa.tuple_(
+            sa.bindparam("vc"), sa.bindparam("vl")
+        )
+        deletes = list(changes.deletes.values())
+        rows = [
+            {
+                **{f"k{i}": adapt(d.key_values[k], self._dialect) for i, k in enumerate(keys)},
+                "vc": d.position.commit_lsn,
+                "vl": d.position.lsn,
+            }
+            for d in deletes
+        ]
+        result = conn.execute(sa.delete(t).where(*match, newer), rows)
+        self._write_tombstones(conn, shape.table, [(d.key, d.position) for d in deletes], guarded=True)
+        return max(int(result.rowcount or 0), 0)
+
+    def _write_tombstones(
+        self, conn: Connection, table: TableId, stones: list[tuple[str, Position]], guarded: bool
+    ) -> None:
+        if not stones:
+            return
+        tb = self._control.tombstones
+        cols = ["table_name", "row_hash", "row_key", "commit_lsn", "lsn", "deleted_at"]
+        stmt = (
+            dml.guarded_upsert(self._dialect, tb, cols, cols[:2], ("commit_lsn", "lsn"))
+            if guarded
+            else dml.insert_ignoring_duplicates(self._dialect, tb, cols, cols[:2])
+        )
+        now = _utcnow()
+        conn.execute(stmt, [dml.params([str(table), ddl.row_hash(k), k, p.commit_lsn, p.lsn, now]) for k, p in stones])
+
+    def _delete_keyless(self, conn: Connection, shape: TableShape, deletes: list[Delete]) -> int:
+        """Delete one row equal to each ``before`` image, once per delete event (by its marker),
+        and tombstone the removed row's id so a replayed insert of it is skipped."""
+        table = shape.table
+        done = 0
+        tb = self._control.tombstones
+        for d in sorted(deletes, key=lambda x: x.position):
+            seen = conn.execute(
+                sa.select(sa.literal(1)).where(tb.c.table_name == str(table), tb.c.row_hash == ddl.row_hash(d.key))
+            ).first()
+            if seen:
+                continue
+            cols = [c for c in d.key_values if c in shape.columns]
+            t = shape.clause([*cols, *VERSION_COLUMNS, ROW_ID])
+            where = [t.c[c].is_not_distinct_from(adapt(d.key_values[c], self._dialect)) for c in cols]
+            where.append(
+                sa.tuple_(t.c[VERSION_COLUMNS[0]], t.c[VERSION_COLUMNS[1]])
+                < sa.tuple_(sa.literal(d.position.commit_lsn), sa.literal(d.position.lsn))
+            )
+            row = conn.execute(sa.select(t.c[ROW_ID]).where(*where).order_by(t.c[ROW_ID]).limit(1)).first()
+            markers = [d.key]
+            if row is not None:
+                conn.execute(sa.delete(t).where(t.c[ROW_ID] == row[0]))
+                markers.append(str(row[0]))
+                done += 1
+            self._write_tombstones(conn, table, [(m, d.position) for m in markers], guarded=False)
+        return done
+
+
+def _executemany(conn: Connection, stmt: sa.ClauseElement, rows: list[dict[str, object]]) -> None:
+    """Run ``stmt`` once per row of bind parameters through the driver's ``executemany``
+    (PyMySQL folds an INSERT into multi-row VALUES statements), compiling the statement once
+    instead of letting SQLAlchemy process every row's parameters (a third of the apply time
+    of a 5,000-row batch on MariaDB)."""
+    compiled = stmt.compile(dialect=conn.dialect)
+    positions = getattr(compiled, "positiontup", None)  # SQLCompiler: bind names in order
+    if positions is not None:  # qmark/format drivers (sqlite3): positional tuples
+        order = list(positions)
+        conn.exec_driver_sql(str(compiled), [tuple(r[k] for k in order) for r in rows])
+    else:  # pyformat/named drivers (PyMySQL): the parameter dicts as they are
+        conn.exec_driver_sql(str(compiled), rows)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)  # control tables store UTC without zone
+
+
+def _first_line(exc: BaseException | None) -> str:
+    text = str(exc).strip() if exc is not None else ""
+    return text.splitlines()[0] if text else type(exc).__name__
