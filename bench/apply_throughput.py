@@ -445,11 +445,6 @@ class Worker:
     stats: ProcStats = field(default_factory=ProcStats)
 
 
-# The worker entry point that builds its decoder with pipeline.decode.make_decoder (JSON or Avro)
-# until pipeline.app.build_worker does so itself; then "pipeline.cli" serves both formats.
-AVRO_WORKER_MODULE = "tests.e2e.avro.avro_worker"
-
-
 def start_worker(index: int, config: Path, logs: Path, profile: Path | None, module: str = "pipeline.cli") -> Worker:
     """Start ``python -m <module> run -c CONFIG``; with ``profile``, attach py-spy to it."""
     log = logs / f"worker-{index}.log"
@@ -544,8 +539,7 @@ def apply_all(
         busy0, all0 = machine_busy()
         broker0 = broker_cpu(stack)
         started = time.monotonic()
-        module = AVRO_WORKER_MODULE if args.format == "avro" else "pipeline.cli"
-        workers.extend(start_worker(i, config, logs, args.profile, module) for i in range(args.workers))
+        workers.extend(start_worker(i, config, logs, args.profile) for i in range(args.workers))
         first = 0.0
         first_done = 0
         last_report = started

@@ -20,8 +20,8 @@ from psycopg.conninfo import make_conninfo
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from connectors.debezium import build_connector_config, heartbeat_table, signal_table
-from pipeline.decode import Decoder, DecoderConfig
+from connectors.debezium import heartbeat_table, signal_table
+from pipeline.decode import make_decoder
 from pipeline.dlq import DeadLetterQueue
 from pipeline.events import ChangeEvent, Skip, TableId
 from pipeline.health import HealthServer
@@ -221,7 +221,7 @@ def build_worker(settings: Settings, pipeline: PipelineSettings, *, serve_http: 
     consumer = Consumer(consumer_config(settings, pipeline, client_id))
     producer = Producer(producer_config(settings, client_id))
     sink = make_sink(pipeline)
-    decoder = Decoder(DecoderConfig.from_connector_config(build_connector_config(source)))
+    decoder = make_decoder(source, pipeline)  # JSON or Avro (Schema Registry) per the settings
     transformer = build_transformer(pipeline.transforms, pipeline.mask_salt)
     wanted = table_filter(source, pipeline)
     dlq_topic = pipeline.resolved_dlq_topic

@@ -51,6 +51,7 @@ def stack_settings() -> LocalStackSettings:
         controller_port=19093 + shift,
         connect_port=18083 + shift,
         mariadb_port=15435 + shift,
+        registry_port=18081 + shift,
     )
 
 

@@ -1,8 +1,9 @@
 """The local stack: real PostgreSQL, MariaDB, Kafka and Kafka Connect processes under a state folder.
 
 ``LocalStack(settings).up()`` fetches the jars (cached), starts the PostgreSQL source and
-target clusters, the MariaDB target (unless ``mariadb_enabled`` is off), the Kafka broker and
-the Connect worker, and waits until each is ready;
+target clusters, the MariaDB target (unless ``mariadb_enabled`` is off), the Kafka broker, the
+Apicurio Schema Registry (unless ``registry_enabled`` is off) and the Connect worker, and waits
+until each is ready;
 it is idempotent. ``down()`` stops only the processes it started (by PID file);
 ``down(purge=True)`` also deletes the state folder. See ``../shared/design.md``, "Local stack".
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 from pipeline.localstack.config import LocalStackSettings
 from pipeline.localstack.jars import JarCache, cache_for, ensure_jars
 from pipeline.localstack.mariadb import MariaDBServer
+from pipeline.localstack.registry import SchemaRegistryProcess
 from pipeline.localstack.services import (
     ConnectWorker,
     Health,
@@ -61,12 +63,19 @@ class LocalStack:
         self.kafka = KafkaBroker(settings, self._jars)
         self.connect = ConnectWorker(settings, self._jars)
         self.mariadb = MariaDBServer(settings, pg_data_root(settings.state))
+        self.registry = self._make_registry(self._jars)
+
+    def _make_registry(self, jars: JarCache | None) -> SchemaRegistryProcess:
+        s = self.settings
+        return SchemaRegistryProcess(s.state, jars, s.host, s.registry_port, s.registry_heap)
 
     @property
     def services(self) -> list[Service]:
-        """In start order (MariaDB only when ``mariadb_enabled``)."""
+        """In start order (MariaDB only when ``mariadb_enabled``, the registry only when
+        ``registry_enabled``)."""
         extra: list[Service] = [self.mariadb] if self.settings.mariadb_enabled else []
-        return [self.source, self.target, *extra, self.kafka, self.connect]
+        registry: list[Service] = [self.registry] if self.settings.registry_enabled else []
+        return [self.source, self.target, *extra, self.kafka, *registry, self.connect]
 
     def up(self) -> dict[str, float]:
         """Start every service that is not running and wait until all are ready.
@@ -83,11 +92,14 @@ class LocalStack:
         self._jars = jars
         self.kafka = KafkaBroker(self.settings, jars)
         self.connect = ConnectWorker(self.settings, jars)
+        self.registry = self._make_registry(jars)
         timings["jars"] = time.monotonic() - t0
         self._report(f"jars: {'fetched into' if fetched else 'cached at'} {jars.root} ({timings['jars']:.1f}s)")
 
         t = time.monotonic()
-        self.kafka.start()  # the JVM boots while PostgreSQL initialises
+        self.kafka.start()  # the JVMs boot while PostgreSQL initialises
+        if self.settings.registry_enabled:
+            self.registry.start()
         databases: list[Service] = [self.source, self.target]
         if self.settings.mariadb_enabled:
             databases.append(self.mariadb)
@@ -106,6 +118,11 @@ class LocalStack:
         self._wait_ready(self.connect)
         timings["connect"] = time.monotonic() - t
         self._report(f"connect: ready at {self.connect.endpoint} ({timings['connect']:.1f}s)")
+        if self.settings.registry_enabled:
+            t = time.monotonic()
+            self._wait_ready(self.registry)
+            timings["registry"] = time.monotonic() - t
+            self._report(f"registry: ready at {self.registry.endpoint} ({timings['registry']:.1f}s)")
         timings["total"] = time.monotonic() - t0
         return timings
 

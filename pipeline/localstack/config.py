@@ -35,6 +35,9 @@ class LocalStackSettings(BaseSettings):
     connect_port: int = 8083
     mariadb_port: int = 3307
     mariadb_enabled: bool = Field(True, description="Run the MariaDB target (second target database).")
+    registry_port: int = 8081
+    registry_enabled: bool = Field(True, description="Run the Apicurio Schema Registry (Avro sources).")
+    registry_heap: str = "384m"
     kafka_heap: str = "768m"
     connect_heap: str = "1g"
     ready_timeout_s: float = Field(180.0, description="Seconds each service may take to become ready.")
@@ -53,6 +56,11 @@ class LocalStackSettings(BaseSettings):
     def connect_url(self) -> str:
         """Kafka Connect REST base URL."""
         return f"http://{self.host}:{self.connect_port}"
+
+    @property
+    def registry_url(self) -> str:
+        """Confluent-compatible API of the local Apicurio Registry (``schema_registry.url``)."""
+        return f"http://{self.host}:{self.registry_port}/apis/ccompat/v7"
 
     def pg_dsn(self, role: str, dbname: str = "postgres") -> str:
         """libpq URL of the ``source`` or ``target`` cluster as the superuser."""

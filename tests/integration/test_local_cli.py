@@ -42,6 +42,7 @@ def test_up_status_down_with_cold_cache(tmp_path: Path) -> None:
         "CDC_LOCAL_CONTROLLER_PORT": "29093",
         "CDC_LOCAL_CONNECT_PORT": "28083",
         "CDC_LOCAL_MARIADB_PORT": "25435",
+        "CDC_LOCAL_REGISTRY_PORT": "28081",
     }
     try:
         up = run(["local", "up"], env)
@@ -57,18 +58,19 @@ def test_up_status_down_with_cold_cache(tmp_path: Path) -> None:
         status = run(["local", "status"], env)
         assert status.returncode == 0, status.stdout
         lines = [line for line in status.stdout.splitlines() if line.strip()]
-        assert len(lines) == 5
+        assert len(lines) == 6
         assert all(" healthy " in line for line in lines), status.stdout
         assert any(line.lstrip().startswith("mariadb") and "25435" in line for line in lines), status.stdout
+        assert any(line.lstrip().startswith("registry") and "28081" in line for line in lines), status.stdout
         assert stack_pids(state), "no stack process found while it runs"
     finally:
         down = run(["local", "down"], env)
     assert down.returncode == 0, down.stderr
-    assert "stopped: connect, kafka, mariadb, postgres-target, postgres-source" in down.stdout
+    assert "stopped: connect, registry, kafka, mariadb, postgres-target, postgres-source" in down.stdout
     assert stack_pids(state) == []
     status = run(["local", "status"], env)
     assert status.returncode == 1
-    assert status.stdout.count(" stopped ") == 5
+    assert status.stdout.count(" stopped ") == 6
     purge = run(["local", "down", "--purge"], env)
     assert purge.returncode == 0
     assert not state.exists()

@@ -4,12 +4,8 @@ Apicurio Registry (session-scoped, beside the test stack) and workers decoding i
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
-import subprocess
-import sys
 import threading
-import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -28,18 +24,6 @@ def schema_registry(local_stack: LocalStack) -> Iterator[SchemaRegistryProcess]:
         yield registry
 
 
-def _start_avro_worker(self: E2EPipeline) -> subprocess.Popen[bytes]:
-    log = (self.log_dir / f"worker-{len(self.workers)}.log").open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.e2e.avro.avro_worker", "--log-level", "info", "run", "-c", str(self.config_path)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    self.workers.append(proc)
-    return proc
-
-
 @pytest.fixture
 def avro_e2e(e2e: Callable[..., E2EPipeline], schema_registry: SchemaRegistryProcess) -> Callable[..., E2EPipeline]:
     """``e2e`` with the source's keys and values in Avro (``format: avro``) through the session
@@ -55,9 +39,7 @@ def avro_e2e(e2e: Callable[..., E2EPipeline], schema_registry: SchemaRegistryPro
     ) -> E2EPipeline:
         registry = {"url": registry_url or schema_registry.endpoint, "converter_url": schema_registry.converter_url}
         src = {"format": "avro", "schema_registry": registry, **(source or {})}
-        p = e2e(ddl, tables, pipeline=pipeline, source=src)
-        p.start_worker = types.MethodType(_start_avro_worker, p)  # type: ignore[method-assign]
-        return p
+        return e2e(ddl, tables, pipeline=pipeline, source=src)
 
     return make
 
