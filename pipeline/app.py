@@ -126,6 +126,7 @@ def make_sink(pipeline: PipelineSettings) -> Sink:
                 create_tables=target.create_tables,
                 add_columns=target.add_columns,
                 application_name=f"cdc-pipeline:{pipeline.name}",
+                stall_timeout_s=target.stall_timeout_s,
             )
         return SqlAlchemySink(
             target_sqlalchemy_url(target),

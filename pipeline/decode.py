@@ -1533,12 +1533,17 @@ def _preview(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+REGISTRY_CLIENT_BUDGET_S = 5.0
+"""Seconds the registry client itself retries an unavailable registry before raising."""
+
+
 def make_decoder(source: SourceSettings, pipeline: PipelineSettings | None = None) -> Decoder:
     """The decoder of ``pipeline``'s messages from ``source``: JSON or Avro per key and value
     (``pipeline.value_format``/``key_format``, which default to and must agree with the source's
     ``format``/``key_format``), with a Schema Registry client (``source.schema_registry``)
     when either is Avro. The registry client retries an unavailable registry with the
-    pipeline's ``retry`` backoff before raising RegistryUnavailableError (transient).
+    pipeline's ``retry`` backoff for ``REGISTRY_CLIENT_BUDGET_S`` seconds, then raises
+    RegistryUnavailableError (transient), which the runner retries with the consumer paused.
 
     Raises ValueError when a format is Avro and the source has no ``schema_registry``.
     """
@@ -1550,7 +1555,11 @@ def make_decoder(source: SourceSettings, pipeline: PipelineSettings | None = Non
     registry = source.schema_registry
     if registry is None:
         raise ValueError(f"source {source.name!r}: avro messages need schema_registry")
-    client = SchemaRegistryClient(registry, pipeline.retry if pipeline else None)
+    # A short in-client budget: longer outages are retried by the runner, which keeps the
+    # consumer served (paused) while it backs off.
+    client = SchemaRegistryClient(
+        registry, pipeline.retry if pipeline else None, retry_budget_s=REGISTRY_CLIENT_BUDGET_S
+    )
     reader = AvroReader(client.schema, registry.cache_size)
     return Decoder(
         config,

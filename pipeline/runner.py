@@ -24,6 +24,7 @@ committed, and the consumer is closed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +45,9 @@ from sinks.base import BatchRejectedError, Sink, TransientSinkError
 from sinks.base import TopicPartition as TP  # noqa: N817 - (topic, partition) tuple
 
 log = get_logger(__name__)
+
+_TRANSIENT: tuple[type[Exception], ...] = (TransientSinkError, DlqDeliveryError)
+"""Errors :meth:`PipelineRunner._retry` backs off on (consumer paused), never dead-letters."""
 
 
 class Message(Protocol):
@@ -260,27 +264,23 @@ class PipelineRunner:
         events: list[ChangeEvent] = []
         dead: list[DeadLetter] = []
         skipped: dict[str, int] = {}
-        for msg in batch.messages:
-            try:
-                decoded = self._decode(msg)
-                if isinstance(decoded, ChangeEvent):
-                    decoded = self._transform(decoded)
-            except PoisonMessageError as exc:
-                dead.append(_dead_letter(msg, type(exc).__name__, exc.reason))
-                self._limiter.observe(True)
-                continue
-            except TransformConfigError:
-                raise  # a configuration error (e.g. masking a key column) stops the worker
-            except Exception as exc:  # a transform hook's bug is poison for this message, not the worker
-                dead.append(_dead_letter(msg, type(exc).__name__, str(exc) or type(exc).__name__))
-                self._limiter.observe(True)
-                continue
-            self._limiter.observe(False)
-            if isinstance(decoded, Skip):
-                skipped[decoded.reason] = skipped.get(decoded.reason, 0) + 1
-            else:
-                events.append(decoded)
         try:
+            for msg in batch.messages:
+                try:
+                    decoded = self._decode_one(msg)
+                except _TRANSIENT:
+                    # A transient decode error (a schema registry that is down) backs off here
+                    # with the consumer paused: never dead-lettered, no offset moves past it.
+                    decoded = self._retry("decode", functools.partial(self._decode_one, msg))
+                if isinstance(decoded, DeadLetter):
+                    dead.append(decoded)
+                    self._limiter.observe(True)
+                    continue
+                self._limiter.observe(False)
+                if isinstance(decoded, Skip):
+                    skipped[decoded.reason] = skipped.get(decoded.reason, 0) + 1
+                else:
+                    events.append(decoded)
             self._send_dead_letters(dead)
             self._apply_isolating(events, dict(batch.next_offsets))
         except _BatchAbandonedError:
@@ -295,6 +295,29 @@ class PipelineRunner:
                 self._applied_ts[(msg.topic() or "", msg.partition() or 0)] = ts_ms / 1000
         self._record(batch, events, skipped, time.monotonic() - t0)
         self._update_lag(Batch(), force=True)
+
+    def _decode_one(self, msg: Message) -> ChangeEvent | Skip | DeadLetter:
+        """Decode and transform ``msg``: the ONE place where their errors are classified.
+
+        Poison (:class:`PoisonMessageError`, or any exception of a transform hook) becomes a
+        :class:`DeadLetter` carrying the error class and reason; a :class:`TransformConfigError`
+        (a configuration mistake, not a message problem) propagates and stops the worker. An
+        error that a retry may fix (e.g. a schema registry that is down) must not be dead-lettered:
+        raise it from here and let :meth:`_retry` handle it (add its class to ``_TRANSIENT``).
+        """
+        try:
+            decoded = self._decode(msg)
+            if isinstance(decoded, ChangeEvent):
+                decoded = self._transform(decoded)
+        except PoisonMessageError as exc:
+            return _dead_letter(msg, type(exc).__name__, exc.reason)
+        except TransformConfigError:
+            raise
+        except _TRANSIENT:
+            raise  # retried by _retry("decode") in _process, never dead-lettered
+        except Exception as exc:  # a transform hook's bug is poison for this message, not the worker
+            return _dead_letter(msg, type(exc).__name__, str(exc) or type(exc).__name__)
+        return decoded
 
     def _send_dead_letters(self, dead: list[DeadLetter]) -> None:
         if not dead:
@@ -355,7 +378,7 @@ class PipelineRunner:
         while True:
             try:
                 return call()
-            except (TransientSinkError, DlqDeliveryError) as exc:
+            except _TRANSIENT as exc:
                 hint = exc.retry_after_s if isinstance(exc, TransientSinkError) else None
                 delay = backoff.next_delay(hint)
                 metrics.RETRIES.labels(self._name, kind).inc()

@@ -320,6 +320,12 @@ class TargetSettings(_Model):
     control_schema: str = Field(
         "cdc_control", description="Schema of the pipeline's control tables (offsets, tombstones, truncations)."
     )
+    stall_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="Seconds one target transaction may take before the connection is dropped and the batch"
+        " retried (a frozen target must not hang the worker; PostgreSQL targets).",
+    )
 
     @field_serializer("url")
     def _mask_url(self, url: str) -> str:

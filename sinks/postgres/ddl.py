@@ -7,7 +7,10 @@ Control tables live in the target's control schema (default ``cdc_control``):
 - ``tombstones(table_name, row_key) -> (commit_lsn, lsn)``: versioned deletes, so a replayed
   older insert cannot resurrect a deleted row;
 - ``truncations(table_name) -> (commit_lsn, lsn)``: the newest truncate of a table; older
-  changes arriving later (from other partitions or replays) are ignored.
+  changes arriving later (from other partitions or replays) are ignored;
+- ``known_columns(table_name, column_name)``: every column the sink has seen in a target table
+  it writes. A column (or table) listed here but gone from the catalog was dropped by hand; the
+  sink then stops with :class:`TargetSchemaError` instead of silently re-creating it empty.
 
 Every target table gets two version columns, ``__cdc_commit_lsn`` and ``__cdc_lsn`` (the
 :class:`pipeline.events.Position` of the change that wrote the row); keyless tables get
@@ -50,7 +53,21 @@ def control_ddl(schema: str) -> list[sql.Composed]:
             " table_name text PRIMARY KEY, commit_lsn bigint NOT NULL, lsn bigint NOT NULL,"
             " truncated_at timestamptz NOT NULL DEFAULT now())"
         ).format(s),
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {}.known_columns ("
+            " table_name text NOT NULL, column_name text NOT NULL, seen_at timestamptz NOT NULL DEFAULT now(),"
+            " PRIMARY KEY (table_name, column_name))"
+        ).format(s),
     ]
+
+
+class TargetSchemaError(Exception):
+    """A target table or column the pipeline wrote was dropped behind its back.
+
+    Not retried and not dead-lettered: every later event of the table would fail the same way,
+    and re-creating the column empty would silently lose its values. The worker stops without
+    committing; the message says which table/columns and how to recover.
+    """
 
 
 @dataclass

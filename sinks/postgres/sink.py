@@ -14,12 +14,23 @@ Per batch, in ONE transaction:
 4. deletes: ``COPY`` of keys, a guarded ``DELETE ... USING``, and versioned tombstones;
 5. the consumer offsets of the batch.
 
+Faults: a connection loss or a retryable SQLSTATE is a :class:`TransientSinkError`. A target
+that stops answering (frozen host, SIGSTOPped server) would block the worker forever, since the
+kernel keeps the TCP connection open; a stall guard therefore drops the connection when one
+transaction has not finished within ``stall_timeout_s`` and reports that as transient, so the
+runner's retry budget applies (``retry.max_elapsed_s``). A table or column the pipeline writes
+that was dropped by hand stops the worker with :class:`~sinks.postgres.ddl.TargetSchemaError`
+(see ``known_columns`` in :mod:`sinks.postgres.ddl`) rather than re-creating it empty.
+
 See :mod:`sinks.base` for the contract and :mod:`sinks.postgres.ddl` for the tables.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -36,7 +47,7 @@ from pipeline.logs import get_logger
 from pipeline.reduce import Delete, ReducedBatch, TableChanges, Upsert
 from sinks.base import ApplyResult, BatchRejectedError, OffsetMap, TopicPartition, TransientSinkError
 from sinks.postgres import ddl
-from sinks.postgres.ddl import ROW_ID, VERSION_COLUMNS, TableShape, qualified
+from sinks.postgres.ddl import ROW_ID, VERSION_COLUMNS, TableShape, TargetSchemaError, qualified
 
 log = get_logger(__name__)
 
@@ -46,6 +57,11 @@ Conn = psycopg.Connection[tuple[Any, ...]]
 # 08 connection exception, 40 transaction rollback (serialization failure, deadlock),
 # 53 insufficient resources, 57P admin shutdown / cannot connect now, 55P03 lock not available.
 _TRANSIENT_SQLSTATE_PREFIXES = ("08", "40", "53", "57P", "55P03", "58")
+# undefined_column / undefined_table: the cached table shape is stale (the target changed
+# under the worker); the retry re-reads the catalog, which then names what was dropped.
+_STALE_SHAPE_SQLSTATES = ("42703", "42P01")
+
+DEFAULT_STALL_TIMEOUT_S = 120.0
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -61,6 +77,8 @@ class PostgresSink:
 
     ``conninfo`` is a libpq URL or key/value string (with the password). ``schema`` is the
     default target schema, ``control_schema`` the schema of the control tables.
+    ``stall_timeout_s`` bounds one transaction (seconds): past it the connection is dropped and
+    the call raises TransientSinkError (a frozen target must not hang the worker).
     """
 
     def __init__(
@@ -71,14 +89,17 @@ class PostgresSink:
         create_tables: bool = True,
         add_columns: bool = True,
         application_name: str = "cdc-pipeline",
+        stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
     ) -> None:
         self._conninfo = conninfo
+        self._stall_timeout_s = stall_timeout_s
         self._control = control_schema
         self._create_tables = create_tables
         self._add_columns = add_columns
         self._application_name = application_name
         self._conn: Conn | None = None
         self._shapes: dict[TableId, TableShape] = {}
+        self._known: dict[TableId, set[str]] = {}
         self._control_ready = False
 
     # ------------------------------------------------------------------ connection
@@ -99,15 +120,28 @@ class PostgresSink:
     def _transaction(self) -> Iterator[Conn]:
         """A transaction; psycopg errors become TransientSinkError or BatchRejectedError."""
         conn = self._connection()
+        guard = _StallGuard(conn, self._stall_timeout_s)
         try:
-            with conn.transaction():
+            with guard, conn.transaction():
                 yield conn
         except psycopg.Error as exc:
             self._shapes.clear()  # DDL may have been rolled back
+            self._known.clear()
+            if guard.fired:
+                self._discard_connection()
+                raise TransientSinkError(
+                    f"target did not answer within {self._stall_timeout_s:g}s (stalled); connection dropped"
+                ) from exc
             if is_transient(exc) or conn.broken:
                 self._discard_connection()
                 raise TransientSinkError(f"{type(exc).__name__}: {_first_line(exc)}") from exc
+            if getattr(exc, "sqlstate", None) in _STALE_SHAPE_SQLSTATES:
+                raise TransientSinkError(f"target schema changed: {_first_line(exc)}", retry_after_s=0) from exc
             raise BatchRejectedError(f"{type(exc).__name__}: {_first_line(exc)}") from exc
+        except BaseException:
+            self._shapes.clear()
+            self._known.clear()
+            raise
 
     def _discard_connection(self) -> None:
         if self._conn is not None:
@@ -201,6 +235,15 @@ class PostgresSink:
             return shape
         ddl.lock_table_ddl(conn, table)
         shape = ddl.read_shape(conn, table)
+        known = self._known_columns(conn, table)
+        if shape is None and known:
+            raise TargetSchemaError(
+                f"target table {table} was dropped behind the pipeline's back (it held columns"
+                f" {sorted(known)}); re-create it and replay (see docs/reliability.md), or delete its rows from"
+                f" {self._control}.known_columns to let the pipeline re-create it empty"
+            )
+        if shape is not None and columns is not None:
+            self._check_not_dropped(table, shape, [c.name for c in columns], known)
         if shape is None:
             if not self._create_tables:
                 raise BatchRejectedError(f"target table {table} does not exist and create_tables is off")
@@ -222,8 +265,41 @@ class PostgresSink:
                 log.info("target columns added", table=str(table), columns=[c.name for c in new])
                 shape = ddl.read_shape(conn, table)
                 assert shape is not None
+        self._remember_columns(conn, shape, known)
         self._shapes[table] = shape
         return shape
+
+    def _known_columns(self, conn: Conn, table: TableId) -> set[str]:
+        if table not in self._known:
+            rows = conn.execute(
+                sql.SQL("SELECT column_name FROM {} WHERE table_name = %s").format(self._ctl("known_columns")),
+                (str(table),),
+            ).fetchall()
+            self._known[table] = {str(r[0]) for r in rows}
+        return self._known[table]
+
+    def _remember_columns(self, conn: Conn, shape: TableShape, known: set[str]) -> None:
+        new = [c for c in shape.columns if c not in known and not c.startswith(ddl.OWN_PREFIX)]
+        if not new:
+            return
+        conn.cursor().executemany(
+            sql.SQL(
+                "INSERT INTO {} (table_name, column_name) VALUES (%s, %s) ON CONFLICT (table_name, column_name)"
+                " DO NOTHING"
+            ).format(self._ctl("known_columns")),
+            [(str(shape.table), c) for c in new],
+        )
+        known.update(new)
+
+    def _check_not_dropped(self, table: TableId, shape: TableShape, incoming: list[str], known: set[str]) -> None:
+        """Raise TargetSchemaError when ``incoming`` carries a column the target had and lost."""
+        dropped = sorted(c for c in incoming if c in known and c not in shape.columns)
+        if dropped:
+            raise TargetSchemaError(
+                f"target column(s) {dropped} of {table} were dropped behind the pipeline's back; the worker"
+                " stops rather than re-create them empty. Restore them (ALTER TABLE ... ADD COLUMN) and rebuild"
+                " the table (docs/reliability.md), or exclude them with a transform"
+            )
 
     # -- truncate
 
@@ -292,6 +368,7 @@ class PostgresSink:
         interval_cols = {c for c, t in shape.columns.items() if t == "interval"}
         extra = [c for c in ups[0].row if c not in shape.columns] if ups else []
         if extra:
+            self._check_not_dropped(table, shape, extra, self._known.get(table, set()))
             raise BatchRejectedError(f"{table}: target has no column(s) {extra} (add them or drop them by transform)")
         stg = sql.Identifier("cdc_stg_upsert")
         all_cols = [*columns, *VERSION_COLUMNS] + ([ROW_ID] if shape.keyless else [])
@@ -429,6 +506,50 @@ class PostgresSink:
             )
             done += 1 if row else 0
         return done
+
+
+class _StallGuard:
+    """Context manager: when the block runs longer than ``timeout_s``, shut the connection's
+    socket down from a timer thread, so the blocked libpq call fails with a connection error
+    (``fired`` tells the caller why). The kernel keeps a frozen server's TCP connection open and
+    acknowledges our packets, so neither keepalives nor ``tcp_user_timeout`` would notice."""
+
+    def __init__(self, conn: Conn, timeout_s: float) -> None:
+        self._conn = conn
+        self._timeout_s = timeout_s
+        self._timer: threading.Timer | None = None
+        self._done = threading.Lock()
+        self.fired = False
+
+    def __enter__(self) -> _StallGuard:
+        self._timer = threading.Timer(self._timeout_s, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        with self._done:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = None
+
+    def _fire(self) -> None:
+        with self._done:
+            if self._timer is None:
+                return
+            self.fired = True
+            try:
+                fd = os.dup(self._conn.pgconn.socket)
+            except (OSError, psycopg.Error):
+                return
+            sock = socket.socket(fileno=fd)
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            finally:
+                sock.close()
+            log.warning("target stalled: connection dropped", timeout_s=self._timeout_s)
 
 
 def _adapt(value: Any, interval: bool) -> Any:

@@ -12,7 +12,8 @@ from psycopg import sql
 
 from pipeline.events import ChangeEvent, Column, Op, Position, TableId
 from pipeline.reduce import reduce_events
-from sinks.base import BatchRejectedError
+from sinks.base import BatchRejectedError, TransientSinkError
+from sinks.postgres.ddl import TargetSchemaError
 from sinks.postgres.sink import PostgresSink
 from tests.conftest import Databases
 
@@ -183,3 +184,44 @@ def test_keyless_snapshot_reads_keep_every_row_and_dedup_on_replay(sink: Postgre
     apply(sink, *reads)  # the topic consumed again
     got = rows(databases.target_dsn, '"public"."history"', "aid, delta")
     assert got == [(1, 5), (1, 5), (2, 7)]
+
+
+def test_stalled_target_is_cut_and_reported_transient(databases: Databases) -> None:
+    """A transaction that gets no answer within ``stall_timeout_s`` (here: blocked behind a lock
+    held elsewhere, as a frozen server would block it) fails as TransientSinkError; after the
+    block is gone the same batch applies."""
+    sink = PostgresSink(databases.target_dsn, stall_timeout_s=1.5)
+    try:
+        apply(sink, ev(Op.CREATE, (1, 1), 1, {"id": 1, "name": "a", "amount": None}))
+        with psycopg.connect(databases.target_dsn) as blocker:
+            blocker.execute("LOCK TABLE public.items IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(TransientSinkError, match="stalled"):
+                apply(sink, ev(Op.UPDATE, (2, 2), 1, {"id": 1, "name": "b", "amount": None}))
+        apply(sink, ev(Op.UPDATE, (2, 2), 1, {"id": 1, "name": "b", "amount": None}))
+    finally:
+        sink.close()
+    assert rows(databases.target_dsn) == [(1, "b", None)]
+
+
+def test_column_dropped_by_hand_stops_instead_of_coming_back_empty(sink: PostgresSink, databases: Databases) -> None:
+    apply(sink, ev(Op.CREATE, (1, 1), 1, {"id": 1, "name": "a", "amount": None}))
+    with psycopg.connect(databases.target_dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE public.items DROP COLUMN name")
+    update = ev(Op.UPDATE, (2, 2), 1, {"id": 1, "name": "b", "amount": None})
+    with pytest.raises(TransientSinkError, match="schema changed"):  # the cached shape is stale
+        apply(sink, update)
+    with pytest.raises(TargetSchemaError, match=r"\['name'\] of public\.items"):  # the catalog says why
+        apply(sink, update)
+    fresh = PostgresSink(databases.target_dsn)  # a restarted worker: nothing cached
+    try:
+        with pytest.raises(TargetSchemaError):
+            apply(fresh, ev(Op.UPDATE, (2, 2), 1, {"id": 1, "name": "b", "amount": None}))
+        with psycopg.connect(databases.target_dsn, autocommit=True) as conn:
+            conn.execute("DROP TABLE public.items")
+        with pytest.raises(TargetSchemaError, match="dropped"):
+            apply(fresh, ev(Op.UPDATE, (3, 3), 1, {"id": 1, "name": "c", "amount": None}))
+        with psycopg.connect(databases.target_dsn, autocommit=True) as conn:
+            columns = conn.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'items'")
+            assert columns.fetchone() == (0,)  # not re-created behind the operator's back
+    finally:
+        fresh.close()
