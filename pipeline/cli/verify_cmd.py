@@ -13,6 +13,7 @@ import json
 from typing import Annotated, Any
 
 import psycopg
+import sqlalchemy.exc
 import typer
 
 from pipeline.app import UnsupportedTargetError
@@ -25,6 +26,7 @@ from pipeline.verify import (
     connect_target,
     export_verify_metrics,
     format_result,
+    is_portable_target,
     repair_pipeline,
     store_result,
     verify_pipeline,
@@ -115,7 +117,7 @@ def verify(
         fail([f"--table: {exc.args[0]}"])
     except UnsupportedTargetError as exc:
         fail([str(exc)])
-    except psycopg.Error as exc:
+    except (psycopg.Error, sqlalchemy.exc.DBAPIError) as exc:
         fail([f"verification failed: {type(exc).__name__}: {str(exc).strip()}"], code=1)
     if json_out:
         typer.echo(json.dumps(doc, indent=2, default=str))
@@ -129,7 +131,8 @@ def _run(
 ) -> VerifyResult:
     result = verify_pipeline(settings, pipeline, tables, cfg)
     export_verify_metrics(result)
-    if store:
+    # Results are stored in PostgreSQL targets only (cdc_cutover_ready reads them there).
+    if store and not is_portable_target(pipeline):
         with connect_target(pipeline, "verify store", 60) as conn:
             store_result(conn, pipeline, result)
     return result
