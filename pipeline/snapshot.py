@@ -455,15 +455,19 @@ def key_range_filters(
     return filters
 
 
-def parse_notification(value: bytes | str | None) -> Notification | None:
+def parse_notification(value: bytes | str | dict[str, Any] | None) -> Notification | None:
     """A notification from a message value of the notification topic (JSON, with or without
-    the converter's ``schema``/``payload`` envelope); None for tombstones and other shapes."""
+    the converter's ``schema``/``payload`` envelope, or the record an Avro reader decoded);
+    None for tombstones and other shapes."""
     if value is None:
         return None
-    try:
-        doc = json.loads(value)
-    except ValueError:
-        return None
+    if isinstance(value, dict):
+        doc: Any = value
+    else:
+        try:
+            doc = json.loads(value)
+        except ValueError:
+            return None
     if isinstance(doc, dict) and "payload" in doc and isinstance(doc["payload"], dict):
         doc = doc["payload"]
     if not isinstance(doc, dict) or not isinstance(doc.get("id"), str) or not isinstance(doc.get("type"), str):
@@ -1217,8 +1221,10 @@ class NotificationReader:
         topic: str,
         client_id: str,
         factory: Callable[[dict[str, Any]], KafkaConsumerLike] = _new_consumer,
+        avro_reader: Callable[[bytes], dict[str, Any]] | None = None,
     ) -> None:
         self.topic = topic
+        self._avro = avro_reader
         self._config: dict[str, Any] = {
             **kafka_config,
             "group.id": f"{client_id}-notifications",
@@ -1266,10 +1272,23 @@ class NotificationReader:
             if msg.error() is not None:
                 log.debug("notification consumer error", error=str(msg.error()))
                 continue
-            note = parse_notification(msg.value())
+            note = parse_notification(self._value(msg.value()))
             if note is not None:
                 out.append(note)
         return out
+
+    def _value(self, raw: bytes | None) -> bytes | dict[str, Any] | None:
+        """``raw``, or the record decoded from it when it is Confluent-wire-format Avro (an Avro
+        source's connector writes its notifications with its value converter). A notification
+        that cannot be decoded (registry unreachable, unknown schema) is logged and skipped:
+        notifications are progress reports; requests time out without them."""
+        if self._avro is None or not raw or raw[:1] != b"\x00":
+            return raw
+        try:
+            return self._avro(raw)
+        except Exception as exc:  # any decoding failure: skip this notification
+            log.warning("undecodable Avro notification skipped", topic=self.topic, error=str(exc)[:300])
+            return None
 
     def close(self) -> None:
         """Close the consumer; idempotent."""
@@ -1905,6 +1924,25 @@ def applied_reads(settings: Settings, source: SourceSettings) -> Callable[[str],
     return read
 
 
+def _notification_avro(source: SourceSettings) -> Callable[[bytes], dict[str, Any]] | None:
+    """For an Avro source (``format: avro``): a reader of its Avro notification records through
+    its schema registry; None for JSON sources."""
+    if source.format != "avro" or source.schema_registry is None:
+        return None
+    from pipeline.avro import AvroReader  # noqa: PLC0415 - only Avro sources need it
+    from pipeline.schema_registry import SchemaRegistryClient  # noqa: PLC0415
+
+    reader = AvroReader(SchemaRegistryClient(source.schema_registry, retry_budget_s=5.0).schema)
+
+    def read(raw: bytes) -> dict[str, Any]:
+        _, _, value = reader.read(raw)
+        if not isinstance(value, dict):
+            raise ValueError("an Avro notification is not a record")
+        return value
+
+    return read
+
+
 def build_coordinator(
     settings: Settings,
     source: SourceSettings,
@@ -1923,7 +1961,9 @@ def build_coordinator(
     cfg = config or SnapshotSettings()
     hooks: list[Callable[[], None]] = []
     client_id = f"cdc-snapshot-{source.name}-{uuid.uuid4().hex[:6]}"
-    reader = NotificationReader(settings.kafka.client_config(), notification_topic(source), client_id)
+    reader = NotificationReader(
+        settings.kafka.client_config(), notification_topic(source), client_id, avro_reader=_notification_avro(source)
+    )
     if connect is None:
         own = ConnectClient(settings.connect, retry=RetryPolicy(max_attempts=2, max_elapsed_s=5.0))
         hooks.append(own.close)
