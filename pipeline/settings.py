@@ -337,7 +337,7 @@ class BatchSettings(_Model):
 
     max_messages: int = Field(5000, ge=1, description="Messages per batch at most.")
     max_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Bytes of message payload.")
-    max_wait_ms: int = Field(500, ge=1, description="Milliseconds from the first message of a batch.")
+    max_wait_ms: int = Field(100, ge=1, description="Milliseconds from the first message of a batch.")
 
 
 class RetrySettings(_Model):
