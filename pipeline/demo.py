@@ -36,6 +36,7 @@ import psycopg
 import pymysql
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
+from sqlalchemy.dialects import mysql
 
 from pipeline.localstack import LocalStack
 from pipeline.localstack.config import PG_PASSWORD, LocalStackSettings
@@ -49,6 +50,13 @@ PG_PIPELINE = "pgbench_to_target"
 MARIADB_PIPELINE = "pgbench_to_mariadb"
 MARIADB_TABLES = ("pgbench_branches", "pgbench_tellers", "pgbench_history")
 MARIADB_DATABASES = ("pgbench", "pgbench_cdc_control")  # target.schema and control_schema in the config
+
+_MARIADB_QUOTE = mysql.dialect().identifier_preparer.quote_identifier
+
+
+def _mariadb_ident(name: str) -> str:
+    """``name`` quoted as a MariaDB identifier by SQLAlchemy's MySQL dialect (backticks escaped)."""
+    return _MARIADB_QUOTE(name)
 
 
 class DemoError(RuntimeError):
@@ -197,7 +205,7 @@ class Demo:
             try:
                 with maria.cursor() as cur:
                     for name in MARIADB_DATABASES:  # fixed names from this module, not input
-                        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+                        cur.execute("DROP DATABASE IF EXISTS " + _mariadb_ident(name))
             finally:
                 maria.close()
         (self.dir / "runs.json").write_text(json.dumps({"last": self.run_id}))
@@ -311,7 +319,7 @@ class Demo:
                 present = {str(r[0]) for r in cur.fetchall()}
                 for table in MARIADB_TABLES:  # fixed names from this module
                     if table in present:
-                        cur.execute(f"SELECT count(*) FROM `{DATABASE}`.`{table}`")
+                        cur.execute(f"SELECT count(*) FROM {_mariadb_ident(DATABASE)}.{_mariadb_ident(table)}")
                         row = cur.fetchone()
                         out[table] = int(row[0]) if row else 0
         finally:
