@@ -10,9 +10,11 @@ as the process, like the rest of a test stack. Endpoints used:
   (``GET /schemas/ids/{id}``).
 
 Quarkus settings are passed as ``-D`` system properties: ``quarkus.http.host``/``port`` (the
-loopback port of the stack), ``quarkus.management.enabled=false`` (its management interface
-would bind ``0.0.0.0:9000`` in every stack and collide), and the log goes to a file.
-Ports: dev 8081, test stack ``18081 + 100 * slot``.
+loopback port of the stack) and ``quarkus.management.host``/``port``: Apicurio builds its
+management interface (health, metrics) in, and ``quarkus.management.enabled`` is a build-time
+property that ``-D`` cannot turn off, so without them it binds ``0.0.0.0:9000`` in every stack
+and a second stack fails with "Address already in use". The log goes to a file.
+Ports: dev 8081 (management 8082), test stack ``18081 + 100 * slot`` (management +1).
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ class SchemaRegistryProcess:
         self.dir = state.resolve() / "registry"
 
     @property
+    def management_port(self) -> int:
+        """Port of Quarkus' management interface (health, metrics): the API port + 1."""
+        return self.port + 1
+
+    @property
     def base_url(self) -> str:
         """``http://host:port`` of the registry."""
         return f"http://{self.host}:{self.port}"
@@ -85,7 +92,8 @@ class SchemaRegistryProcess:
             f"-Dcdc.state={self.dir}",  # marker: our processes are recognised by their state folder
             f"-Dquarkus.http.host={self.host}",
             f"-Dquarkus.http.port={self.port}",
-            "-Dquarkus.management.enabled=false",
+            f"-Dquarkus.management.host={self.host}",
+            f"-Dquarkus.management.port={self.management_port}",
             "-Dquarkus.http.access-log.enabled=false",
             "-Dapicurio.ccompat.legacy-id-mode.enabled=false",
             "-jar",
