@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from typing import Any
 
 import psycopg
 
@@ -42,32 +43,39 @@ class Workload:
         rng = random.Random(seed)
         with psycopg.connect(self._dsn, autocommit=False) as conn:
             while not self._stop.is_set():
-                key = rng.randint(1, 400)
-                try:
-                    with conn.transaction():
-                        choice = rng.random()
-                        if choice < 0.4:
-                            conn.execute(
-                                "INSERT INTO public.items VALUES (%s, 'w', 1) ON CONFLICT (id)"
-                                " DO UPDATE SET qty = public.items.qty + 1, name = 'u'",
-                                (key,),
-                            )
-                        elif choice < 0.6:
-                            conn.execute("DELETE FROM public.items WHERE id = %s", (key,))
-                        elif choice < 0.7:
-                            conn.execute(
-                                "UPDATE public.items SET id = %s WHERE id = %s AND NOT EXISTS"
-                                " (SELECT 1 FROM public.items WHERE id = %s)",
-                                (key + 1000, key, key + 1000),
-                            )
-                        else:
-                            conn.execute("UPDATE public.items SET qty = qty - 1 WHERE id = %s", (key,))
-                        conn.execute(
-                            "INSERT INTO public.history (item, delta) VALUES (%s, %s)", (key, rng.randint(-5, 5))
-                        )
+                if one_transaction(conn, rng):
                     self.transactions += 1
-                except psycopg.errors.UniqueViolation:
-                    self.errors += 1
-                except psycopg.errors.DeadlockDetected:
+                else:
                     self.errors += 1
                 time.sleep(0.002)
+
+
+def one_transaction(conn: psycopg.Connection[Any], rng: random.Random) -> bool:
+    """One random small transaction on a random key of 1..400: an upsert (40%), a delete (20%),
+    a primary-key change to key + 1000 (10%) or an update (30%) of ``public.items``, plus an
+    insert into the keyless ``public.history``. Returns False when it lost a race with another
+    client (unique violation or deadlock; rolled back), True when it committed."""
+    key = rng.randint(1, 400)
+    try:
+        with conn.transaction():
+            choice = rng.random()
+            if choice < 0.4:
+                conn.execute(
+                    "INSERT INTO public.items VALUES (%s, 'w', 1) ON CONFLICT (id)"
+                    " DO UPDATE SET qty = public.items.qty + 1, name = 'u'",
+                    (key,),
+                )
+            elif choice < 0.6:
+                conn.execute("DELETE FROM public.items WHERE id = %s", (key,))
+            elif choice < 0.7:
+                conn.execute(
+                    "UPDATE public.items SET id = %s WHERE id = %s AND NOT EXISTS"
+                    " (SELECT 1 FROM public.items WHERE id = %s)",
+                    (key + 1000, key, key + 1000),
+                )
+            else:
+                conn.execute("UPDATE public.items SET qty = qty - 1 WHERE id = %s", (key,))
+            conn.execute("INSERT INTO public.history (item, delta) VALUES (%s, %s)", (key, rng.randint(-5, 5)))
+    except (psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected):
+        return False
+    return True

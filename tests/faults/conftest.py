@@ -27,6 +27,7 @@ from pipeline.localstack.services import Health
 from pipeline.verify import Status, VerifySettings, verify_pipeline
 from tests.conftest import REPO
 from tests.e2e.conftest import E2EPipeline, e2e, table_rows  # noqa: F401 - e2e is a fixture re-exported here
+from tests.e2e.workload import one_transaction
 
 FAULTS_SHIFT = 500
 
@@ -135,30 +136,8 @@ class FaultWorkload:
                 time.sleep(0.5)
 
     def _one(self, conn: psycopg.Connection[Any], rng: random.Random) -> None:
-        key = rng.randint(1, 400)
-        try:
-            with conn.transaction():
-                choice = rng.random()
-                if choice < 0.4:
-                    conn.execute(
-                        "INSERT INTO public.items VALUES (%s, 'w', 1) ON CONFLICT (id)"
-                        " DO UPDATE SET qty = public.items.qty + 1, name = 'u'",
-                        (key,),
-                    )
-                elif choice < 0.6:
-                    conn.execute("DELETE FROM public.items WHERE id = %s", (key,))
-                elif choice < 0.7:
-                    conn.execute(
-                        "UPDATE public.items SET id = %s WHERE id = %s AND NOT EXISTS"
-                        " (SELECT 1 FROM public.items WHERE id = %s)",
-                        (key + 1000, key, key + 1000),
-                    )
-                else:
-                    conn.execute("UPDATE public.items SET qty = qty - 1 WHERE id = %s", (key,))
-                conn.execute("INSERT INTO public.history (item, delta) VALUES (%s, %s)", (key, rng.randint(-5, 5)))
+        if one_transaction(conn, rng):
             self.transactions += 1
-        except (psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected):
-            pass
 
 
 # --------------------------------------------------------------------------- checks
