@@ -33,6 +33,11 @@ from pipeline.localstack.services import (
 __all__ = ["LocalStack", "LocalStackSettings", "ServiceStatus", "StackStartError", "settings_for"]
 
 
+EXITED_PROBES = 4
+"""Consecutive probes (0.5 s apart) that must find a service's process gone before start-up is
+declared failed: a single miss was seen right after spawning mariadbd on a loaded machine."""
+
+
 class StackStartError(RuntimeError):
     """A service did not become ready in time; the message carries the tail of its log."""
 
@@ -129,8 +134,10 @@ class LocalStack:
     def _wait_ready(self, service: Service) -> None:
         deadline = time.monotonic() + self.settings.ready_timeout_s
         health = service.health()
+        gone = 0  # consecutive probes that found no process: one alone can be a start-up race
         while not health.ready:
-            if not health.running:
+            gone = 0 if health.running else gone + 1
+            if gone >= EXITED_PROBES:
                 raise StackStartError(f"{service.name} exited during start-up; last log lines:\n{_tail(service)}")
             if time.monotonic() > deadline:
                 raise StackStartError(
