@@ -776,16 +776,8 @@ def wait_caught_up(
     with connect_source(source, "verify heartbeat", 30) as sconn:
         written = write_heartbeat(sconn, source)
     hb_target = heartbeat_target_table(source, pipeline)
-    applied = False
     with connect_target(pipeline, "verify catch-up", 30) as tconn:
-        while True:
-            seen = read_heartbeat(tconn, hb_target, source.name)
-            if seen is not None and seen >= written:
-                applied = True
-                break
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(sleep_s)
+        applied = _wait_for_heartbeat(lambda: read_heartbeat(tconn, hb_target, source.name), written, deadline, sleep_s)
     own = probe is None
     probe = probe or ConsumerLagProbe(
         settings.kafka.client_config(),
@@ -933,6 +925,20 @@ def _recompute(src_side: Side, tgt_side: Side, plan: TablePlan, diff: ChunkDiff)
 
 
 # =========================================================================== targets other than PostgreSQL
+
+
+def _wait_for_heartbeat(
+    read: Callable[[], datetime | None], written: datetime, deadline: float, sleep_s: float
+) -> bool:
+    """Poll ``read`` (the heartbeat time the target holds) every ``sleep_s`` seconds until it
+    reaches ``written`` (True) or ``time.monotonic()`` passes ``deadline`` (False)."""
+    while True:
+        seen = read()
+        if seen is not None and seen >= written:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(sleep_s)
 
 
 def is_portable_target(pipeline: PipelineSettings) -> bool:
@@ -1139,16 +1145,10 @@ def wait_caught_up_portable(
         written = write_heartbeat(sconn, source)
     hb_target = heartbeat_target_table(source, pipeline)
     engine = _portable_engine(pipeline)
-    applied = False
     try:
-        while True:
-            seen = read_heartbeat_portable(engine, hb_target, source.name)
-            if seen is not None and seen >= written:
-                applied = True
-                break
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(sleep_s)
+        applied = _wait_for_heartbeat(
+            lambda: read_heartbeat_portable(engine, hb_target, source.name), written, deadline, sleep_s
+        )
     finally:
         engine.dispose()
     probe = ConsumerLagProbe(settings.kafka.client_config(), topic_regex(source), [])
