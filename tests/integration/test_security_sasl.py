@@ -10,7 +10,6 @@ temporary folder, and stopped at the end of the module.
 
 from __future__ import annotations
 
-import base64
 import os
 import signal
 import socket
@@ -27,7 +26,7 @@ import yaml
 from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
-from pipeline.localstack import LocalStack
+from pipeline.localstack import LocalStack, services
 from pipeline.localstack.jars import cache_for, java_binary
 from pipeline.settings import KafkaSettings
 
@@ -96,7 +95,7 @@ def sasl_broker(local_stack: LocalStack, tmp_path_factory: pytest.TempPathFactor
     config.write_text("".join(f"{k}={v}\n" for k, v in props.items()), encoding="utf-8")
     java = java_binary()
     base = [java, "-Xmx256m", "-XX:+UseG1GC", "-Djava.awt.headless=true", "-cp", jars.classpath]
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    cluster_id = services.kafka_cluster_id()
     fmt = subprocess.run(
         [*base, "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id, "-c", str(config)],
         capture_output=True,
