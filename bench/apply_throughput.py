@@ -445,8 +445,16 @@ class Worker:
     stats: ProcStats = field(default_factory=ProcStats)
 
 
-def start_worker(index: int, config: Path, logs: Path, profile: Path | None, module: str = "pipeline.cli") -> Worker:
-    """Start ``python -m <module> run -c CONFIG``; with ``profile``, attach py-spy to it."""
+def start_worker(
+    index: int,
+    config: Path,
+    logs: Path,
+    profile: Path | None,
+    module: str = "pipeline.cli",
+    env: dict[str, str] | None = None,
+) -> Worker:
+    """Start ``python -m <module> run -c CONFIG`` (``env``: extra environment variables, e.g. a
+    per-worker ``CDC_METRICS__PORT``); with ``profile``, attach py-spy to it."""
     log = logs / f"worker-{index}.log"
     with log.open("ab") as out:
         proc = subprocess.Popen(
@@ -454,7 +462,7 @@ def start_worker(index: int, config: Path, logs: Path, profile: Path | None, mod
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=REPO,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
     worker = Worker(proc, log)
     if profile is not None:

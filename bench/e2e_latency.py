@@ -2,8 +2,8 @@
 
 Against a running local stack: a fresh source database replicated by a real Debezium 3.6
 PostgreSQL connector (set up with the product's own ``cdc-pipeline source prepare`` and
-``connectors apply``) and one pipeline worker (``cdc-pipeline run``) into a fresh target
-database of the same name.
+``connectors apply``) and ``--workers`` pipeline workers (``cdc-pipeline run``, one consumer
+group; default 1) into a fresh target database of the same name.
 
 Measurement. Every pgbench transaction updates one ``pgbench_accounts`` row and, as its last
 statement before ``COMMIT``, inserts one row into ``public.cdc_latency_probe`` holding the
@@ -15,16 +15,17 @@ this machine, so both clocks are the same clock. Latency = ``applied_at - src_ts
 transaction: Debezium's ``poll.interval.ms``, Kafka, the worker's batching
 (``batch.max_wait_ms``) and the apply itself. As a cross-check the worker's own
 ``cdc_commit_to_apply_seconds`` histogram (source ``ts_ms`` -> target commit, bucketed) is read
-from its ``/metrics``.
+from the workers' ``/metrics`` (worker i on ``--metrics-port`` + i; buckets summed).
 
 Phases: for each ``--rates`` value, ``pgbench -R RATE -T DURATION`` (the achieved rate is
-pgbench's ``tps``); then, at ``--pause-rate``, the worker is frozen (SIGSTOP) for
+pgbench's ``tps``); then, at ``--pause-rate``, every worker is frozen (SIGSTOP) for
 ``--pause-seconds`` under load and resumed (SIGCONT): catch-up time is the time from the
 resume until every probe committed before the resume has been applied and the newest applied
 probe is less than 1 s old.
 
     .venv/bin/python bench/e2e_latency.py                          # 500, 2000, 5000 tx/s, 60 s each
     .venv/bin/python bench/e2e_latency.py --poll-interval-ms 100 --max-wait-ms 50
+    .venv/bin/python bench/e2e_latency.py --rates 2000 --workers 2    # 4 partitions, 2 each
     .venv/bin/python bench/e2e_latency.py --smoke --state-dir .local-stack-test-3
 
 Exit status: 0 when every probe arrived and the probe tables are equal at the end, 1 otherwise,
@@ -80,12 +81,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pause-seconds", type=int, default=None, help="worker frozen this long (default 30; 0: skip)")
     p.add_argument("--pause-tail", type=int, default=None, help="load seconds after the resume (default 60)")
     p.add_argument("--partitions", type=int, default=4, help="partitions of the change topics (default 4)")
-    p.add_argument("--poll-interval-ms", type=int, default=None, help="Debezium poll.interval.ms (default: its 500)")
+    p.add_argument(
+        "--poll-interval-ms", type=int, default=None, help="Debezium poll.interval.ms (default: product's, 100)"
+    )
     p.add_argument("--max-wait-ms", type=int, default=None, help="pipeline batch.max_wait_ms (default: product's)")
     p.add_argument(
         "--client-property", action="append", default=[], metavar="KEY=VALUE", help="kafka.client_properties entry"
     )
-    p.add_argument("--metrics-port", type=int, default=None, help="worker /metrics port (default 9200 + slot)")
+    p.add_argument("--workers", type=int, default=1, help="pipeline workers, one consumer group (default 1)")
+    p.add_argument(
+        "--metrics-port", type=int, default=None, help="worker 0's /metrics port, worker i's + i (default 9200 + slot)"
+    )
     p.add_argument("--smoke", action="store_true", help="tiny run: one rate of 100 tx/s for 5 s, 5 s pause")
     p.add_argument("--state-dir", type=Path, default=None, help="local stack state folder (default .local-stack)")
     p.add_argument("--kafka-port", type=int, default=None, help="override the stack's Kafka port")
@@ -109,8 +115,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for prop in args.client_property:
         if "=" not in prop:
             p.error(f"--client-property {prop!r}: write KEY=VALUE")
-    if not args.rate_list or min([*args.rate_list, args.duration, args.clients, args.scale, args.partitions]) < 1:
-        p.error("rates, --duration, --clients, --scale and --partitions must be >= 1")
+    if (
+        not args.rate_list
+        or min([*args.rate_list, args.duration, args.clients, args.scale, args.partitions, args.workers]) < 1
+    ):
+        p.error("rates, --duration, --clients, --scale, --partitions and --workers must be >= 1")
     return args
 
 
@@ -373,23 +382,31 @@ def fixed_rate_phase(
     stack: LocalStackSettings, names: Names, script: Path, rate: int, args: argparse.Namespace
 ) -> Phase:
     """pgbench at ``rate`` for ``--duration`` s; latency quantiles of its probes."""
-    before = _scrape(args.metrics_port)
+    before = _scrape(args)
     t0 = now_utc()
     tps = finish_pgbench(run_pgbench(stack, names, script, rate, args.duration, args.clients), args.duration)
     t1 = now_utc()
     drain = wait_drained(stack, names, t0, t1, timeout_s=300)
-    after = _scrape(args.metrics_port)
+    after = _scrape(args)
     n, q = quantiles(stack, names, t0, t1)
     m50 = histogram_quantile(0.5, before, after, "cdc_commit_to_apply_seconds") if before and after else None
     m99 = histogram_quantile(0.99, before, after, "cdc_commit_to_apply_seconds") if before and after else None
     return Phase(rate, tps, n, q[0], q[1], q[2], q[3], m50, m99, drain)
 
 
-def _scrape(port: int) -> Samples | None:
-    try:
-        return scrape(port)
-    except httpx.HTTPError:
-        return None
+def _scrape(args: argparse.Namespace) -> Samples | None:
+    """Every worker's ``/metrics`` samples summed by name and labels (None if one is unreachable)."""
+    merged: Samples = {}
+    for i in range(args.workers):
+        if args.metrics_port == 0:
+            return None
+        try:
+            samples = scrape(args.metrics_port + i)
+        except httpx.HTTPError:
+            return None
+        for key, value in samples.items():
+            merged[key] = merged.get(key, 0.0) + value
+    return merged
 
 
 @dataclass
@@ -406,9 +423,9 @@ class Pause:
 
 
 def pause_phase(
-    stack: LocalStackSettings, names: Names, script: Path, worker: at.Worker, args: argparse.Namespace
+    stack: LocalStackSettings, names: Names, script: Path, workers: list[at.Worker], args: argparse.Namespace
 ) -> Pause:
-    """pgbench at ``--pause-rate``; the worker is SIGSTOPped after 10 s for ``--pause-seconds``,
+    """pgbench at ``--pause-rate``; every worker is SIGSTOPped after 10 s for ``--pause-seconds``,
     then resumed and the load goes on for ``--pause-tail`` s; measures the catch-up (see the
     module docstring; NaN when it did not catch up within the tail). A pause longer than the
     consumer's ``session.timeout.ms`` (10 s in ``pipeline.app.consumer_config``) also makes the
@@ -418,11 +435,13 @@ def pause_phase(
     t0 = now_utc()
     load = run_pgbench(stack, names, script, args.pause_rate, seconds, args.clients)
     time.sleep(warm)
-    os.kill(worker.proc.pid, signal.SIGSTOP)
+    for worker in workers:
+        os.kill(worker.proc.pid, signal.SIGSTOP)
     try:
         time.sleep(args.pause_seconds)
     finally:
-        os.kill(worker.proc.pid, signal.SIGCONT)
+        for worker in workers:
+            os.kill(worker.proc.pid, signal.SIGCONT)
     resumed_mono, resumed = time.monotonic(), now_utc()
     backlog = source_count(stack, names, t0, resumed)
     catch_up = float("nan")
@@ -515,15 +534,16 @@ def main(argv: list[str] | None = None) -> int:
         args.metrics_port = 9200 + (stack.kafka_port - 9092) // 100 % 100
     names = Names(f"lat_{uuid.uuid4().hex[:10]}")
     print(
-        f"e2e_latency: rates {args.rate_list} tx/s x {args.duration} s, {args.clients} clients, scale {args.scale}; "
+        f"e2e_latency: rates {args.rate_list} tx/s x {args.duration} s, {args.clients} clients, scale {args.scale}, "
+        f"{args.workers} worker(s), {args.partitions} partitions; "
         f"pause {args.pause_seconds} s at {args.pause_rate} tx/s; poll.interval.ms "
-        f"{args.poll_interval_ms or 'default (500)'}, batch.max_wait_ms {args.max_wait_ms or 'default'}, "
+        f"{args.poll_interval_ms or 'product default (100)'}, batch.max_wait_ms {args.max_wait_ms or 'default'}, "
         f"client properties {args.client_property or 'none'}; run {names.name}; "
         f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
         flush=True,
     )
     logs = Path(tempfile.mkdtemp(prefix=f"{names.name}-"))
-    worker: at.Worker | None = None
+    workers: list[at.Worker] = []
     ok = False
     try:
         config = logs / "pipeline.yaml"
@@ -532,13 +552,16 @@ def main(argv: list[str] | None = None) -> int:
         prepare_source(stack, names, args, script)
         cli(config, logs, "source", "prepare")
         cli(config, logs, "connectors", "apply")
-        worker = at.start_worker(0, config, logs, None)
+        for i in range(args.workers):
+            port = 0 if args.metrics_port == 0 else args.metrics_port + i  # 0: any free port, not scraped
+            port_env = {"CDC_METRICS__PORT": str(port)}
+            workers.append(at.start_worker(i, config, logs, None, env=port_env))
         install_probe_log(stack, names)
-        print("ready: connector running, worker applying, probe log installed", flush=True)
+        print("ready: connector running, workers applying, probe log installed", flush=True)
         for rate in args.rate_list:
             ph = fixed_rate_phase(stack, names, script, rate, args)
             metric = (
-                f"; worker metric p50 {_ms(ph.metric_p50)} p99 {_ms(ph.metric_p99)}"
+                f"; workers' metric p50 {_ms(ph.metric_p50)} p99 {_ms(ph.metric_p99)}"
                 if ph.metric_p50 is not None
                 else ""
             )
@@ -549,9 +572,9 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         if args.pause_seconds > 0:
-            pa = pause_phase(stack, names, script, worker, args)
+            pa = pause_phase(stack, names, script, workers, args)
             print(
-                f"pause: worker frozen {pa.seconds} s under {args.pause_rate} tx/s (achieved {pa.achieved_tps:,.0f}); "
+                f"pause: workers frozen {pa.seconds} s under {args.pause_rate} tx/s (achieved {pa.achieved_tps:,.0f}); "
                 f"backlog {pa.backlog_probes:,} transactions; "
                 + (
                     f"caught up {pa.catch_up_s:.1f} s after the resume"
@@ -569,8 +592,8 @@ def main(argv: list[str] | None = None) -> int:
     except at.BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
     finally:
-        if worker is not None:
-            at.stop_workers([worker])
+        if workers:
+            at.stop_workers(workers)
         if not args.keep:
             cleanup(stack, names)
     print(f"load average at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
