@@ -813,10 +813,11 @@ def pipeline_tables(settings: Settings, pipeline: PipelineSettings) -> list[Tabl
     return [TableId(*name.split(".", 1)) for name in (pipeline.tables or source.tables)]
 
 
-def plan_table(
-    sconn: psycopg.Connection[Any], tconn: psycopg.Connection[Any], pipeline: PipelineSettings, table: TableId
-) -> TablePlan:
-    """Read both catalogs and the transforms and build the table's :class:`TablePlan`.
+def read_source_side(
+    sconn: psycopg.Connection[Any], pipeline: PipelineSettings, table: TableId
+) -> tuple[list[ColumnInfo], ColumnReport, TableId]:
+    """What every target kind's plan starts from: ``(source columns from the catalog, the
+    transforms' column report, the target table the sink writes)``.
 
     Raises LookupError when the source table does not exist.
     """
@@ -825,7 +826,18 @@ def plan_table(
         raise LookupError(f"source table {table} does not exist")
     transformer = build_transformer(pipeline.transforms, pipeline.mask_salt)
     report = transformer.column_report(table, [c.name for c in source_columns])
-    target = target_table(pipeline, table, report)
+    return source_columns, report, target_table(pipeline, table, report)
+
+
+def plan_table(
+    sconn: psycopg.Connection[Any], tconn: psycopg.Connection[Any], pipeline: PipelineSettings, table: TableId
+) -> TablePlan:
+    """Read both catalogs and the transforms and build the table's :class:`TablePlan`
+    (PostgreSQL target).
+
+    Raises LookupError when the source table does not exist.
+    """
+    source_columns, report, target = read_source_side(sconn, pipeline, table)
     return build_plan(
         table, target, source_columns, read_primary_key(sconn, table), read_columns(tconn, target), report
     )
@@ -1077,12 +1089,7 @@ class _PortableTargetAccess:
         return [ColumnInfo(name, type_, type_) for name, type_ in shape.columns.items()]
 
     def plan(self, sconn: Conn, pipeline: PipelineSettings, table: TableId) -> TablePlan:
-        source_columns = read_columns(sconn, table)
-        if not source_columns:
-            raise LookupError(f"source table {table} does not exist")
-        transformer = build_transformer(pipeline.transforms, pipeline.mask_salt)
-        report = transformer.column_report(table, [c.name for c in source_columns])
-        target = target_table(pipeline, table, report)
+        source_columns, report, target = read_source_side(sconn, pipeline, table)
         # Collations are not compared across engines: text keys are ordered by code point on
         # both sides ("C" source collation, binary target collation; see PortableTargetSide).
         plain = [ColumnInfo(c.name, c.type, c.typname) for c in source_columns]

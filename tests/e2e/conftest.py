@@ -355,18 +355,12 @@ def e2e(
         path.write_text(yaml.safe_dump(doc), encoding="utf-8")
         settings = load_settings(path, {})
         src = settings.sources[0]
-        if share_source_with is not None:
-            log_dir = tmp_path / f"logs-{name}"
-            log_dir.mkdir()
-            p = E2EPipeline(path, settings, databases.source_dsn, databases.target_dsn, tables, log_dir)
-            p.target_kind, p.target_url = target, target_url
-            made.append(p)
-            return p
-        source_prep.prepare(src)
-        connector = src.resolved_connector_name
-        client.apply(connector, build_connector_config(src))
-        connectors.append(connector)
-        client.wait_for(connector, lambda st: st.healthy, timeout_s=90)
+        if share_source_with is None:  # else the other pipeline's connector feeds this one
+            source_prep.prepare(src)
+            connector = src.resolved_connector_name
+            client.apply(connector, build_connector_config(src))
+            connectors.append(connector)
+            client.wait_for(connector, lambda st: st.healthy, timeout_s=90)
         log_dir = tmp_path / f"logs-{name}"
         log_dir.mkdir()
         p = E2EPipeline(path, settings, databases.source_dsn, databases.target_dsn, tables, log_dir)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import random
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from pipeline.localstack.services import Health
 from pipeline.verify import Status, VerifySettings, verify_pipeline
 from tests.conftest import REPO
 from tests.e2e.conftest import E2EPipeline, e2e, table_rows  # noqa: F401 - e2e is a fixture re-exported here
-from tests.e2e.workload import one_transaction
+from tests.e2e.workload import Workload, one_transaction
 
 FAULTS_SHIFT = 500
 
@@ -98,30 +97,21 @@ def local_stack() -> Iterator[LocalStack]:
 # --------------------------------------------------------------------------- workload
 
 
-class FaultWorkload:
-    """Like ``tests.e2e.workload.Workload`` (inserts, updates, deletes, primary-key changes on
-    ``public.items``; inserts into the keyless ``public.history``), but each client reconnects
-    after a connection loss, so the load survives a restart of the source cluster."""
+class FaultWorkload(Workload):
+    """:class:`tests.e2e.workload.Workload` (the same transactions on ``public.items`` and the
+    keyless ``public.history``) whose clients reconnect after a connection loss, so the load
+    survives a restart of the source cluster; a context manager (start on enter, stop on exit)."""
 
     def __init__(self, dsn: str, clients: int = 3, seed: int = 11) -> None:
-        self._dsn = dsn
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(seed + i,), daemon=True) for i in range(clients)]
-        self.transactions = 0
+        super().__init__(dsn, clients, seed)
         self.reconnects = 0
 
     def __enter__(self) -> FaultWorkload:
-        for t in self._threads:
-            t.start()
+        self.start()
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
-
-    def stop(self) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(30)
 
     def _run(self, seed: int) -> None:
         rng = random.Random(seed)
@@ -129,15 +119,14 @@ class FaultWorkload:
             try:
                 with psycopg.connect(self._dsn, autocommit=False, connect_timeout=5) as conn:
                     while not self._stop.is_set():
-                        self._one(conn, rng)
+                        if one_transaction(conn, rng):
+                            self.transactions += 1
+                        else:
+                            self.errors += 1
                         time.sleep(0.003)
             except psycopg.OperationalError:
                 self.reconnects += 1
                 time.sleep(0.5)
-
-    def _one(self, conn: psycopg.Connection[Any], rng: random.Random) -> None:
-        if one_transaction(conn, rng):
-            self.transactions += 1
 
 
 # --------------------------------------------------------------------------- checks

@@ -11,6 +11,7 @@ import random
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -36,6 +37,16 @@ def _settle(p: E2EPipeline) -> None:
 
 def _connector_running(stack: LocalStack, p: E2EPipeline, timeout_s: float = 180) -> None:
     wait_connector_running(stack.settings.connect_url, p.settings.sources[0].resolved_connector_name, timeout_s)
+
+
+def _bring_back(stack: LocalStack, p: E2EPipeline, service: Any) -> float:
+    """Start ``service`` (Connect or the broker) again and wait until it is ready and the
+    pipeline's connector runs; returns the seconds that took."""
+    t0 = time.monotonic()
+    service.start()
+    wait_ready(service)
+    _connector_running(stack, p)
+    return time.monotonic() - t0
 
 
 def _wait_exit(p: E2EPipeline, proc, timeout: float) -> int:  # type: ignore[no-untyped-def]
@@ -71,11 +82,7 @@ def test_connect_worker_kill9(e2e, local_stack: LocalStack, profile: Profile) ->
         time.sleep(profile.load_s)
         assert local_stack.connect.kill()
         time.sleep(2)  # writes go on while Debezium is down
-        t0 = time.monotonic()
-        local_stack.connect.start()
-        wait_ready(local_stack.connect)
-        _connector_running(local_stack, p)
-        back = time.monotonic() - t0
+        back = _bring_back(local_stack, p, local_stack.connect)
         time.sleep(profile.load_s)
     t1 = time.monotonic()
     out = check_outcome(p)
@@ -90,11 +97,7 @@ def test_kafka_broker_restart(e2e, local_stack: LocalStack, profile: Profile) ->
         time.sleep(profile.load_s)
         assert local_stack.kafka.stop()
         time.sleep(3)
-        t0 = time.monotonic()
-        local_stack.kafka.start()
-        wait_ready(local_stack.kafka)
-        _connector_running(local_stack, p)
-        back = time.monotonic() - t0
+        back = _bring_back(local_stack, p, local_stack.kafka)
         time.sleep(profile.load_s)
     t1 = time.monotonic()
     out = check_outcome(p)

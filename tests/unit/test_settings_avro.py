@@ -55,55 +55,29 @@ def test_registry_password_file_and_masking(tmp_path: Path) -> None:
     assert "from-file" not in str(settings.masked_dump())
 
 
-def test_converter_url_is_derived_or_required() -> None:
-    src = SourceSettings.model_validate(
-        {
-            "name": "s",
-            "database": "d",
-            "user": "u",
-            "tables": ["public.t"],
-            "format": "avro",
-            "schema_registry": REGISTRY,
-        }
+def _source(**settings: Any) -> SourceSettings:
+    """A minimal valid source (name, database, user, one table) with ``settings`` on top."""
+    return SourceSettings.model_validate(
+        {"name": "s", "database": "d", "user": "u", "tables": ["public.t"], **settings}
     )
+
+
+def test_converter_url_is_derived_or_required() -> None:
+    src = _source(format="avro", schema_registry=REGISTRY)
     assert src.schema_registry is not None
     assert src.schema_registry.resolved_converter_url == "http://registry:8080/apis/registry/v2"
     with pytest.raises(ValueError, match="converter_url"):
-        SourceSettings.model_validate(
-            {
-                "name": "s",
-                "database": "d",
-                "user": "u",
-                "tables": ["public.t"],
-                "format": "avro",
-                "schema_registry": {"url": "http://confluent:8081"},
-            }
-        )
+        _source(format="avro", schema_registry={"url": "http://confluent:8081"})
 
 
 def test_key_file_needs_cert_file() -> None:
     with pytest.raises(ValueError, match="key_file is set without cert_file"):
-        SourceSettings.model_validate(
-            {
-                "name": "s",
-                "database": "d",
-                "user": "u",
-                "tables": ["public.t"],
-                "schema_registry": {"url": "https://r/apis/ccompat/v7", "key_file": "/k.pem"},
-            }
-        )
+        _source(schema_registry={"url": "https://r/apis/ccompat/v7", "key_file": "/k.pem"})
 
 
 def test_connector_config_of_an_avro_source() -> None:
-    src = SourceSettings.model_validate(
-        {
-            "name": "s",
-            "database": "d",
-            "user": "u",
-            "tables": ["public.t"],
-            "format": "avro",
-            "schema_registry": {**REGISTRY, "converter_properties": {"apicurio.registry.check-period-ms": 1000}},
-        }
+    src = _source(
+        format="avro", schema_registry={**REGISTRY, "converter_properties": {"apicurio.registry.check-period-ms": 1000}}
     )
     config = build_connector_config(src)
     for side in ("key", "value"):
@@ -121,7 +95,7 @@ def test_connector_config_of_an_avro_source() -> None:
 
 
 def test_json_connector_config_is_unchanged_by_avro_support() -> None:
-    src = SourceSettings.model_validate({"name": "s", "database": "d", "user": "u", "tables": ["public.t"]})
+    src = _source()
     config = build_connector_config(src)
     assert {k: v for k, v in config.items() if ".converter" in k} == {
         "key.converter": JSON_CONVERTER,
