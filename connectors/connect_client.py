@@ -38,6 +38,7 @@ import httpx
 
 from connectors.debezium import Redactor, is_secret_key, secret_values
 from pipeline.logs import get_logger
+from pipeline.retry import exponential_cap
 from pipeline.settings import ConnectSettings
 
 log = get_logger("connectors.connect")
@@ -80,7 +81,7 @@ class RetryPolicy:
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         """Seconds to sleep after failed attempt ``attempt`` (0-based)."""
-        cap = min(self.max_backoff_s, self.initial_backoff_s * (2**attempt))
+        cap = exponential_cap(self.initial_backoff_s, self.max_backoff_s, attempt)
         return rng.uniform(0, cap)
 
 

@@ -83,6 +83,7 @@ from connectors.source_prep import conninfo as source_conninfo
 from pipeline import metrics
 from pipeline.events import TableId
 from pipeline.logs import get_logger
+from pipeline.retry import exponential_cap
 from pipeline.settings import PipelineSettings, Settings, SourceSettings
 from pipeline.transforms import build_transformer
 
@@ -384,7 +385,7 @@ class RestartBackoff:
     def record_restart(self, now: float) -> float:
         """Count a restart made at ``now``; returns the pause (seconds) before the next one."""
         self.attempts += 1
-        delay = min(self.max_s, self.initial_s * 2.0 ** (self.attempts - 1))
+        delay = exponential_cap(self.initial_s, self.max_s, self.attempts - 1)
         self._next_at = now + delay
         self._healthy_since = None
         return delay

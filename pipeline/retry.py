@@ -6,9 +6,22 @@ consumer while it waits). See AWS Architecture Blog, "Exponential Backoff And Ji
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass, field
+
+
+def exponential_cap(initial_s: float, max_s: float, n: int) -> float:
+    """``min(max_s, initial_s * 2**n)`` seconds, for any ``n >= 0`` without float overflow.
+
+    A naive ``initial_s * 2**n`` raises OverflowError once ``n`` passes about 1,020 (the
+    int no longer converts to a float); a retry loop with short sleeps and a long budget
+    gets there. The exponent is clamped where the cap has long since reached ``max_s``.
+    """
+    if initial_s <= 0 or n < 0:
+        return max(0.0, min(max_s, initial_s))
+    return min(max_s, math.ldexp(initial_s, min(n, 512)))
 
 
 class RetryBudgetExceededError(Exception):
@@ -41,7 +54,7 @@ class Backoff:
             raise RetryBudgetExceededError(
                 f"gave up after {self.attempts - 1} retries over {elapsed:.0f}s (retry.max_elapsed_s)"
             )
-        cap = min(self.max_s, self.initial_s * (2 ** (self.attempts - 1)))
+        cap = exponential_cap(self.initial_s, self.max_s, self.attempts - 1)
         delay = self.rng.uniform(0, cap)
         if hint_s is not None:
             delay = max(delay, hint_s)

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.dlq import DeadLetter, DlqLimiter, DlqLimitExceededError
-from pipeline.retry import Backoff, RetryBudgetExceededError
+from pipeline.retry import Backoff, RetryBudgetExceededError, exponential_cap
 
 
 def test_consecutive_limit_stops() -> None:
@@ -47,6 +47,25 @@ def test_backoff_grows_and_is_capped() -> None:
     assert all(0 <= d <= 4 for d in delays)
     assert max(delays[4:]) > 1  # later caps are larger than the first attempt's
     assert b.next_delay(hint_s=3.5) >= 3.5
+
+
+def test_backoff_survives_thousands_of_attempts() -> None:
+    # A registry or sink outage with short sleeps and a long budget: attempt 1,025 used to
+    # raise OverflowError (0.01 * 2**1024 does not convert to a float) instead of a delay.
+    b = Backoff(initial_s=0.01, max_s=0.02, max_elapsed_s=1e9, rng=random.Random(3))
+    delays = [b.next_delay() for _ in range(5000)]
+    assert b.attempts == 5000
+    assert all(0 <= d <= 0.02 for d in delays)
+
+
+@given(st.floats(1e-6, 60), st.floats(1e-6, 3600), st.integers(0, 10**6))
+def test_exponential_cap_is_min_of_max_and_doubling(initial: float, max_s: float, n: int) -> None:
+    cap = exponential_cap(initial, max_s, n)
+    assert cap <= max_s
+    if n < 64:
+        assert cap == min(max_s, initial * 2**n)
+    else:  # 1e-6 * 2**64 is far above any max_s drawn here
+        assert cap == max_s
 
 
 def test_backoff_budget() -> None:

@@ -17,8 +17,11 @@ FAST = RetrySettings(initial_backoff_s=0.01, max_backoff_s=0.02, max_elapsed_s=0
 
 
 def _client(handler, **settings) -> SchemaRegistryClient:  # type: ignore[no-untyped-def]
+    # Real sleeps: the retry budget is wall-clock seconds, so FAST gives ~20 attempts in
+    # 0.2 s whatever the machine's speed (a no-op sleep made thousands, and the count
+    # depended on how fast the machine was).
     cfg = SchemaRegistrySettings(url="http://registry:8080/apis/ccompat/v7", **settings)
-    return SchemaRegistryClient(cfg, FAST, transport=httpx.MockTransport(handler), sleep=lambda _s: None)
+    return SchemaRegistryClient(cfg, FAST, transport=httpx.MockTransport(handler))
 
 
 def test_schema_is_fetched_once_per_id() -> None:
