@@ -17,11 +17,18 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from pipeline.localstack import LocalStack, LocalStackSettings
 from pipeline.localstack.services import drop_database_slots
 
 REPO = Path(__file__).resolve().parents[1]
+
+# No per-example deadline: the unit tests run while the stack's JVMs still share the CPUs, and
+# one GC pause over hypothesis's default 200 ms would fail a correct property. Per-test
+# ``@settings(...)`` keep their own values and take this one for what they leave out.
+hypothesis_settings.register_profile("cdc", deadline=None)
+hypothesis_settings.load_profile("cdc")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

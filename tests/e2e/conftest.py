@@ -360,7 +360,8 @@ def e2e(
             connector = src.resolved_connector_name
             client.apply(connector, build_connector_config(src))
             connectors.append(connector)
-            client.wait_for(connector, lambda st: st.healthy, timeout_s=90)
+            status = client.wait_for(connector, lambda st: st.healthy, timeout_s=90)
+            assert status.healthy, f"connector {connector} not healthy after 90 s: {status}"
         log_dir = tmp_path / f"logs-{name}"
         log_dir.mkdir()
         p = E2EPipeline(path, settings, databases.source_dsn, databases.target_dsn, tables, log_dir)

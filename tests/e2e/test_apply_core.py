@@ -8,6 +8,7 @@ import time
 
 import psycopg
 from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
 
 from tests.e2e.conftest import E2EPipeline, table_rows
 
@@ -204,6 +205,16 @@ def test_poison_messages_go_to_the_dlq_and_the_pipeline_goes_on(e2e) -> None:  #
 
 def test_two_workers_share_four_partitions(e2e) -> None:  # type: ignore[no-untyped-def]
     p = e2e([ITEMS_DDL], ["public.items"], source={"topic_partitions": 4})
+    # The items topic must exist before w1 subscribes: w1 then owns all four partitions and
+    # w2's join makes it revoke some. (An empty table has no topic yet; w1's first assignment
+    # would be empty and librdkafka's cooperative protocol logs no revoke for nothing.)
+    p.source("INSERT INTO public.items VALUES (-1, 'first', 0)")
+    topic = f"{p.settings.sources[0].resolved_topic_prefix}.public.items"
+    admin = AdminClient({"bootstrap.servers": p.settings.kafka.bootstrap_servers})
+    deadline = time.monotonic() + 60
+    while len(getattr(admin.list_topics(timeout=10).topics.get(topic), "partitions", {})) < 4:
+        assert time.monotonic() < deadline, f"topic {topic} not created with 4 partitions"
+        time.sleep(0.3)
     w1 = p.start_worker()
     p.wait_log("partitions assigned")
     w2 = p.start_worker()

@@ -184,7 +184,7 @@ def test_snapshot_pauses_under_lag_resumes_and_completes(e2e) -> None:  # type: 
     p: E2EPipeline = e2e(
         [ITEMS_DDL, fill("public.items", 5000)],
         ["public.items"],
-        source={"connector_overrides": {"incremental.snapshot.chunk.size": 100}},
+        source={"connector_overrides": {"incremental.snapshot.chunk.size": 25}},  # many chunks: the race is long
     )
     worker = p.start_worker()
     p.wait_converged()
@@ -241,7 +241,7 @@ def test_coordinator_restart_neither_loses_nor_repeats_a_queued_request(e2e) -> 
             fill("public.other", 300),
         ],
         ["public.items", "public.other"],
-        source={"connector_overrides": {"incremental.snapshot.chunk.size": 100}},
+        source={"connector_overrides": {"incremental.snapshot.chunk.size": 25}},  # many chunks: the race is long
     )
     p.start_worker()
     p.wait_converged()

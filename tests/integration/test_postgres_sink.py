@@ -190,7 +190,7 @@ def test_stalled_target_is_cut_and_reported_transient(databases: Databases) -> N
     """A transaction that gets no answer within ``stall_timeout_s`` (here: blocked behind a lock
     held elsewhere, as a frozen server would block it) fails as TransientSinkError; after the
     block is gone the same batch applies."""
-    sink = PostgresSink(databases.target_dsn, stall_timeout_s=1.5)
+    sink = PostgresSink(databases.target_dsn, stall_timeout_s=5)  # far above a CREATE TABLE on a busy machine
     try:
         apply(sink, ev(Op.CREATE, (1, 1), 1, {"id": 1, "name": "a", "amount": None}))
         with psycopg.connect(databases.target_dsn) as blocker:
