@@ -396,10 +396,10 @@ def fixed_rate_phase(
 
 def _scrape(args: argparse.Namespace) -> Samples | None:
     """Every worker's ``/metrics`` samples summed by name and labels (None if one is unreachable)."""
+    if args.metrics_port == 0:  # workers serve on any free port: nothing to scrape
+        return None
     merged: Samples = {}
     for i in range(args.workers):
-        if args.metrics_port == 0:
-            return None
         try:
             samples = scrape(args.metrics_port + i)
         except httpx.HTTPError:

@@ -760,6 +760,46 @@ def write_heartbeat(conn: psycopg.Connection[Any], source: SourceSettings) -> da
     return value
 
 
+def _wait_for_heartbeat(
+    read: Callable[[], datetime | None], written: datetime, deadline: float, sleep_s: float
+) -> bool:
+    """Poll ``read`` (the heartbeat time the target holds) every ``sleep_s`` seconds until it
+    reaches ``written`` (True) or ``time.monotonic()`` passes ``deadline`` (False)."""
+    while True:
+        seen = read()
+        if seen is not None and seen >= written:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(sleep_s)
+
+
+def _wait_pending(
+    read_pending: Callable[[], dict[str, int]],
+    applied: bool,
+    written: datetime,
+    hb_target: TableId,
+    start: float,
+    max_wait_s: float,
+    sleep_s: float,
+) -> CatchUp:
+    """Poll ``read_pending`` (messages not yet applied, by topic; only counts > 0) every
+    ``sleep_s`` seconds until nothing is pending and the heartbeat ``written`` was ``applied``
+    to ``hb_target``, or ``start + max_wait_s`` (monotonic seconds) passes; the outcome."""
+    deadline = start + max_wait_s
+    while True:
+        pending = read_pending()
+        if (not pending and applied) or time.monotonic() >= deadline:
+            break
+        time.sleep(sleep_s)
+    parts = []
+    if not applied:
+        parts.append(f"heartbeat {written.isoformat()} not applied to {hb_target} within {max_wait_s:.0f} s")
+    if pending:
+        parts.append(f"{sum(pending.values())} message(s) not applied")
+    return CatchUp(applied and not pending, applied, time.monotonic() - start, pending, "; ".join(parts))
+
+
 def wait_caught_up(
     settings: Settings,
     pipeline: PipelineSettings,
@@ -784,24 +824,15 @@ def wait_caught_up(
         topic_regex(source),
         [p for p in pipeline_offsets(settings, source) if p.pipeline == pipeline.name],
     )
-    pending: dict[str, int] = {}
+
+    def read_pending() -> dict[str, int]:
+        return {t: n for lag in probe.read() for t, n in lag.by_topic().items() if n > 0}
+
     try:
-        while True:
-            lags = probe.read()
-            pending = {t: n for lag in lags for t, n in lag.by_topic().items() if n > 0}
-            if (not pending and applied) or time.monotonic() >= deadline:
-                break
-            time.sleep(sleep_s)
+        return _wait_pending(read_pending, applied, written, hb_target, start, max_wait_s, sleep_s)
     finally:
         if own:
             probe.close()
-    waited = time.monotonic() - start
-    parts = []
-    if not applied:
-        parts.append(f"heartbeat {written.isoformat()} not applied to {hb_target} within {max_wait_s:.0f} s")
-    if pending:
-        parts.append(f"{sum(pending.values())} message(s) not applied")
-    return CatchUp(applied and not pending, applied, waited, pending, "; ".join(parts))
 
 
 # =========================================================================== verification
@@ -937,20 +968,6 @@ def _recompute(src_side: Side, tgt_side: Side, plan: TablePlan, diff: ChunkDiff)
 
 
 # =========================================================================== targets other than PostgreSQL
-
-
-def _wait_for_heartbeat(
-    read: Callable[[], datetime | None], written: datetime, deadline: float, sleep_s: float
-) -> bool:
-    """Poll ``read`` (the heartbeat time the target holds) every ``sleep_s`` seconds until it
-    reaches ``written`` (True) or ``time.monotonic()`` passes ``deadline`` (False)."""
-    while True:
-        seen = read()
-        if seen is not None and seen >= written:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(sleep_s)
 
 
 def is_portable_target(pipeline: PipelineSettings) -> bool:
@@ -1160,27 +1177,21 @@ def wait_caught_up_portable(
         engine.dispose()
     probe = ConsumerLagProbe(settings.kafka.client_config(), topic_regex(source), [])
     sink = SqlAlchemySink(target_sqlalchemy_url(pipeline.target), control_schema=pipeline.target.control_schema)
-    pending: dict[str, int] = {}
+
+    def read_pending() -> dict[str, int]:
+        marks = probe.watermarks()
+        stored = sink.stored_offsets(pipeline.resolved_consumer_group, list(marks))
+        pending: dict[str, int] = {}
+        for (topic, _), lag in lag_per_partition(marks, stored).items():
+            if lag > 0:
+                pending[topic] = pending.get(topic, 0) + lag
+        return pending
+
     try:
-        while True:
-            marks = probe.watermarks()
-            stored = sink.stored_offsets(pipeline.resolved_consumer_group, list(marks))
-            pending = {}
-            for (topic, _), lag in lag_per_partition(marks, stored).items():
-                if lag > 0:
-                    pending[topic] = pending.get(topic, 0) + lag
-            if (not pending and applied) or time.monotonic() >= deadline:
-                break
-            time.sleep(sleep_s)
+        return _wait_pending(read_pending, applied, written, hb_target, start, max_wait_s, sleep_s)
     finally:
         probe.close()
         sink.close()
-    parts = []
-    if not applied:
-        parts.append(f"heartbeat {written.isoformat()} not applied to {hb_target} within {max_wait_s:.0f} s")
-    if pending:
-        parts.append(f"{sum(pending.values())} message(s) not applied")
-    return CatchUp(applied and not pending, applied, time.monotonic() - start, pending, "; ".join(parts))
 
 
 def verify_pipeline(

@@ -102,19 +102,6 @@ def _jvm_args(heap: str, log4j: Path) -> list[str]:
 # --------------------------------------------------------------------------- PostgreSQL
 
 
-def kafka_cluster_id() -> str:
-    """A random KRaft cluster id: 16 random bytes, URL-safe base64 without padding (22 chars).
-
-    Like Kafka's ``org.apache.kafka.common.Uuid.randomUuid()``, ids whose text starts with ``-``
-    are drawn again: ``kafka-storage format -t -abc...`` would read the id as an option flag
-    and fail with "argument --cluster-id/-t: expected one argument" (1 id in 64).
-    """
-    while True:
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        if not cluster_id.startswith("-"):
-            return cluster_id
-
-
 def pg_bindir() -> Path:
     """Folder of ``pg_ctl``/``initdb``: from PATH, else the newest ``/usr/lib/postgresql/*/bin``.
 
@@ -282,6 +269,19 @@ def pg_data_root(state: Path) -> Path:
 
 
 # --------------------------------------------------------------------------- Kafka
+
+
+def kafka_cluster_id() -> str:
+    """A random KRaft cluster id: 16 random bytes, URL-safe base64 without padding (22 chars).
+
+    Like Kafka's ``org.apache.kafka.common.Uuid.randomUuid()``, ids whose text starts with ``-``
+    are drawn again: ``kafka-storage format -t -abc...`` would read the id as an option flag
+    and fail with "argument --cluster-id/-t: expected one argument" (1 id in 64).
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 class KafkaBroker:

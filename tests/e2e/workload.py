@@ -43,11 +43,15 @@ class Workload:
         rng = random.Random(seed)
         with psycopg.connect(self._dsn, autocommit=False) as conn:
             while not self._stop.is_set():
-                if one_transaction(conn, rng):
-                    self.transactions += 1
-                else:
-                    self.errors += 1
+                self._one(conn, rng)
                 time.sleep(0.002)
+
+    def _one(self, conn: psycopg.Connection[Any], rng: random.Random) -> None:
+        """One :func:`one_transaction`, counted in ``transactions`` or ``errors``."""
+        if one_transaction(conn, rng):
+            self.transactions += 1
+        else:
+            self.errors += 1
 
 
 def one_transaction(conn: psycopg.Connection[Any], rng: random.Random) -> bool:

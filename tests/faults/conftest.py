@@ -22,11 +22,11 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from pipeline.localstack import LocalStack, LocalStackSettings
-from pipeline.localstack.services import Health
+from pipeline.localstack.services import Health, Service
 from pipeline.verify import Status, VerifySettings, verify_pipeline
 from tests.conftest import REPO
 from tests.e2e.conftest import E2EPipeline, e2e, table_rows  # noqa: F401 - e2e is a fixture re-exported here
-from tests.e2e.workload import Workload, one_transaction
+from tests.e2e.workload import Workload
 
 FAULTS_SHIFT = 500
 
@@ -119,10 +119,7 @@ class FaultWorkload(Workload):
             try:
                 with psycopg.connect(self._dsn, autocommit=False, connect_timeout=5) as conn:
                     while not self._stop.is_set():
-                        if one_transaction(conn, rng):
-                            self.transactions += 1
-                        else:
-                            self.errors += 1
+                        self._one(conn, rng)
                         time.sleep(0.003)
             except psycopg.OperationalError:
                 self.reconnects += 1
@@ -142,7 +139,7 @@ class Outcome:
     dead_letters: list[tuple[bytes | None, dict[str, str]]]
 
 
-def wait_ready(service: Any, timeout: float = 180) -> float:
+def wait_ready(service: Service, timeout: float = 180) -> float:
     """Wait until ``service.health().ready``; returns the seconds waited."""
     t0 = time.monotonic()
     health: Health = service.health()

@@ -11,13 +11,13 @@ import random
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
 from confluent_kafka import Producer
 
 from pipeline.localstack import LocalStack, procs
+from pipeline.localstack.services import Service
 from sinks.postgres.sink import PostgresSink
 from tests.conftest import wait_connector_running
 from tests.e2e.conftest import E2EPipeline
@@ -39,7 +39,7 @@ def _connector_running(stack: LocalStack, p: E2EPipeline, timeout_s: float = 180
     wait_connector_running(stack.settings.connect_url, p.settings.sources[0].resolved_connector_name, timeout_s)
 
 
-def _bring_back(stack: LocalStack, p: E2EPipeline, service: Any) -> float:
+def _bring_back(stack: LocalStack, p: E2EPipeline, service: Service) -> float:
     """Start ``service`` (Connect or the broker) again and wait until it is ready and the
     pipeline's connector runs; returns the seconds that took."""
     t0 = time.monotonic()
