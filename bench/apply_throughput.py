@@ -64,13 +64,13 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported
 from psycopg import sql
 
 from pipeline.app import consumer_config
+from pipeline.core.settings import load_settings
 from pipeline.localstack import LocalStackSettings, settings_for
 from pipeline.localstack.config import PG_PASSWORD, PG_SUPERUSER
 from pipeline.localstack.jars import cache_for
 from pipeline.localstack.procs import read_pid
 from pipeline.localstack.registry import DEFAULT_PORT as DEFAULT_REGISTRY_PORT
 from pipeline.localstack.registry import SchemaRegistryProcess
-from pipeline.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 POLL_S = 0.5
@@ -684,13 +684,13 @@ def copy_ceiling(conn: Conn) -> CopyRate:
 # (label, marker) pairs; a sampled stack is charged to the label of its deepest frame that
 # contains a marker. Frames look like "apply (sinks/postgres/sink.py:170)".
 PROFILE_STAGES: list[tuple[str, str]] = [
-    ("kafka consume (librdkafka poll)", "_collect (pipeline/runner.py"),
-    ("batching (Batch.add)", "add (pipeline/runner.py"),
-    ("decode", "pipeline/decode.py"),
+    ("kafka consume (librdkafka poll)", "_collect (pipeline/dataplane/runner.py"),
+    ("batching (Batch.add)", "add (pipeline/dataplane/runner.py"),
+    ("decode", "pipeline/decode/decoder.py"),
     ("decode", "decode (pipeline/app.py"),
-    ("transform", "pipeline/transforms.py"),
+    ("transform", "pipeline/transform/transforms.py"),
     ("transform", "transform (pipeline/app.py"),
-    ("reduce", "pipeline/reduce.py"),
+    ("reduce", "pipeline/dataplane/reduce.py"),
     ("sink: COPY to staging (psycopg)", "psycopg/_copy"),
     ("sink: COPY to staging (psycopg)", "Cursor.copy (psycopg/cursor.py"),
     ("sink: COPY row prep (sink.py)", "_adapt (sinks/postgres/sink.py"),
@@ -699,11 +699,11 @@ PROFILE_STAGES: list[tuple[str, str]] = [
     ("sink: SQL statements (execute)", "executemany (psycopg/cursor.py"),
     ("sink: commit", "psycopg/transaction.py"),
     ("sink: other", "sinks/postgres/"),
-    ("kafka offset commit", "_commit_kafka (pipeline/runner.py"),
-    ("dead-letter limiter", "pipeline/dlq.py"),
-    ("metrics", "_record (pipeline/runner.py"),
-    ("metrics", "_observe_latency (pipeline/runner.py"),
-    ("runner other", "_process (pipeline/runner.py"),
+    ("kafka offset commit", "_commit_kafka (pipeline/dataplane/runner.py"),
+    ("dead-letter limiter", "pipeline/dataplane/dlq.py"),
+    ("metrics", "_record (pipeline/dataplane/runner.py"),
+    ("metrics", "_observe_latency (pipeline/dataplane/runner.py"),
+    ("runner other", "_process (pipeline/dataplane/runner.py"),
 ]
 
 
@@ -721,7 +721,7 @@ def summarise_profile(files: list[Path]) -> list[tuple[str, float]]:
             if not frames[0].startswith("_run_module_as_main"):
                 continue  # not the main thread
             label = "start-up"
-            if any("PipelineRunner.run (pipeline/runner.py" in f for f in frames):
+            if any("PipelineRunner.run (pipeline/dataplane/runner.py" in f for f in frames):
                 label = "runner other"
                 for frame in reversed(frames):
                     hit = next((lab for lab, marker in PROFILE_STAGES if marker in frame), None)

@@ -1,4 +1,4 @@
-"""Decode throughput: events/s of ``pipeline.decode.Decoder`` on realistic Debezium JSON messages.
+"""Decode throughput: events/s of ``pipeline.decode.decoder.Decoder`` on realistic Debezium JSON messages.
 
 Builds N messages the way Kafka Connect's JsonConverter writes Debezium PostgreSQL change events
 (schemas enabled, compact JSON, ``column.propagate.source.type`` parameters, a 16-column table
@@ -31,11 +31,11 @@ from _debezium_gen import SOURCE_FIELDS as GENERATED_SOURCE_FIELDS
 from _debezium_gen import avro_schema
 from fastavro import parse_schema, schemaless_writer
 
-from pipeline.avro import AvroReader, raw_reader_schema
-from pipeline.decode import Decoder
-from pipeline.events import ChangeEvent, PoisonMessageError
-from pipeline.settings import TransformRule
-from pipeline.transforms import build_transformer
+from pipeline.core.events import ChangeEvent, PoisonMessageError
+from pipeline.core.settings import TransformRule
+from pipeline.decode.avro import AvroReader, raw_reader_schema
+from pipeline.decode.decoder import Decoder
+from pipeline.transform.transforms import build_transformer
 
 PREFIX = "bench"
 TABLE = "orders"

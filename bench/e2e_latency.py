@@ -54,9 +54,9 @@ import psycopg
 import yaml
 from psycopg import sql
 
-from pipeline.demo import Samples, histogram_quantile, scrape
 from pipeline.localstack import LocalStackSettings
 from pipeline.localstack.config import PG_PASSWORD, PG_SUPERUSER
+from pipeline.localstack.demo import Samples, histogram_quantile, scrape
 from pipeline.localstack.services import drop_database_slots, pg_bindir
 
 REPO = Path(__file__).resolve().parents[1]

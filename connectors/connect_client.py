@@ -37,9 +37,9 @@ from urllib.parse import quote
 import httpx
 
 from connectors.debezium import Redactor, is_secret_key, secret_values
-from pipeline.logs import get_logger
-from pipeline.retry import exponential_cap
-from pipeline.settings import ConnectSettings
+from pipeline.core.logs import get_logger
+from pipeline.core.retry import exponential_cap
+from pipeline.core.settings import ConnectSettings
 
 log = get_logger("connectors.connect")
 

@@ -33,7 +33,7 @@ applied last):
 - ``provide.transaction.metadata=true``: BEGIN/END events with per-table event counts go to
   ``<prefix>.transaction`` and every change carries ``transaction.total_order``; the decoder
   skips the transaction topic (``Skip(reason="transaction")``), the verifier and
-  transaction-consistent batching can use it. The position (``pipeline.events.Position``) does
+  transaction-consistent batching can use it. The position (``pipeline.core.events.Position``) does
   not depend on it.
 - ``time.precision.mode=adaptive_time_microseconds``: timestamps keep the column's precision
   (``Timestamp``/``MicroTimestamp``; ``timestamptz`` is always an ISO string with zone) and
@@ -85,7 +85,7 @@ from typing import Final, Literal
 
 from psycopg import sql
 
-from pipeline.settings import MASK, MessageFormat, ScalarValue, SourceSettings
+from pipeline.core.settings import MASK, MessageFormat, ScalarValue, SourceSettings
 
 POSTGRES_CONNECTOR_CLASS: Final = "io.debezium.connector.postgresql.PostgresConnector"
 JSON_CONVERTER: Final = "org.apache.kafka.connect.json.JsonConverter"
@@ -202,6 +202,12 @@ def change_topic(source: SourceSettings, table: TableRef) -> str:
     """
     name = _TOPIC_INVALID.sub("_", f"{source.resolved_topic_prefix}.{table.schema}.{table.table}")
     return name[:MAX_TOPIC_LENGTH]
+
+
+def topic_pattern(source: SourceSettings) -> str:
+    """librdkafka regex subscription for every change topic of the source
+    (``<topic.prefix>.<schema>.<table>``), so tables added later are picked up."""
+    return "^" + re.escape(source.resolved_topic_prefix).replace("\\-", "-") + r"\..+"
 
 
 def java_regex_literal(text: str) -> str:

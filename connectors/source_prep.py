@@ -45,8 +45,8 @@ from connectors.debezium import (
     publication_tables,
     signal_table,
 )
-from pipeline.logs import get_logger
-from pipeline.settings import SourceSettings
+from pipeline.core.logs import get_logger
+from pipeline.core.settings import SourceSettings
 
 log = get_logger("connectors.source_prep")
 

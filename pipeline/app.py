@@ -6,142 +6,30 @@ receive them ready-made (no client is created at import time).
 
 from __future__ import annotations
 
-import re
 import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
-from urllib.parse import urlsplit
 
 from confluent_kafka import Consumer, Producer
-from psycopg.conninfo import make_conninfo
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
 
-from connectors.debezium import heartbeat_table, signal_table
-from pipeline.decode import make_decoder
-from pipeline.dlq import DeadLetterQueue
-from pipeline.events import ChangeEvent, Skip, TableId
-from pipeline.health import HealthServer
-from pipeline.logs import get_logger
-from pipeline.monitor import build_monitors
-from pipeline.runner import Message, PipelineRunner
-from pipeline.settings import PipelineSettings, Settings, SourceSettings, TargetSettings
-from pipeline.transforms import build_transformer
-from pipeline.verify import coordination_monitors
+from connectors.debezium import heartbeat_table, signal_table, topic_pattern
+from pipeline.control.monitor import build_monitors
+from pipeline.control.verify import coordination_monitors
+from pipeline.core.events import ChangeEvent, Skip, TableId
+from pipeline.core.health import HealthServer
+from pipeline.core.logs import get_logger
+from pipeline.core.settings import PipelineSettings, Settings, SourceSettings
+from pipeline.dataplane.dlq import DeadLetterQueue
+from pipeline.dataplane.runner import Message, PipelineRunner
+from pipeline.decode.decoder import make_decoder
+from pipeline.transform.transforms import build_transformer
 from sinks.base import Sink
-from sinks.postgres.sink import PostgresSink
-from sinks.sqlalchemy.sink import SqlAlchemySink
+from sinks.factory import make_sink
 
 log = get_logger(__name__)
-
-
-class UnsupportedTargetError(ValueError):
-    """The target URL's scheme names no sink this build has."""
-
-
-POSTGRES_SCHEMES = ("postgresql", "postgres")
-# Scheme -> SQLAlchemy driver name used for it (PyMySQL is the MySQL-family driver we ship).
-SQLALCHEMY_SCHEMES = {
-    "mysql": "mysql+pymysql",
-    "mysql+pymysql": "mysql+pymysql",
-    "mariadb": "mariadb+pymysql",
-    "mariadb+pymysql": "mariadb+pymysql",
-    "sqlite": "sqlite",
-    "sqlite+pysqlite": "sqlite+pysqlite",
-}
-SUPPORTED_SCHEMES = ("postgresql://", "mysql+pymysql://", "mariadb+pymysql://", "sqlite:///")
-
-
-def _scheme(url: str) -> str:
-    scheme, sep, _ = url.partition("://")
-    return scheme.lower() if sep else ""
-
-
-def target_kind(target: TargetSettings) -> str:
-    """``postgresql`` or ``sqlalchemy``: which sink family ``target.url`` selects.
-
-    Raises UnsupportedTargetError naming the supported schemes.
-    """
-    scheme = _scheme(target.url)
-    if scheme.split("+", 1)[0] in POSTGRES_SCHEMES:
-        return "postgresql"
-    if scheme in SQLALCHEMY_SCHEMES:
-        return "sqlalchemy"
-    raise UnsupportedTargetError(
-        f"target.url: unsupported scheme {scheme or target.url!r}; supported: {', '.join(SUPPORTED_SCHEMES)}"
-    )
-
-
-def target_conninfo(target: TargetSettings) -> str:
-    """libpq conninfo of a ``postgresql://`` (or ``postgresql+driver://``) target, with the
-    password from ``target.password`` when the URL has none. Raises UnsupportedTargetError."""
-    scheme, sep, rest = target.url.partition("://")
-    if not sep or scheme.split("+", 1)[0] not in POSTGRES_SCHEMES:
-        raise UnsupportedTargetError(f"target.url: unsupported scheme {scheme!r} (use postgresql://)")
-    url = f"postgresql://{rest}"
-    if target.password is not None and urlsplit(url).password is None:
-        return make_conninfo(url, password=target.password.get_secret_value())
-    return url
-
-
-def target_sqlalchemy_url(target: TargetSettings) -> URL:
-    """The SQLAlchemy URL object of a MariaDB/MySQL or SQLite target: plain ``mysql://`` and
-    ``mariadb://`` get the PyMySQL driver, and ``target.password`` is set on the URL object when
-    the URL has none (the password is never formatted into a string or logged).
-
-    Raises UnsupportedTargetError for another scheme or an unparsable URL.
-    """
-    scheme = _scheme(target.url)
-    if scheme not in SQLALCHEMY_SCHEMES:
-        raise UnsupportedTargetError(
-            f"target.url: unsupported scheme {scheme or target.url!r}; supported: {', '.join(SUPPORTED_SCHEMES)}"
-        )
-    try:
-        url = make_url(target.url)
-    except ArgumentError as exc:
-        raise UnsupportedTargetError(f"target.url: not a valid SQLAlchemy URL ({exc})") from None
-    url = url.set(drivername=SQLALCHEMY_SCHEMES[scheme])
-    if target.password is not None and url.password is None:
-        url = url.set(password=target.password.get_secret_value())
-    return url
-
-
-def make_sink(pipeline: PipelineSettings) -> Sink:
-    """The sink for ``pipeline.target`` chosen by the URL scheme: ``postgresql://`` -> the
-    PostgreSQL fast path (:class:`PostgresSink`); ``mysql[+pymysql]://``,
-    ``mariadb[+pymysql]://`` and ``sqlite:///`` -> :class:`SqlAlchemySink`.
-
-    Raises UnsupportedTargetError (naming ``pipelines[<name>].target.url``) for other schemes.
-    """
-    target = pipeline.target
-    try:
-        kind = target_kind(target)
-        if kind == "postgresql":
-            return PostgresSink(
-                target_conninfo(target),
-                control_schema=target.control_schema,
-                create_tables=target.create_tables,
-                add_columns=target.add_columns,
-                application_name=f"cdc-pipeline:{pipeline.name}",
-                stall_timeout_s=target.stall_timeout_s,
-            )
-        return SqlAlchemySink(
-            target_sqlalchemy_url(target),
-            control_schema=target.control_schema,
-            create_tables=target.create_tables,
-            add_columns=target.add_columns,
-        )
-    except UnsupportedTargetError as exc:
-        raise UnsupportedTargetError(f"pipelines[{pipeline.name}].{exc}") from None
-
-
-def topic_pattern(source: SourceSettings) -> str:
-    """librdkafka regex subscription for every change topic of the source
-    (``<topic.prefix>.<schema>.<table>``), so tables added later are picked up."""
-    return "^" + re.escape(source.resolved_topic_prefix).replace("\\-", "-") + r"\..+"
 
 
 def consumer_config(settings: Settings, pipeline: PipelineSettings, client_id: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from pipeline.reduce import ReducedBatch
+from pipeline.core.batch import ReducedBatch
 
 TopicPartition = tuple[str, int]
 OffsetMap = Mapping[TopicPartition, int]

@@ -23,7 +23,7 @@ from pipeline.cli import (
     source_cmd,
     verify_cmd,
 )
-from pipeline.logs import LEVELS, configure_logging
+from pipeline.core.logs import LEVELS, configure_logging
 
 app = typer.Typer(
     name="cdc-pipeline",

@@ -7,7 +7,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from pipeline.settings import ConfigError, Settings, load_settings
+from pipeline.core.settings import ConfigError, Settings, load_settings
 
 ConfigOption = Annotated[
     Path | None,

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from pipeline.cli.common import fail
-from pipeline.demo import DemoError, DemoOptions, run_demo
 from pipeline.localstack import StackStartError, settings_for
+from pipeline.localstack.demo import DemoError, DemoOptions, run_demo
 from pipeline.localstack.jars import ToolMissingError
 
 

@@ -4,7 +4,7 @@ Slots (per source): existence, ``active``, ``wal_status``, WAL retained and byte
 (bytes), ``safe_wal_size`` (bytes), the WAL rate (bytes/s, from two samples
 ``--wal-rate-sample`` seconds apart) and the estimated seconds until the slot is lost, the
 publication's health and each pipeline's heartbeat age (seconds) read from its target. See
-:mod:`pipeline.monitor` for the definitions.
+:mod:`pipeline.control.monitor` for the definitions.
 
 Consumer lag (per pipeline, per partition of its change topics): ``high watermark - next
 offset``. The next offset is taken from the **target's** control table
@@ -41,18 +41,18 @@ from psycopg.conninfo import make_conninfo
 from connectors.source_prep import check_publication, redactor
 from connectors.source_prep import conninfo as source_conninfo
 from pipeline.cli.common import ConfigOption, fail, load_or_exit
-from pipeline.monitor import (
+from pipeline.control.monitor import (
     SlotReport,
     WalRateWindow,
     connect_read_only,
     evaluate_slot,
     heartbeat_age_seconds,
     heartbeat_probes,
-    partition_lag,
     read_server_sample,
     view_columns,
 )
-from pipeline.settings import PipelineSettings, Settings, SourceSettings
+from pipeline.core.offsets import partition_lag
+from pipeline.core.settings import PipelineSettings, Settings, SourceSettings
 
 PipelineOption = Annotated[
     str | None, typer.Option("--pipeline", "-p", help="Only this pipeline (and its source); all by default.")
@@ -167,8 +167,8 @@ def collect_slot(settings: Settings, source: SourceSettings, rate_sample_s: floa
 
 def change_topics(all_topics: Sequence[str], source: SourceSettings, pipeline: PipelineSettings) -> list[str]:
     """The topics ``pipeline``'s workers subscribe to (the source's ``^<prefix>\\..+`` pattern,
-    :func:`pipeline.app.topic_pattern`), without internal topics and the DLQ topic."""
-    from pipeline.app import topic_pattern  # noqa: PLC0415 - app pulls in the worker's whole wiring
+    :func:`connectors.debezium.topic_pattern`), without internal topics and the DLQ topic."""
+    from connectors.debezium import topic_pattern  # noqa: PLC0415 - app pulls in the worker's whole wiring
 
     pattern = re.compile(topic_pattern(source))
     dlq = pipeline.resolved_dlq_topic
@@ -181,7 +181,7 @@ def target_offsets(pipeline: PipelineSettings) -> dict[tuple[str, int], int]:
     Empty when the control table does not exist yet. Raises psycopg.Error when the target
     cannot be read, UnsupportedTargetError for a non-PostgreSQL target.
     """
-    from pipeline.app import target_conninfo  # noqa: PLC0415 - app pulls in the worker's whole wiring
+    from sinks.factory import target_conninfo  # noqa: PLC0415 - app pulls in the worker's whole wiring
 
     info = make_conninfo(target_conninfo(pipeline.target), application_name="cdc-pipeline lag")
     query = sql.SQL("SELECT topic, kafka_partition, next_offset FROM {} WHERE consumer_group = %s").format(

@@ -16,10 +16,10 @@ from typing import Annotated, Any
 import typer
 
 from pipeline.cli.common import ConfigOption, fail, load_or_exit
-from pipeline.health import HealthServer
-from pipeline.logs import get_logger
-from pipeline.monitor import build_monitors
-from pipeline.settings import Settings
+from pipeline.control.monitor import build_monitors
+from pipeline.core.health import HealthServer
+from pipeline.core.logs import get_logger
+from pipeline.core.settings import Settings
 
 log = get_logger("pipeline.cli.monitor")
 

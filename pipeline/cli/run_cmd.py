@@ -6,10 +6,11 @@ from typing import Annotated
 
 import typer
 
-from pipeline.app import UnsupportedTargetError, run_worker
+from pipeline.app import run_worker
 from pipeline.cli.common import ConfigOption, fail, load_or_exit
-from pipeline.dlq import DlqLimitExceededError
-from pipeline.retry import RetryBudgetExceededError
+from pipeline.core.retry import RetryBudgetExceededError
+from pipeline.dataplane.dlq import DlqLimitExceededError
+from sinks.factory import UnsupportedTargetError
 
 PipelineOption = Annotated[
     str | None, typer.Option("--pipeline", "-p", help="Pipeline name (optional when there is one).")

@@ -1,5 +1,5 @@
 """``cdc-pipeline snapshot start|stop|pause|resume|status|coordinate``: Debezium ad hoc snapshots
-through the source's signal table and the durable request queue (:mod:`pipeline.snapshot`).
+through the source's signal table and the durable request queue (:mod:`pipeline.control.snapshot`).
 
 ``start`` queues a request and signals it at once when no other request of the source is in
 flight (the queue guarantees one at a time); with ``--wait`` it also follows the notifications
@@ -25,9 +25,7 @@ import typer
 
 from pipeline.cli.common import ConfigOption, fail, load_or_exit
 from pipeline.cli.source_cmd import SourceOption, select_sources
-from pipeline.logs import configure_logging, get_logger
-from pipeline.settings import Settings, SourceSettings
-from pipeline.snapshot import (
+from pipeline.control.snapshot import (
     Condition,
     NothingToSignalError,
     RequestState,
@@ -37,6 +35,8 @@ from pipeline.snapshot import (
     SnapshotSettings,
     build_coordinator,
 )
+from pipeline.core.logs import configure_logging, get_logger
+from pipeline.core.settings import Settings, SourceSettings
 
 
 class _Log:

@@ -15,7 +15,7 @@ import typer
 from connectors import source_prep
 from connectors.debezium import ConnectorConfigError
 from pipeline.cli.common import ConfigOption, fail, load_or_exit
-from pipeline.settings import Settings, SourceSettings
+from pipeline.core.settings import Settings, SourceSettings
 
 app = typer.Typer(
     help="Check and prepare PostgreSQL sources (wal_level, slots, privileges, replica identity, publication).",

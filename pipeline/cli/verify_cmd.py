@@ -16,11 +16,9 @@ import psycopg
 import sqlalchemy.exc
 import typer
 
-from pipeline.app import UnsupportedTargetError
 from pipeline.cli.common import ConfigOption, fail, load_or_exit
-from pipeline.settings import PipelineSettings, Settings
-from pipeline.snapshot import SnapshotRequest
-from pipeline.verify import (
+from pipeline.control.snapshot import SnapshotRequest
+from pipeline.control.verify import (
     VerifyResult,
     VerifySettings,
     connect_target,
@@ -31,6 +29,8 @@ from pipeline.verify import (
     store_result,
     verify_pipeline,
 )
+from pipeline.core.settings import PipelineSettings, Settings
+from sinks.factory import UnsupportedTargetError
 
 PipelineOption = Annotated[
     str | None, typer.Option("--pipeline", "-p", help="Pipeline name (optional when there is one).")

@@ -13,7 +13,7 @@ Control tables live in the target's control schema (default ``cdc_control``):
   sink then stops with :class:`TargetSchemaError` instead of silently re-creating it empty.
 
 Every target table gets two version columns, ``__cdc_commit_lsn`` and ``__cdc_lsn`` (the
-:class:`pipeline.events.Position` of the change that wrote the row); keyless tables get
+:class:`pipeline.core.events.Position` of the change that wrote the row); keyless tables get
 ``__cdc_row_id`` as their primary key. All identifiers go through ``psycopg.sql.Identifier``.
 """
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from pipeline.events import Column, TableId
+from pipeline.core.events import Column, TableId
 from sinks.postgres.types import pg_type
 
 VERSION_COLUMNS = ("__cdc_commit_lsn", "__cdc_lsn")

@@ -42,9 +42,9 @@ import orjson
 import psycopg
 from psycopg import sql
 
-from pipeline.events import Position, TableId
-from pipeline.logs import get_logger
-from pipeline.reduce import Delete, ReducedBatch, TableChanges, Upsert
+from pipeline.core.batch import Delete, ReducedBatch, TableChanges, Upsert
+from pipeline.core.events import Position, TableId
+from pipeline.core.logs import get_logger
 from sinks.base import ApplyResult, BatchRejectedError, OffsetMap, TopicPartition, TransientSinkError
 from sinks.postgres import ddl
 from sinks.postgres.ddl import ROW_ID, VERSION_COLUMNS, TableShape, TargetSchemaError, qualified

@@ -14,7 +14,7 @@ and lengths and scales are integers.
 
 from __future__ import annotations
 
-from pipeline.events import Column
+from pipeline.core.events import Column
 
 # Built-in PostgreSQL types without modifiers, by the name Debezium reports (upper case).
 _SIMPLE: dict[str, str] = {

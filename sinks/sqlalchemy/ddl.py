@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection
 
-from pipeline.events import Column, TableId
+from pipeline.core.events import Column, TableId
 from sinks.sqlalchemy.types import MYSQL, SQLITE, classify, column_type
 
 VERSION_COLUMNS = ("__cdc_commit_lsn", "__cdc_lsn")

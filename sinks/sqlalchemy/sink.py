@@ -37,9 +37,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
 
-from pipeline.events import Position, TableId
-from pipeline.logs import get_logger
-from pipeline.reduce import Delete, ReducedBatch, TableChanges, Upsert
+from pipeline.core.batch import Delete, ReducedBatch, TableChanges, Upsert
+from pipeline.core.events import Position, TableId
+from pipeline.core.logs import get_logger
 from sinks.base import ApplyResult, BatchRejectedError, OffsetMap, TopicPartition, TransientSinkError
 from sinks.sqlalchemy import ddl, dml
 from sinks.sqlalchemy.ddl import ROW_ID, VERSION_COLUMNS, ControlTables, TableShape

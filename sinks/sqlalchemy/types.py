@@ -1,6 +1,6 @@
 """Column types and value adaptation of the SQLAlchemy sink (MariaDB/MySQL and SQLite).
 
-A Debezium field schema (:class:`pipeline.events.Column`) is first classified into a
+A Debezium field schema (:class:`pipeline.core.events.Column`) is first classified into a
 :class:`Kind` (from ``__debezium.source.column.type`` when the connector propagates source
 types, else the Connect semantic name, else the Connect type: Debezium PostgreSQL connector
 docs, "Data type mappings"), then mapped per dialect by :func:`column_type`. The full table is
@@ -37,7 +37,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-from pipeline.events import Column, Geometry, Point
+from pipeline.core.events import Column, Geometry, Point
 
 MYSQL = "mysql"
 SQLITE = "sqlite"

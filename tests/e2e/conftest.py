@@ -25,11 +25,11 @@ from psycopg import sql
 from connectors import source_prep
 from connectors.connect_client import ConnectClient
 from connectors.debezium import build_connector_config
-from pipeline.events import TableId
+from pipeline.control.verify import target_table
+from pipeline.core.events import TableId
+from pipeline.core.settings import Settings, load_settings
 from pipeline.localstack import LocalStack
-from pipeline.settings import Settings, load_settings
-from pipeline.transforms import build_transformer
-from pipeline.verify import target_table
+from pipeline.transform.transforms import build_transformer
 from sinks.sqlalchemy import canonical as portable
 from sinks.sqlalchemy.ddl import physical
 from tests.conftest import Databases, drop_slots
@@ -162,7 +162,7 @@ class E2EPipeline:
 
     def make_sink(self) -> Any:
         """The pipeline's own sink (to read or reset stored offsets the way workers do)."""
-        from pipeline.app import make_sink  # noqa: PLC0415 - the worker wiring is heavy
+        from sinks.factory import make_sink  # noqa: PLC0415 - the worker wiring is heavy
 
         return make_sink(self.settings.pipelines[0])
 

@@ -8,9 +8,9 @@ import json
 import signal
 import time
 
-from pipeline import metrics
-from pipeline.snapshot import RequestState, SnapshotKind, TableState
-from pipeline.verify import CutoverMonitor, VerifySettings
+from pipeline.control.snapshot import RequestState, SnapshotKind, TableState
+from pipeline.control.verify import CutoverMonitor, VerifySettings
+from pipeline.core import metrics
 from tests.e2e.conftest import E2EPipeline, table_rows
 from tests.e2e.helpers_snapshot import (
     apply_config,

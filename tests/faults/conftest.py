@@ -21,9 +21,9 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from pipeline.control.verify import Status, VerifySettings, verify_pipeline
 from pipeline.localstack import LocalStack, LocalStackSettings
 from pipeline.localstack.services import Health, Service
-from pipeline.verify import Status, VerifySettings, verify_pipeline
 from tests.conftest import REPO
 from tests.e2e.conftest import E2EPipeline, e2e, table_rows  # noqa: F401 - e2e is a fixture re-exported here
 from tests.e2e.workload import Workload

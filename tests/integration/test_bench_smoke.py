@@ -17,9 +17,9 @@ from decimal import Decimal
 from pathlib import Path
 from types import ModuleType
 
-from pipeline.avro import AvroReader
-from pipeline.decode import Decoder, DecoderConfig
-from pipeline.events import ChangeEvent, Skip
+from pipeline.core.events import ChangeEvent, Skip
+from pipeline.decode.avro import AvroReader
+from pipeline.decode.decoder import Decoder, DecoderConfig
 from pipeline.localstack import LocalStack
 
 REPO = Path(__file__).resolve().parents[2]

@@ -31,9 +31,9 @@ from typer.testing import CliRunner, Result
 
 from connectors.connect_client import ConnectClient, ConnectorStatus
 from pipeline.cli import app
+from pipeline.core.settings import ConnectSettings
 from pipeline.localstack import LocalStack
 from pipeline.localstack.services import pg_bindir
-from pipeline.settings import ConnectSettings
 from tests.conftest import REPO, Databases
 
 # Topics of these tests: 2 partitions, 1 replica; quick heartbeats.

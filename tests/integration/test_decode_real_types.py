@@ -32,8 +32,8 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer
 
-from pipeline.decode import Decoder, DecoderConfig
-from pipeline.events import ChangeEvent, Op, Skip, TableId
+from pipeline.core.events import ChangeEvent, Op, Skip, TableId
+from pipeline.decode.decoder import Decoder, DecoderConfig
 from pipeline.localstack import LocalStack
 from tests.conftest import Databases, raw_connector_config, wait_connector_running
 

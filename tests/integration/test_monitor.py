@@ -1,7 +1,7 @@
 """Issue 5 acceptance against real PostgreSQL, Kafka and Kafka Connect: the slot-lag monitor,
 heartbeat lag, publication health, connector states, ``lag`` and ``monitor``.
 
-Metrics are always read over HTTP from a running :class:`~pipeline.health.HealthServer` and
+Metrics are always read over HTTP from a running :class:`~pipeline.core.health.HealthServer` and
 parsed with prometheus-client's text parser.
 
 The ``max_slot_wal_keep_size`` test runs on a throwaway PostgreSQL cluster of its own
@@ -37,11 +37,11 @@ from psycopg import sql
 from connectors.source_prep import prepare
 from pipeline.cli import lag_cmd
 from pipeline.cli.monitor_cmd import run_monitor
-from pipeline.health import HealthServer
+from pipeline.control.monitor import MonitorGroup, build_monitors
+from pipeline.core.health import HealthServer
+from pipeline.core.settings import Settings
 from pipeline.localstack import LocalStack, LocalStackSettings
 from pipeline.localstack.services import PostgresCluster, pg_bindir
-from pipeline.monitor import MonitorGroup, build_monitors
-from pipeline.settings import Settings
 from sinks.postgres.ddl import control_ddl
 from tests.conftest import Databases
 

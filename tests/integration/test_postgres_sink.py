@@ -10,8 +10,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pipeline.events import ChangeEvent, Column, Op, Position, TableId
-from pipeline.reduce import reduce_events
+from pipeline.core.events import ChangeEvent, Column, Op, Position, TableId
+from pipeline.dataplane.reduce import reduce_events
 from sinks.base import BatchRejectedError, TransientSinkError
 from sinks.postgres.ddl import TargetSchemaError
 from sinks.postgres.sink import PostgresSink

@@ -30,10 +30,10 @@ import yaml
 from psycopg import sql
 
 from connectors.connect_client import ConnectClient, ConnectError, RetryPolicy
-from pipeline.events import ChangeEvent, Column, Op, Position, TableId
+from pipeline.core.events import ChangeEvent, Column, Op, Position, TableId
+from pipeline.core.settings import ConnectSettings, KafkaSettings, load_settings
+from pipeline.dataplane.reduce import reduce_events
 from pipeline.localstack import LocalStack
-from pipeline.reduce import reduce_events
-from pipeline.settings import ConnectSettings, KafkaSettings, load_settings
 from sinks.postgres.sink import PostgresSink
 from tests.conftest import Databases
 

@@ -26,9 +26,9 @@ import yaml
 from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
+from pipeline.core.settings import KafkaSettings
 from pipeline.localstack import LocalStack, services
 from pipeline.localstack.jars import cache_for, java_binary
-from pipeline.settings import KafkaSettings
 
 APP_USER = "app"
 APP_PASSWORD = f"SaslPlain-{uuid.uuid4().hex}"

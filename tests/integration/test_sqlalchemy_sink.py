@@ -15,9 +15,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from pipeline.events import ChangeEvent, Column, Op, Position, TableId
+from pipeline.core.events import ChangeEvent, Column, Op, Position, TableId
+from pipeline.dataplane.reduce import reduce_events
 from pipeline.localstack import LocalStack
-from pipeline.reduce import reduce_events
 from sinks.base import BatchRejectedError
 from sinks.sqlalchemy.ddl import physical
 from sinks.sqlalchemy.sink import SqlAlchemySink

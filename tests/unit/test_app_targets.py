@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-from pipeline.app import UnsupportedTargetError, make_sink, target_kind, target_sqlalchemy_url
-from pipeline.settings import PipelineSettings, load_settings
+from pipeline.core.settings import PipelineSettings, load_settings
+from sinks.factory import UnsupportedTargetError, make_sink, target_kind, target_sqlalchemy_url
 from sinks.postgres.sink import PostgresSink
 from sinks.sqlalchemy.sink import SqlAlchemySink
 
@@ -78,7 +78,7 @@ def test_sqlite_sink_round_trip_offsets(tmp_path: Path) -> None:
     """The embedded target needs no server: offsets stored and reset in a file."""
     structlog.reset_defaults()
     sink = make_sink(pipeline_with(tmp_path, f"      url: sqlite:///{tmp_path / 'o.db'}\n"))
-    from pipeline.reduce import ReducedBatch  # noqa: PLC0415
+    from pipeline.core.batch import ReducedBatch  # noqa: PLC0415
 
     sink.apply(ReducedBatch(), "g", {("topic", 0): 5})
     assert sink.stored_offsets("g", [("topic", 0), ("topic", 1)]) == {("topic", 0): 5}

@@ -17,10 +17,10 @@ from fastavro import parse_schema, schemaless_writer
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.avro import AvroReader, WireFormatError, connect_schema, raw_reader_schema, split_wire
-from pipeline.decode import Decoder, DecoderConfig, _float32, converter_for
-from pipeline.events import ChangeEvent, PoisonMessageError
-from pipeline.schema_registry import UnknownSchemaError
+from pipeline.core.events import ChangeEvent, PoisonMessageError
+from pipeline.decode.avro import AvroReader, WireFormatError, connect_schema, raw_reader_schema, split_wire
+from pipeline.decode.decoder import Decoder, DecoderConfig, _float32, converter_for
+from pipeline.decode.registry import UnknownSchemaError
 
 
 def _opt(schema: Any) -> list[Any]:

@@ -1,5 +1,5 @@
 """The Grafana dashboard and its provisioning files: every PromQL expression references only
-metrics that pipeline/metrics.py defines, parses as PromQL (promtool), and the panels the
+metrics that pipeline/core/metrics.py defines, parses as PromQL (promtool), and the panels the
 issue asks for are there."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline import metrics
+from pipeline.core import metrics
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "cdc-pipeline.json"
@@ -116,7 +116,7 @@ def test_dashboard_references_only_exported_metrics() -> None:
     unknown = {
         f"{where}: {name}" for where, expr in exprs for name in promql_metric_names(expr) if name not in exported
     }
-    assert not unknown, "metrics not defined in pipeline/metrics.py:\n" + "\n".join(sorted(unknown))
+    assert not unknown, "metrics not defined in pipeline/core/metrics.py:\n" + "\n".join(sorted(unknown))
     for where, expr in exprs:
         assert promql_metric_names(expr), f"{where} selects no metric: {expr}"
 

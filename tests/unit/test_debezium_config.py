@@ -37,7 +37,7 @@ from connectors.debezium import (
     signal_table,
     table_regex,
 )
-from pipeline.settings import MASK, ConnectSettings, SourceSettings
+from pipeline.core.settings import MASK, ConnectSettings, SourceSettings
 
 PASSWORD = "s3cr3t-Pa55word"
 

@@ -25,8 +25,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from pipeline import decode as decode_module
-from pipeline.decode import (
+from pipeline.core.events import ChangeEvent, Column, Geometry, Op, Point, PoisonMessageError, Position, Skip, TableId
+from pipeline.decode import decoder as decode_module
+from pipeline.decode.decoder import (
     DEFAULT_UNAVAILABLE_PLACEHOLDER,
     Decoder,
     DecoderConfig,
@@ -34,7 +35,6 @@ from pipeline.decode import (
     converter_for,
     toast_forms,
 )
-from pipeline.events import ChangeEvent, Column, Geometry, Op, Point, PoisonMessageError, Position, Skip, TableId
 
 FIXTURES = Path(__file__).parent / "fixtures" / "debezium"
 PH = DEFAULT_UNAVAILABLE_PLACEHOLDER

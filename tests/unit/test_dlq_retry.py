@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.dlq import DeadLetter, DlqLimiter, DlqLimitExceededError
-from pipeline.retry import Backoff, RetryBudgetExceededError, exponential_cap
+from pipeline.core.retry import Backoff, RetryBudgetExceededError, exponential_cap
+from pipeline.dataplane.dlq import DeadLetter, DlqLimiter, DlqLimitExceededError
 
 
 def test_consecutive_limit_stops() -> None:

@@ -12,12 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.decode import Decoder
-from pipeline.dlq import DeadLetter
-from pipeline.events import ChangeEvent, PoisonMessageError, Skip
-from pipeline.reduce import ReducedBatch
-from pipeline.runner import Batch, PipelineRunner
-from pipeline.settings import PipelineSettings
+from pipeline.core.batch import ReducedBatch
+from pipeline.core.events import ChangeEvent, PoisonMessageError, Skip
+from pipeline.core.settings import PipelineSettings
+from pipeline.dataplane.dlq import DeadLetter
+from pipeline.dataplane.runner import Batch, PipelineRunner
+from pipeline.decode.decoder import Decoder
 from sinks.base import ApplyResult
 
 FIXTURES = Path(__file__).parent / "fixtures" / "debezium"

@@ -1,4 +1,4 @@
-"""The metrics reference in the docs lists exactly the metrics of pipeline/metrics.py, with
+"""The metrics reference in the docs lists exactly the metrics of pipeline/core/metrics.py, with
 their type and labels (and nothing else)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import metrics
+from pipeline.core import metrics
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "README.md"
@@ -46,7 +46,7 @@ def test_every_defined_metric_is_documented(rows: dict[str, tuple[str, tuple[str
 def test_every_documented_metric_is_defined(rows: dict[str, tuple[str, tuple[str, ...], str]]) -> None:
     defined = {m.name for m in metrics.catalogue()}
     extra = sorted(set(rows) - defined)
-    assert not extra, f"documented but not defined in pipeline/metrics.py: {extra}"
+    assert not extra, f"documented but not defined in pipeline/core/metrics.py: {extra}"
 
 
 def test_types_and_labels_match(rows: dict[str, tuple[str, tuple[str, ...], str]]) -> None:

@@ -1,4 +1,4 @@
-"""Unit tests of pipeline.monitor: the pure layer (LSNs, WAL rate, time to slot loss,
+"""Unit tests of pipeline.control.monitor: the pure layer (LSNs, WAL rate, time to slot loss,
 heartbeat age, partition lag, restart backoff), metric export, and the pollers with fake
 connections and a fake Kafka Connect (httpx.MockTransport)."""
 
@@ -22,10 +22,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from connectors.connect_client import ConnectClient, RetryPolicy
-from pipeline import metrics
 from pipeline.cli import lag_cmd, monitor_cmd
-from pipeline.events import TableId
-from pipeline.monitor import (
+from pipeline.control.monitor import (
     ConnectorStateMonitor,
     MonitorGroup,
     PollingMonitor,
@@ -41,10 +39,12 @@ from pipeline.monitor import (
     heartbeat_age_seconds,
     heartbeat_target_table,
     parse_lsn,
-    partition_lag,
     seconds_until_lost,
 )
-from pipeline.settings import ConnectSettings, PipelineSettings, Settings, SourceSettings
+from pipeline.core import metrics
+from pipeline.core.events import TableId
+from pipeline.core.offsets import partition_lag
+from pipeline.core.settings import ConnectSettings, PipelineSettings, Settings, SourceSettings
 
 MB = 1024 * 1024
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)

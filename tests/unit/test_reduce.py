@@ -14,8 +14,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.events import ChangeEvent, Op, Position, TableId, position_from_source
-from pipeline.reduce import key_text, reduce_events
+from pipeline.core.batch import key_text
+from pipeline.core.events import ChangeEvent, Op, Position, TableId, position_from_source
+from pipeline.dataplane.reduce import reduce_events
 
 T = TableId("public", "t")
 _offsets = count()

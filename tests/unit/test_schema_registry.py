@@ -9,8 +9,8 @@ import json
 import httpx
 import pytest
 
-from pipeline.schema_registry import RegistryUnavailableError, SchemaRegistryClient, UnknownSchemaError
-from pipeline.settings import RetrySettings, SchemaRegistrySettings
+from pipeline.core.settings import RetrySettings, SchemaRegistrySettings
+from pipeline.decode.registry import RegistryUnavailableError, SchemaRegistryClient, UnknownSchemaError
 
 SCHEMA = {"type": "record", "name": "Key", "fields": [{"name": "id", "type": "long"}]}
 FAST = RetrySettings(initial_backoff_s=0.01, max_backoff_s=0.02, max_elapsed_s=0.2)

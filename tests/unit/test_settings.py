@@ -11,7 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.settings import ConfigError, interpolate, json_schema, load_settings, mask_url, reference_markdown
+from pipeline.core.settings import ConfigError, interpolate, json_schema, load_settings, mask_url, reference_markdown
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "config" / "examples").glob("*.yaml"))

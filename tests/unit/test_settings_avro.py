@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from connectors.debezium import APICURIO_AVRO_CONVERTER, JSON_CONVERTER, build_connector_config, mask_config
-from pipeline.settings import ConfigError, Settings, SourceSettings, load_settings
+from pipeline.core.settings import ConfigError, Settings, SourceSettings, load_settings
 
 
 def _doc(source: dict[str, Any] | None = None, pipeline: dict[str, Any] | None = None) -> dict[str, Any]:

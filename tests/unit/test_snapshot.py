@@ -11,9 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline import metrics
-from pipeline.settings import SourceSettings
-from pipeline.snapshot import (
+from pipeline.control.snapshot import (
     SIGNAL_DATA_MAX,
     Condition,
     LagReading,
@@ -39,6 +37,8 @@ from pipeline.snapshot import (
     split_include_list,
     stop_snapshot_data,
 )
+from pipeline.core import metrics
+from pipeline.core.settings import SourceSettings
 
 RID = uuid.UUID("c0dfd0ad-d023-407d-be30-f3a3fa0a2f46")
 

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, sqlite
 
-from pipeline.events import Column, TableId
+from pipeline.core.events import Column, TableId
 from sinks.sqlalchemy import canonical, dml
 from sinks.sqlalchemy.ddl import physical, target_table
 from sinks.sqlalchemy.types import Kind, UnsupportedValueError, adapt, classify, column_type

@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from pipeline.events import ChangeEvent, Column, Op, PoisonMessageError, Position, Skip, TableId
-from pipeline.settings import TransformRule
-from pipeline.transforms import (
+from pipeline.core.events import ChangeEvent, Column, Op, PoisonMessageError, Position, Skip, TableId
+from pipeline.core.settings import TransformRule
+from pipeline.transform.transforms import (
     REDACTED,
     PredicateError,
     TransformConfigError,

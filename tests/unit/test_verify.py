@@ -10,11 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from psycopg import sql
 
-from pipeline import metrics
-from pipeline.events import TableId
-from pipeline.settings import TransformRule
-from pipeline.transforms import build_transformer
-from pipeline.verify import (
+from pipeline.control.verify import (
     MAX_BUCKETS,
     CatchUp,
     ChunkDiff,
@@ -36,6 +32,10 @@ from pipeline.verify import (
     row_text,
     verification_clean,
 )
+from pipeline.core import metrics
+from pipeline.core.events import TableId
+from pipeline.core.settings import TransformRule
+from pipeline.transform.transforms import build_transformer
 
 ITEMS = TableId("public", "items")
 SOURCE_COLUMNS = [

@@ -21,13 +21,13 @@ import pytest
 from confluent_kafka import Consumer
 
 from connectors.debezium import converter_config
-from pipeline.avro import AvroReader
-from pipeline.decode import Decoder, DecoderConfig
-from pipeline.events import ChangeEvent, PoisonMessageError, Skip
+from pipeline.core.events import ChangeEvent, PoisonMessageError, Skip
+from pipeline.core.settings import RetrySettings, SchemaRegistrySettings, SourceSettings
+from pipeline.decode.avro import AvroReader
+from pipeline.decode.decoder import Decoder, DecoderConfig
+from pipeline.decode.registry import RegistryUnavailableError, SchemaRegistryClient
 from pipeline.localstack import LocalStack
 from pipeline.localstack.registry import SchemaRegistryProcess
-from pipeline.schema_registry import RegistryUnavailableError, SchemaRegistryClient
-from pipeline.settings import RetrySettings, SchemaRegistrySettings, SourceSettings
 from tests.conftest import Databases, raw_connector_config, wait_connector_running
 from tests.integration.test_decode_real_types import DDL, INSERT, _rows
 

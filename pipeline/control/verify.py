@@ -10,7 +10,7 @@ How one pipeline is verified (:func:`verify_pipeline`):
    target reach the Kafka high watermarks of every change topic (everything published before
    the heartbeat is applied). What is still behind is reported per table, never as a mismatch.
 2. **Plan** each table (:func:`plan_table`): source columns and primary key from the catalog,
-   the transforms' column mapping (:meth:`pipeline.transforms.Transformer.column_report`):
+   the transforms' column mapping (:meth:`pipeline.transform.transforms.Transformer.column_report`):
    renamed columns compared under their target names, masked and excluded columns reported as
    excluded, transform-added columns ignored, the pipeline's own ``__cdc_*`` columns never
    compared; a table whose rows the transforms filter (``ops``/``where``) or a hook may rewrite
@@ -81,12 +81,8 @@ from psycopg.types.json import Jsonb
 
 from connectors.debezium import TableRef, change_topic, heartbeat_table
 from connectors.source_prep import conninfo as source_conninfo
-from pipeline import metrics
-from pipeline.events import TableId
-from pipeline.logs import get_logger
-from pipeline.monitor import PollingMonitor, heartbeat_target_table, read_heartbeat
-from pipeline.settings import PipelineSettings, Settings, SourceSettings, VerifyConfig
-from pipeline.snapshot import (
+from pipeline.control.monitor import PollingMonitor, heartbeat_target_table, read_heartbeat
+from pipeline.control.snapshot import (
     Condition,
     ConsumerLagProbe,
     KeyRange,
@@ -99,7 +95,11 @@ from pipeline.snapshot import (
     pipeline_offsets,
     topic_regex,
 )
-from pipeline.transforms import ColumnReport, build_transformer
+from pipeline.core import metrics
+from pipeline.core.events import TableId
+from pipeline.core.logs import get_logger
+from pipeline.core.settings import PipelineSettings, Settings, SourceSettings, VerifyConfig
+from pipeline.transform.transforms import ColumnReport, build_transformer
 from sinks.sqlalchemy import canonical
 from sinks.sqlalchemy.ddl import dialect_kind, physical, read_shape
 from sinks.sqlalchemy.types import adapt
@@ -727,9 +727,9 @@ def connect_source(source: SourceSettings, purpose: str, statement_timeout_s: fl
 def connect_target(pipeline: PipelineSettings, purpose: str, statement_timeout_s: float = 600.0) -> Conn:
     """An autocommit dict-row connection to ``pipeline``'s PostgreSQL target (canonical session).
 
-    Raises :class:`pipeline.app.UnsupportedTargetError` for another target.
+    Raises :class:`sinks.factory.UnsupportedTargetError` for another target.
     """
-    from pipeline.app import target_conninfo  # noqa: PLC0415 - app imports the runner
+    from sinks.factory import target_conninfo  # noqa: PLC0415 - app imports the runner
 
     conn = psycopg.connect(
         target_conninfo(pipeline.target),
@@ -973,14 +973,14 @@ def _recompute(src_side: Side, tgt_side: Side, plan: TablePlan, diff: ChunkDiff)
 def is_portable_target(pipeline: PipelineSettings) -> bool:
     """True when ``pipeline`` writes to a MariaDB/MySQL or SQLite target (the Python path).
 
-    Raises :class:`pipeline.app.UnsupportedTargetError` for an unknown scheme."""
-    from pipeline.app import target_kind  # noqa: PLC0415 - app imports the runner
+    Raises :class:`sinks.factory.UnsupportedTargetError` for an unknown scheme."""
+    from sinks.factory import target_kind  # noqa: PLC0415 - app imports the runner
 
     return target_kind(pipeline.target) == "sqlalchemy"
 
 
 def _portable_engine(pipeline: PipelineSettings) -> sa.Engine:
-    from pipeline.app import target_sqlalchemy_url  # noqa: PLC0415 - app imports the runner
+    from sinks.factory import target_sqlalchemy_url  # noqa: PLC0415 - app imports the runner
 
     return sa.create_engine(target_sqlalchemy_url(pipeline.target), poolclass=sa.pool.NullPool)
 
@@ -1159,7 +1159,7 @@ def wait_caught_up_portable(
     target (read through :class:`sinks.sqlalchemy.sink.SqlAlchemySink`) must reach the Kafka
     high watermarks of every change topic. Raises sqlalchemy/psycopg errors when a database is
     unreachable."""
-    from pipeline.app import target_sqlalchemy_url  # noqa: PLC0415 - app imports the runner
+    from sinks.factory import target_sqlalchemy_url  # noqa: PLC0415 - app imports the runner
     from sinks.sqlalchemy.sink import SqlAlchemySink  # noqa: PLC0415 - only for these targets
 
     source = settings.source(pipeline.source)
@@ -1206,7 +1206,7 @@ def verify_pipeline(
     ``catch_up`` replaces :func:`wait_caught_up` (tests; return ``CatchUp(True, True, 0)`` to
     skip waiting). Raises KeyError for a table the pipeline does not apply, psycopg.Error (or
     sqlalchemy.exc.DBAPIError for a MariaDB/SQLite target) when a database is unreachable,
-    :class:`pipeline.app.UnsupportedTargetError` for an unknown target scheme. Per-table
+    :class:`sinks.factory.UnsupportedTargetError` for an unknown target scheme. Per-table
     problems are results, not exceptions.
     """
     cfg = config or VerifySettings()
@@ -1457,7 +1457,7 @@ class CutoverReadiness:
 class CutoverMonitor(PollingMonitor):
     """Exports ``cdc_cutover_ready{pipeline}`` and the stored ``cdc_verify_*`` results of one
     pipeline, every ``cutover_interval_s``: lag = source ``now()`` minus the heartbeat ``ts``
-    applied in the target (as :mod:`pipeline.monitor` measures it); verification from the
+    applied in the target (as :mod:`pipeline.control.monitor` measures it); verification from the
     target's ``verify_results``."""
 
     kind: ClassVar[str] = "cutover"
@@ -1598,7 +1598,7 @@ def repair_pipeline(
     (at most ``repair_timeout_s``) for the snapshots; ``coordinator`` defaults to one built for
     the source (it acts only if no other coordinator holds the source's lock; otherwise the
     running one sends the requests). Verify again afterwards. Raises psycopg.Error."""
-    from pipeline.snapshot import build_coordinator  # noqa: PLC0415 - heavy wiring only when repairing
+    from pipeline.control.snapshot import build_coordinator  # noqa: PLC0415 - heavy wiring only when repairing
 
     cfg = config or VerifySettings()
     source = settings.source(pipeline.source)
@@ -1647,7 +1647,7 @@ def coordination_monitors(
     runner: the snapshot coordinator of its source (every worker runs one; only the holder of
     the source's coordinator lock acts) and the cutover monitor. Not started: call ``start()``
     on each, and ``stop(timeout_s)`` at shutdown (bounded joins)."""
-    from pipeline.snapshot import build_coordinator  # noqa: PLC0415 - Connect/Kafka clients only when wired
+    from pipeline.control.snapshot import build_coordinator  # noqa: PLC0415 - Connect/Kafka clients only when wired
 
     source = settings.source(pipeline.source)
     snapshot = snapshot or SnapshotSettings.from_config(settings.snapshot)

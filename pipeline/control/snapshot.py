@@ -13,7 +13,7 @@ Layers (the pure ones are unit-tested without any service):
 3. **Kafka**: :class:`NotificationReader` (its OWN consumer of the notification topic, never the
    pipeline's) and :class:`ConsumerLagProbe` (metadata client: high watermarks minus the offsets
    each pipeline stored in its target).
-4. **The loop**: :class:`SnapshotCoordinator`, a :class:`~pipeline.monitor.PollingMonitor` whose
+4. **The loop**: :class:`SnapshotCoordinator`, a :class:`~pipeline.control.monitor.PollingMonitor` whose
    poll acts only while it holds the source's coordinator lock (a session advisory lock), so
    any number of workers may run one and exactly one acts::
 
@@ -96,10 +96,10 @@ from connectors.debezium import (
     table_regex,
 )
 from connectors.source_prep import conninfo as source_conninfo
-from pipeline import metrics
-from pipeline.logs import get_logger
-from pipeline.monitor import PollingMonitor
-from pipeline.settings import PipelineSettings, Settings, SnapshotConfig, SourceSettings
+from pipeline.control.monitor import PollingMonitor
+from pipeline.core import metrics
+from pipeline.core.logs import get_logger
+from pipeline.core.settings import PipelineSettings, Settings, SnapshotConfig, SourceSettings
 
 log = get_logger(__name__)
 
@@ -1856,7 +1856,7 @@ def pipelines_of(settings: Settings, source: SourceSettings) -> list[PipelineSet
 
 def pipeline_offsets(settings: Settings, source: SourceSettings) -> list[PipelineOffsets]:
     """Offset locations of the PostgreSQL-target pipelines of ``source`` (others are skipped)."""
-    from pipeline.app import UnsupportedTargetError, target_conninfo  # noqa: PLC0415 - app imports the runner
+    from sinks.factory import UnsupportedTargetError, target_conninfo  # noqa: PLC0415 - app imports the runner
 
     out: list[PipelineOffsets] = []
     for pipe in pipelines_of(settings, source):
@@ -1893,7 +1893,7 @@ def lag_reader(settings: Settings, source: SourceSettings, probe: ConsumerLagPro
 
 def topic_regex(source: SourceSettings) -> str:
     """The change-topic regex of the pipelines' subscription (``^<prefix>\\..+``)."""
-    from pipeline.app import topic_pattern  # noqa: PLC0415 - app imports the runner
+    from connectors.debezium import topic_pattern  # noqa: PLC0415 - app imports the runner
 
     return topic_pattern(source)
 
@@ -1901,8 +1901,8 @@ def topic_regex(source: SourceSettings) -> str:
 def applied_reads(settings: Settings, source: SourceSettings) -> Callable[[str], float | None]:
     """Snapshot reads (op ``r``) this process applied per source table, from
     ``cdc_events_applied_total`` of the first pipeline of ``source`` (routed target table)."""
-    from pipeline.events import TableId  # noqa: PLC0415
-    from pipeline.transforms import build_transformer  # noqa: PLC0415
+    from pipeline.core.events import TableId  # noqa: PLC0415
+    from pipeline.transform.transforms import build_transformer  # noqa: PLC0415
 
     pipes = pipelines_of(settings, source)
     if not pipes:
@@ -1929,8 +1929,8 @@ def _notification_avro(source: SourceSettings) -> Callable[[bytes], dict[str, An
     its schema registry; None for JSON sources."""
     if source.format != "avro" or source.schema_registry is None:
         return None
-    from pipeline.avro import AvroReader  # noqa: PLC0415 - only Avro sources need it
-    from pipeline.schema_registry import SchemaRegistryClient  # noqa: PLC0415
+    from pipeline.decode.avro import AvroReader  # noqa: PLC0415 - only Avro sources need it
+    from pipeline.decode.registry import SchemaRegistryClient  # noqa: PLC0415
 
     reader = AvroReader(SchemaRegistryClient(source.schema_registry, retry_budget_s=5.0).schema)
 

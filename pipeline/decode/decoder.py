@@ -3,8 +3,8 @@ Confluent wire format) into events.
 
 Input: what confluent-kafka hands the runner for one message: ``topic``, ``partition``,
 ``offset``, ``key: bytes | None``, ``value: bytes | None``. Output: a
-:class:`~pipeline.events.ChangeEvent`, or a :class:`~pipeline.events.Skip` for messages that are
-consumed but never applied. Anything else raises :class:`~pipeline.events.PoisonMessageError`
+:class:`~pipeline.core.events.ChangeEvent`, or a :class:`~pipeline.core.events.Skip` for messages that are
+consumed but never applied. Anything else raises :class:`~pipeline.core.events.PoisonMessageError`
 with a precise ``reason`` (the runner sends those to the DLQ).
 
 Both ``JsonConverter`` layouts are accepted:
@@ -25,15 +25,15 @@ them (whitespace, other key order) are parsed whole and still cached by their ca
 TOAST placeholder checks run only when a placeholder form occurs in the payload bytes.
 
 Avro (``Decoder(avro_values=..., avro_keys=...)``, built by :func:`make_decoder` from the
-settings): the writer schema comes from the Schema Registry by id (``pipeline.schema_registry``),
-is turned back into the Connect schema (``pipeline.avro.connect_schema``) and goes through the
+settings): the writer schema comes from the Schema Registry by id (``pipeline.decode.registry``),
+is turned back into the Connect schema (``pipeline.decode.avro.connect_schema``) and goes through the
 same plans as JSON with ``wire="avro"`` (BYTES as raw bytes, FLOAT32 single precision): the
 same exact values, column schemas and TOAST handling. A schema id the registry does not know is
 poison; an unreachable registry raises ``RegistryUnavailableError``, a transient error (a
 ``sinks.base.TransientSinkError``) that is never turned into poison.
 
 Positions: ``source.sequence``/``source.lsn`` are validated here and turned into a
-:class:`~pipeline.events.Position` by :func:`~pipeline.events.position_from_source` (its
+:class:`~pipeline.core.events.Position` by :func:`~pipeline.core.events.position_from_source` (its
 docstring holds the rule and the observed Debezium values it rests on).
 
 Values Python cannot hold keep PostgreSQL's text form, which PostgreSQL reads back unchanged:
@@ -63,8 +63,7 @@ from typing import Any, Literal, Protocol, TypeAlias
 import orjson
 
 from connectors.debezium import build_connector_config
-from pipeline.avro import AvroReader, WireFormatError
-from pipeline.events import (
+from pipeline.core.events import (
     ChangeEvent,
     Column,
     Geometry,
@@ -76,8 +75,9 @@ from pipeline.events import (
     TableId,
     position_from_source,
 )
-from pipeline.schema_registry import RegistryUnavailableError, SchemaRegistryClient, UnknownSchemaError
-from pipeline.settings import PipelineSettings, SourceSettings
+from pipeline.core.settings import PipelineSettings, SourceSettings
+from pipeline.decode.avro import AvroReader, WireFormatError
+from pipeline.decode.registry import RegistryUnavailableError, SchemaRegistryClient, UnknownSchemaError
 
 __all__ = [
     "DEFAULT_UNAVAILABLE_PLACEHOLDER",
@@ -739,7 +739,7 @@ def converter_for(
     """The function turning one JSON value of the field ``schema`` into its exact Python value.
 
     With ``wire="avro"`` the value is one read from Avro by fastavro (without logical types:
-    see :mod:`pipeline.avro`), where BYTES (and so ``Decimal``, ``VariableScaleDecimal``
+    see :mod:`pipeline.decode.avro`), where BYTES (and so ``Decimal``, ``VariableScaleDecimal``
     values, WKB) are raw ``bytes`` and FLOAT32 is single precision; the results are the same
     Python values as from JSON.
 
@@ -761,8 +761,8 @@ def converter_for(
       have no Python value and stay strings; other out-of-range values raise ValueError.
     - ``MicroDuration`` -> timedelta; ``Uuid`` -> UUID; ``Json``/``Xml``/``Enum``/``Ltree``/
       ``Interval`` -> str unchanged; ``Bits`` -> bytes (little-endian, see :func:`bits_to_text`).
-    - ``geometry.Point`` -> :class:`~pipeline.events.Point`; ``Geometry``/``Geography`` ->
-      :class:`~pipeline.events.Geometry` ("PostGIS types"). Other structs -> dict of converted
+    - ``geometry.Point`` -> :class:`~pipeline.core.events.Point`; ``Geometry``/``Geography`` ->
+      :class:`~pipeline.core.events.Geometry` ("PostGIS types"). Other structs -> dict of converted
       fields. ARRAY -> list of converted items; MAP -> dict.
     - BYTEA written as text (``binary.handling.mode`` ``base64``/``base64-url-safe``/``hex``) ->
       bytes when the propagated source type is ``BYTEA``; otherwise the text stays a str.
@@ -1272,7 +1272,7 @@ class Decoder:
         schema name or payload shape) or ``message`` (op ``m``); otherwise a
         :class:`ChangeEvent` whose ``position`` comes from ``source.sequence`` (a JSON string
         holding ``["<last commit LSN>", "<LSN>"]``) and ``source.lsn`` by
-        :func:`~pipeline.events.position_from_source` (a null ``sequence[0]`` gives
+        :func:`~pipeline.core.events.position_from_source` (a null ``sequence[0]`` gives
         ``commit_lsn`` 0 for snapshot reads and ``lsn`` for streamed changes). Raises
         :class:`PoisonMessageError` for anything that is not a decodable Debezium message.
         """

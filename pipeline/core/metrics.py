@@ -106,7 +106,7 @@ CONSUMER_LAG_SECONDS = Gauge(
     registry=REGISTRY,
 )
 
-# --------------------------------------------------------------------------- slot-lag monitor (pipeline.monitor)
+# --- slot-lag monitor (pipeline.control.monitor)
 
 MONITOR_UP = Gauge(
     "cdc_monitor_up",
@@ -205,7 +205,7 @@ HEARTBEAT_AGE = Gauge(
     registry=REGISTRY,
 )
 
-# --------------------------------------------------------------------------- Kafka Connect (pipeline.monitor)
+# --- Kafka Connect (pipeline.control.monitor)
 
 CONNECTOR_STATE = Gauge(
     "cdc_connector_state",
@@ -226,7 +226,7 @@ CONNECTOR_TASK_RESTARTS = Counter(
     registry=REGISTRY,
 )
 
-# ------------------------------------------------------------------- pg_stat_replication_slots (pipeline.monitor)
+# --- pg_stat_replication_slots (pipeline.control.monitor)
 
 SLOT_STAT_COUNTERS: dict[str, tuple[str, str]] = {
     # pg_stat_replication_slots column -> (exported counter name, meaning)
@@ -291,7 +291,7 @@ class SlotStatsCollector(Collector):
 SLOT_STATS = SlotStatsCollector()
 REGISTRY.register(SLOT_STATS)
 
-# --------------------------------------------------------------------------- snapshot coordinator (pipeline.snapshot)
+# --- snapshot coordinator (pipeline.control.snapshot)
 
 SNAPSHOT_SIGNALS = Counter(
     "cdc_snapshot_signals",
@@ -342,7 +342,7 @@ SNAPSHOT_THROTTLE_PAUSES = Counter(
     registry=REGISTRY,
 )
 
-# --------------------------------------------------------------------------- verifier and cutover (pipeline.verify)
+# --- verifier and cutover (pipeline.control.verify)
 
 VERIFY_ROWS = Gauge(
     "cdc_verify_rows",

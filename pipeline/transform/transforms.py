@@ -1,7 +1,7 @@
-"""Per-table transforms declared in the pipeline YAML (:class:`~pipeline.settings.TransformRule`).
+"""Per-table transforms declared in the pipeline YAML (:class:`~pipeline.core.settings.TransformRule`).
 
 :func:`build_transformer` compiles a list of rules once (predicates parsed, hooks imported,
-masks keyed); :meth:`Transformer.apply` then rewrites one :class:`~pipeline.events.ChangeEvent`
+masks keyed); :meth:`Transformer.apply` then rewrites one :class:`~pipeline.core.events.ChangeEvent`
 at a time and returns the new event or ``Skip(reason="filtered")``. Nothing here does I/O.
 
 Semantics, in the order a rule applies them to an event of a table whose ``schema.table``
@@ -39,7 +39,7 @@ Errors: :class:`TransformConfigError` (a ValueError) for rules that cannot work 
 :meth:`Transformer.apply` the first time a table's key or columns contradict a rule (a key
 column masked or excluded, ``where`` naming a column the table does not have, an added column
 clashing with a row column). Such errors are configuration errors: the worker must stop, not
-dead-letter. :class:`~pipeline.events.PoisonMessageError` for one event that cannot be
+dead-letter. :class:`~pipeline.core.events.PoisonMessageError` for one event that cannot be
 transformed (a hook raising, a predicate literal not comparable with the value).
 """
 
@@ -60,9 +60,9 @@ from uuid import UUID
 import orjson
 from pydantic import SecretStr
 
-from pipeline.decode import make_event
-from pipeline.events import ChangeEvent, Column, Op, PoisonMessageError, Position, Row, Skip, TableId
-from pipeline.settings import MaskMode, TransformRule
+from pipeline.core.events import ChangeEvent, Column, Op, PoisonMessageError, Position, Row, Skip, TableId
+from pipeline.core.settings import MaskMode, TransformRule
+from pipeline.decode.decoder import make_event
 
 __all__ = [
     "REDACTED",
@@ -925,7 +925,7 @@ class Transformer:
 
         Returns the (possibly unchanged) event or ``Skip(reason="filtered")``. Raises
         :class:`TransformConfigError` when a rule contradicts the table (checked once per table
-        shape; fatal) and :class:`~pipeline.events.PoisonMessageError` when this event cannot
+        shape; fatal) and :class:`~pipeline.core.events.PoisonMessageError` when this event cannot
         be transformed.
         """
         result: ChangeEvent | Skip = event

@@ -28,9 +28,9 @@ from typing import Any
 import httpx
 import orjson
 
-from pipeline.logs import get_logger
-from pipeline.retry import Backoff, RetryBudgetExceededError
-from pipeline.settings import RetrySettings, SchemaRegistrySettings
+from pipeline.core.logs import get_logger
+from pipeline.core.retry import Backoff, RetryBudgetExceededError
+from pipeline.core.settings import RetrySettings, SchemaRegistrySettings
 from sinks.base import TransientSinkError
 
 __all__ = ["RegistryUnavailableError", "SchemaRegistryClient", "UnknownSchemaError"]

@@ -32,15 +32,16 @@ from typing import Any, Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
-from pipeline import metrics
-from pipeline.dlq import DeadLetter, DeadLetterQueue, DlqDeliveryError, DlqLimiter
-from pipeline.events import ChangeEvent, Op, PoisonMessageError, Skip
-from pipeline.logs import get_logger
-from pipeline.monitor import partition_lag
-from pipeline.reduce import ReducedBatch, reduce_events
-from pipeline.retry import Backoff
-from pipeline.settings import PipelineSettings
-from pipeline.transforms import TransformConfigError
+from pipeline.core import metrics
+from pipeline.core.batch import ReducedBatch
+from pipeline.core.events import ChangeEvent, Op, PoisonMessageError, Skip
+from pipeline.core.logs import get_logger
+from pipeline.core.offsets import partition_lag
+from pipeline.core.retry import Backoff
+from pipeline.core.settings import PipelineSettings
+from pipeline.dataplane.dlq import DeadLetter, DeadLetterQueue, DlqDeliveryError, DlqLimiter
+from pipeline.dataplane.reduce import reduce_events
+from pipeline.transform.transforms import TransformConfigError
 from sinks.base import BatchRejectedError, Sink, TransientSinkError
 from sinks.base import TopicPartition as TP  # noqa: N817 - (topic, partition) tuple
 

@@ -2,7 +2,7 @@
 
 The replication slot is the most dangerous part of a PostgreSQL CDC setup: a stopped or stuck
 consumer makes the source keep WAL until its disk fills. This module makes that risk visible
-as Prometheus metrics (all defined in :mod:`pipeline.metrics`), in three layers:
+as Prometheus metrics (all defined in :mod:`pipeline.core.metrics`), in three layers:
 
 1. **Pure functions** (no I/O, unit-tested): :func:`parse_lsn`, :class:`WalRateWindow`,
    :func:`evaluate_slot`, :func:`seconds_until_lost`, :func:`heartbeat_age_seconds`,
@@ -12,7 +12,7 @@ as Prometheus metrics (all defined in :mod:`pipeline.metrics`), in three layers:
 3. **Pollers** on background threads: :class:`SlotMonitor` (one per source, with its
    :class:`HeartbeatProbe` per pipeline target) and :class:`ConnectorStateMonitor` (all
    sources' connectors, with optional auto-restart of FAILED tasks). :func:`build_monitors`
-   wires them from :class:`~pipeline.settings.Settings` into a :class:`MonitorGroup`::
+   wires them from :class:`~pipeline.core.settings.Settings` into a :class:`MonitorGroup`::
 
        group = build_monitors(settings, sources=[pipeline.source])
        group.start()          # first poll at once, then every monitor.interval_s
@@ -80,14 +80,14 @@ from connectors.connect_client import (
 )
 from connectors.source_prep import CheckResult, check_publication
 from connectors.source_prep import conninfo as source_conninfo
-from pipeline import metrics
-from pipeline.events import TableId
-from pipeline.logs import get_logger
-from pipeline.retry import exponential_cap
-from pipeline.settings import PipelineSettings, Settings, SourceSettings
-from pipeline.transforms import build_transformer
+from pipeline.core import metrics
+from pipeline.core.events import TableId
+from pipeline.core.logs import get_logger
+from pipeline.core.retry import exponential_cap
+from pipeline.core.settings import PipelineSettings, Settings, SourceSettings
+from pipeline.transform.transforms import build_transformer
 
-log = get_logger("pipeline.monitor")
+log = get_logger("pipeline.control.monitor")
 
 Conn = psycopg.Connection[dict[str, Any]]
 Connect = Callable[[], Conn]
@@ -342,18 +342,6 @@ def heartbeat_age_seconds(heartbeat_ts: datetime, now: datetime) -> float:
     if heartbeat_ts.tzinfo is None or now.tzinfo is None:
         raise TypeError("heartbeat_age_seconds needs timezone-aware datetimes")
     return max(0.0, (now - heartbeat_ts).total_seconds())
-
-
-def partition_lag(low: int, high: int, committed: int | None) -> int:
-    """Messages still to be consumed in one partition.
-
-    ``low``/``high`` are the watermarks (first retained offset, next offset to be written);
-    ``committed`` the next offset the consumer will read (None when it has none: the runner
-    then starts from the beginning). A committed offset below ``low`` (deleted by retention)
-    counts from ``low``. Never negative.
-    """
-    start = low if committed is None else max(committed, low)
-    return max(0, high - start)
 
 
 class RestartBackoff:
@@ -1044,7 +1032,7 @@ class MonitorGroup:
 def heartbeat_target_table(source: SourceSettings, pipeline: PipelineSettings) -> TableId:
     """Where ``pipeline`` writes ``source``'s heartbeat table ``<control_schema>.heartbeat``:
     the last matching transform ``route``, else ``<target.schema>.heartbeat`` (the sink puts
-    un-routed tables in the target's default schema, :func:`pipeline.reduce.reduce_events`)."""
+    un-routed tables in the target's default schema, :func:`pipeline.dataplane.reduce.reduce_events`)."""
     heartbeat = TableId(source.control_schema, "heartbeat")
     try:
         routed = build_transformer(pipeline.transforms, pipeline.mask_salt).target_for(heartbeat)
@@ -1056,7 +1044,7 @@ def heartbeat_target_table(source: SourceSettings, pipeline: PipelineSettings) -
 
 def heartbeat_probes(settings: Settings, source: SourceSettings) -> list[HeartbeatProbe]:
     """One probe per pipeline of ``source`` whose target is PostgreSQL (others are skipped, logged)."""
-    from pipeline.app import UnsupportedTargetError, target_conninfo  # noqa: PLC0415 - app imports this module
+    from sinks.factory import UnsupportedTargetError, target_conninfo  # noqa: PLC0415 - app imports this module
 
     probes: list[HeartbeatProbe] = []
     for pipe in settings.pipelines:

@@ -11,7 +11,7 @@ for optional fields, ``connect.name``/``connect.parameters``/``connect.type`` pr
 carrying the Connect semantic name (``io.debezium.time.MicroTimestamp``...), its parameters
 (``scale``, ``__debezium.source.column.type``...) and INT8/INT16. :func:`connect_schema`
 turns it back into the Connect schema as the ``JsonConverter`` writes it, so the JSON
-decoder's conversion plans (``pipeline.decode``) apply unchanged, with ``wire="avro"`` for
+decoder's conversion plans (``pipeline.decode.decoder``) apply unchanged, with ``wire="avro"`` for
 the values fastavro returns (BYTES as raw bytes).
 
 fastavro reads with a copy of the writer schema stripped of ``logicalType``
@@ -181,7 +181,7 @@ def _map_entry(items: Any, named: dict[str, dict[str, Any]], namespace: str) -> 
 
 class AvroReader:
     """Reads Confluent wire-format messages: writer schema by id from ``fetch_schema`` (e.g.
-    :meth:`pipeline.schema_registry.SchemaRegistryClient.schema`), parsed once per id.
+    :meth:`pipeline.decode.registry.SchemaRegistryClient.schema`), parsed once per id.
 
     ``read(data)`` returns ``(schema id, Connect schema, decoded value)``. Errors: whatever
     ``fetch_schema`` raises (unknown id, registry down), WireFormatError for a bad header,

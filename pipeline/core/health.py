@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from pipeline import metrics
+from pipeline.core import metrics
 
 ReadyCheck = Callable[[], tuple[bool, dict[str, object]]]
 

@@ -1,0 +1,1 @@
+"""The control plane (``cdc-pipeline control``): monitors, snapshots, verification, cutover; one active replica."""

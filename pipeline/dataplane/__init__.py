@@ -1,0 +1,1 @@
+"""The data plane: consume, decode, transform, reduce, apply with offsets, commit (``cdc-pipeline run``)."""

@@ -1,0 +1,1 @@
+"""Transforms of change events: exclude, mask, rename, route, where (per-pipeline rules)."""
