@@ -31,7 +31,8 @@ from _debezium_gen import SOURCE_FIELDS as GENERATED_SOURCE_FIELDS
 from _debezium_gen import avro_schema
 from fastavro import parse_schema, schemaless_writer
 
-from pipeline.core.events import ChangeEvent, PoisonMessageError
+from pipeline.core.errors import PoisonMessageError
+from pipeline.core.events import ChangeEvent
 from pipeline.core.settings import TransformRule
 from pipeline.decode.avro import AvroReader, raw_reader_schema
 from pipeline.decode.decoder import Decoder

@@ -17,23 +17,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from pipeline.core.batch import ReducedBatch
+from pipeline.core.errors import TransientError
+from pipeline.core.events import TableId
 
 TopicPartition = tuple[str, int]
 OffsetMap = Mapping[TopicPartition, int]
 
 
-class TransientSinkError(Exception):
-    """A failure worth retrying with backoff: connection loss, serialization failure, deadlock.
-
-    ``retry_after_s`` is a hint (seconds) or None.
-    """
-
-    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
+class TransientSinkError(TransientError):
+    """A target failure worth retrying with backoff: connection loss, serialization failure,
+    deadlock, a stalled target. ``retry_after_s`` is a hint (seconds) or None."""
 
 
 class BatchRejectedError(Exception):
@@ -66,3 +63,25 @@ class Sink(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+
+
+class Target(Sink, Protocol):
+    """The ``Target`` seam (design "Seams"): everything either plane needs from one target database.
+
+    One implementation per backend (:class:`sinks.postgres.target.PostgresTarget`,
+    :class:`sinks.sqlalchemy.target.SqlAlchemyTarget` for MariaDB/MySQL and SQLite), built by
+    :func:`sinks.factory.make_target`. Nothing outside an implementation branches on the target
+    kind or opens its own connection to the control tables. Reads may block on I/O; each raises
+    :class:`TransientSinkError` when the target is unreachable.
+    """
+
+    @property
+    def kind(self) -> str:
+        """``postgresql``, ``mysql`` (MariaDB too) or ``sqlite``."""
+
+    def group_offsets(self, group: str) -> dict[TopicPartition, int]:
+        """Every ``(topic, partition) -> next offset`` stored for ``group``; empty for a new group."""
+
+    def read_heartbeat(self, table: TableId, source_name: str) -> datetime | None:
+        """The heartbeat ``ts`` (aware, UTC) of ``source_name`` applied into ``table``; None while
+        the table or its row does not exist yet."""

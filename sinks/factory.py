@@ -12,9 +12,11 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from pipeline.core.settings import PipelineSettings, TargetSettings
-from sinks.base import Sink
+from sinks.base import Sink, Target
 from sinks.postgres.sink import PostgresSink
+from sinks.postgres.target import PostgresTarget
 from sinks.sqlalchemy.sink import SqlAlchemySink
+from sinks.sqlalchemy.target import SqlAlchemyTarget
 
 
 class UnsupportedTargetError(ValueError):
@@ -108,6 +110,34 @@ def make_sink(pipeline: PipelineSettings) -> Sink:
                 stall_timeout_s=target.stall_timeout_s,
             )
         return SqlAlchemySink(
+            target_sqlalchemy_url(target),
+            control_schema=target.control_schema,
+            create_tables=target.create_tables,
+            add_columns=target.add_columns,
+        )
+    except UnsupportedTargetError as exc:
+        raise UnsupportedTargetError(f"pipelines[{pipeline.name}].{exc}") from None
+
+
+def make_target(pipeline: PipelineSettings, *, purpose: str = "worker") -> Target:
+    """The :class:`sinks.base.Target` of ``pipeline.target``, chosen by the URL scheme as
+    :func:`make_sink` does; ``purpose`` goes into the PostgreSQL ``application_name``
+    (``cdc-pipeline:<pipeline>:<purpose>``).
+
+    Raises UnsupportedTargetError (naming ``pipelines[<name>].target.url``) for other schemes.
+    """
+    target = pipeline.target
+    try:
+        if target_kind(target) == "postgresql":
+            return PostgresTarget(
+                target_conninfo(target),
+                control_schema=target.control_schema,
+                create_tables=target.create_tables,
+                add_columns=target.add_columns,
+                application_name=f"cdc-pipeline:{pipeline.name}:{purpose}",
+                stall_timeout_s=target.stall_timeout_s,
+            )
+        return SqlAlchemyTarget(
             target_sqlalchemy_url(target),
             control_schema=target.control_schema,
             create_tables=target.create_tables,

@@ -224,17 +224,3 @@ class Skip:
     partition: int
     offset: int
     reason: str
-
-
-class PoisonMessageError(Exception):
-    """A message that can never be decoded, transformed or applied; it goes to the DLQ.
-
-    Carries the origin (topic, partition, offset) and a human-readable ``reason``.
-    """
-
-    def __init__(self, topic: str, partition: int, offset: int, reason: str) -> None:
-        super().__init__(f"{topic}[{partition}]@{offset}: {reason}")
-        self.topic = topic
-        self.partition = partition
-        self.offset = offset
-        self.reason = reason

@@ -11,6 +11,8 @@ import random
 import time
 from dataclasses import dataclass, field
 
+from pipeline.core.errors import FatalError
+
 
 def exponential_cap(initial_s: float, max_s: float, n: int) -> float:
     """``min(max_s, initial_s * 2**n)`` seconds, for any ``n >= 0`` without float overflow.
@@ -24,7 +26,7 @@ def exponential_cap(initial_s: float, max_s: float, n: int) -> float:
     return min(max_s, math.ldexp(initial_s, min(n, 512)))
 
 
-class RetryBudgetExceededError(Exception):
+class RetryBudgetExceededError(FatalError):
     """Retries went on longer than ``max_elapsed_s``; the worker must stop without committing."""
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 from confluent_kafka import Producer
 
+from pipeline.core.errors import FatalError, TransientError
+
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
@@ -42,7 +44,7 @@ class DeadLetter:
         ]
 
 
-class DlqLimitExceededError(Exception):
+class DlqLimitExceededError(FatalError):
     """Too many dead letters (consecutive or by ratio): the worker stops without committing."""
 
 
@@ -77,7 +79,7 @@ class DlqLimiter:
                 )
 
 
-class DlqDeliveryError(Exception):
+class DlqDeliveryError(TransientError):
     """Dead letters could not be delivered; the batch is retried (the offset does not move)."""
 
 

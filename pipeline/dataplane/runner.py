@@ -34,7 +34,8 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 
 from pipeline.core import metrics
 from pipeline.core.batch import ReducedBatch
-from pipeline.core.events import ChangeEvent, Op, PoisonMessageError, Skip
+from pipeline.core.errors import PoisonMessageError
+from pipeline.core.events import ChangeEvent, Op, Skip
 from pipeline.core.logs import get_logger
 from pipeline.core.offsets import partition_lag
 from pipeline.core.retry import Backoff

@@ -4,7 +4,7 @@ Confluent wire format) into events.
 Input: what confluent-kafka hands the runner for one message: ``topic``, ``partition``,
 ``offset``, ``key: bytes | None``, ``value: bytes | None``. Output: a
 :class:`~pipeline.core.events.ChangeEvent`, or a :class:`~pipeline.core.events.Skip` for messages that are
-consumed but never applied. Anything else raises :class:`~pipeline.core.events.PoisonMessageError`
+consumed but never applied. Anything else raises :class:`~pipeline.core.errors.PoisonMessageError`
 with a precise ``reason`` (the runner sends those to the DLQ).
 
 Both ``JsonConverter`` layouts are accepted:
@@ -63,18 +63,8 @@ from typing import Any, Literal, Protocol, TypeAlias
 import orjson
 
 from connectors.debezium import build_connector_config
-from pipeline.core.events import (
-    ChangeEvent,
-    Column,
-    Geometry,
-    Op,
-    Point,
-    PoisonMessageError,
-    Position,
-    Skip,
-    TableId,
-    position_from_source,
-)
+from pipeline.core.errors import PoisonMessageError
+from pipeline.core.events import ChangeEvent, Column, Geometry, Op, Point, Position, Skip, TableId, position_from_source
 from pipeline.core.settings import PipelineSettings, SourceSettings
 from pipeline.decode.avro import AvroReader, WireFormatError
 from pipeline.decode.registry import RegistryUnavailableError, SchemaRegistryClient, UnknownSchemaError

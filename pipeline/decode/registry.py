@@ -10,7 +10,7 @@ Errors, which the decoder turns into the runner's two paths:
 - :class:`UnknownSchemaError`: the registry answered 404 (Confluent error code 40403,
   "Schema not found"): the message can never be decoded -> poison -> DLQ with the reason.
 - :class:`RegistryUnavailableError`: connection refused, timeout, 5xx, 401/403, or an answer
-  that is not a schema: worth retrying. It is a :class:`sinks.base.TransientSinkError`, the
+  that is not a schema: worth retrying. It is a :class:`pipeline.core.errors.TransientError`, the
   class the runner already retries with backoff. Before raising it the client itself retries
   with backoff for up to ``retry_budget_s`` seconds (the pipeline's ``retry`` settings), so a
   short registry outage never reaches the runner.
@@ -28,10 +28,10 @@ from typing import Any
 import httpx
 import orjson
 
+from pipeline.core.errors import TransientError
 from pipeline.core.logs import get_logger
 from pipeline.core.retry import Backoff, RetryBudgetExceededError
 from pipeline.core.settings import RetrySettings, SchemaRegistrySettings
-from sinks.base import TransientSinkError
 
 __all__ = ["RegistryUnavailableError", "SchemaRegistryClient", "UnknownSchemaError"]
 
@@ -46,7 +46,7 @@ class UnknownSchemaError(Exception):
         self.schema_id = schema_id
 
 
-class RegistryUnavailableError(TransientSinkError):
+class RegistryUnavailableError(TransientError):
     """The registry could not be asked (connection, timeout, 5xx, auth): retry later."""
 
 

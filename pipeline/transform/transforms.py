@@ -39,7 +39,7 @@ Errors: :class:`TransformConfigError` (a ValueError) for rules that cannot work 
 :meth:`Transformer.apply` the first time a table's key or columns contradict a rule (a key
 column masked or excluded, ``where`` naming a column the table does not have, an added column
 clashing with a row column). Such errors are configuration errors: the worker must stop, not
-dead-letter. :class:`~pipeline.core.events.PoisonMessageError` for one event that cannot be
+dead-letter. :class:`~pipeline.core.errors.PoisonMessageError` for one event that cannot be
 transformed (a hook raising, a predicate literal not comparable with the value).
 """
 
@@ -60,7 +60,8 @@ from uuid import UUID
 import orjson
 from pydantic import SecretStr
 
-from pipeline.core.events import ChangeEvent, Column, Op, PoisonMessageError, Position, Row, Skip, TableId
+from pipeline.core.errors import FatalError, PoisonMessageError
+from pipeline.core.events import ChangeEvent, Column, Op, Position, Row, Skip, TableId
 from pipeline.core.settings import MaskMode, TransformRule
 from pipeline.decode.decoder import make_event
 
@@ -85,7 +86,7 @@ Masker: TypeAlias = Callable[[Any], Any]
 _ROW_OPS = (Op.CREATE, Op.UPDATE, Op.READ)
 
 
-class TransformConfigError(ValueError):
+class TransformConfigError(FatalError, ValueError):
     """Transform rules that cannot work; ``problems`` lists ``transforms[i].key: problem`` lines."""
 
     def __init__(self, problems: Sequence[str]) -> None:
@@ -925,7 +926,7 @@ class Transformer:
 
         Returns the (possibly unchanged) event or ``Skip(reason="filtered")``. Raises
         :class:`TransformConfigError` when a rule contradicts the table (checked once per table
-        shape; fatal) and :class:`~pipeline.core.events.PoisonMessageError` when this event cannot
+        shape; fatal) and :class:`~pipeline.core.errors.PoisonMessageError` when this event cannot
         be transformed.
         """
         result: ChangeEvent | Skip = event

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from pipeline.core.errors import FatalError
 from pipeline.core.events import Column, TableId
 from sinks.postgres.types import pg_type
 
@@ -61,7 +62,7 @@ def control_ddl(schema: str) -> list[sql.Composed]:
     ]
 
 
-class TargetSchemaError(Exception):
+class TargetSchemaError(FatalError):
     """A target table or column the pipeline wrote was dropped behind its back.
 
     Not retried and not dead-lettered: every later event of the table would fail the same way,

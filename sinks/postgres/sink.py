@@ -172,6 +172,13 @@ class PostgresSink:
         Raises TransientSinkError when the target is unreachable.
         """
         wanted = set(partitions)
+        return {tp: o for tp, o in self.group_offsets(group).items() if tp in wanted}
+
+    def group_offsets(self, group: str) -> dict[TopicPartition, int]:
+        """Every ``(topic, partition) -> next offset`` stored for ``group`` (empty for a new group).
+
+        Raises TransientSinkError when the target is unreachable.
+        """
         with self._transaction() as conn:
             self._ensure_control(conn)
             rows = conn.execute(
@@ -180,7 +187,7 @@ class PostgresSink:
                 ),
                 (group,),
             ).fetchall()
-        return {(t, p): o for t, p, o in rows if (t, p) in wanted}
+        return {(str(t), int(p)): int(o) for t, p, o in rows}
 
     def reset_offsets(self, group: str) -> int:
         """Delete every stored offset of ``group``; returns the number of rows deleted."""

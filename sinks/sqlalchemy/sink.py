@@ -185,15 +185,25 @@ class SqlAlchemySink:
     # ------------------------------------------------------------------ offsets
 
     def stored_offsets(self, group: str, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
-        """Next offsets stored for ``group`` among ``partitions``."""
-        self._ensure_control()
+        """Next offsets stored for ``group`` among ``partitions``.
+
+        Raises TransientSinkError when the target is unreachable.
+        """
         wanted = set(partitions)
+        return {tp: o for tp, o in self.group_offsets(group).items() if tp in wanted}
+
+    def group_offsets(self, group: str) -> dict[TopicPartition, int]:
+        """Every ``(topic, partition) -> next offset`` stored for ``group`` (empty for a new group).
+
+        Raises TransientSinkError when the target is unreachable.
+        """
+        self._ensure_control()
         t = self._control.offsets
         with self._transaction() as conn:
             rows = conn.execute(
                 sa.select(t.c.topic, t.c.kafka_partition, t.c.next_offset).where(t.c.consumer_group == group)
             ).all()
-        return {(str(tp), int(p)): int(o) for tp, p, o in rows if (tp, p) in wanted}
+        return {(str(tp), int(p)): int(o) for tp, p, o in rows}
 
     def reset_offsets(self, group: str) -> int:
         """Delete every stored offset of ``group``; returns the number of rows deleted."""

@@ -17,7 +17,8 @@ from fastavro import parse_schema, schemaless_writer
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.core.events import ChangeEvent, PoisonMessageError
+from pipeline.core.errors import PoisonMessageError
+from pipeline.core.events import ChangeEvent
 from pipeline.decode.avro import AvroReader, WireFormatError, connect_schema, raw_reader_schema, split_wire
 from pipeline.decode.decoder import Decoder, DecoderConfig, _float32, converter_for
 from pipeline.decode.registry import UnknownSchemaError

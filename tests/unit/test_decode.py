@@ -25,7 +25,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from pipeline.core.events import ChangeEvent, Column, Geometry, Op, Point, PoisonMessageError, Position, Skip, TableId
+from pipeline.core.errors import PoisonMessageError
+from pipeline.core.events import ChangeEvent, Column, Geometry, Op, Point, Position, Skip, TableId
 from pipeline.decode import decoder as decode_module
 from pipeline.decode.decoder import (
     DEFAULT_UNAVAILABLE_PLACEHOLDER,

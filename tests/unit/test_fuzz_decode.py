@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.core.batch import ReducedBatch
-from pipeline.core.events import ChangeEvent, PoisonMessageError, Skip
+from pipeline.core.errors import PoisonMessageError
+from pipeline.core.events import ChangeEvent, Skip
 from pipeline.core.settings import PipelineSettings
 from pipeline.dataplane.dlq import DeadLetter
 from pipeline.dataplane.runner import Batch, PipelineRunner

@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from pipeline.core.events import ChangeEvent, Column, Op, PoisonMessageError, Position, Skip, TableId
+from pipeline.core.errors import PoisonMessageError
+from pipeline.core.events import ChangeEvent, Column, Op, Position, Skip, TableId
 from pipeline.core.settings import TransformRule
 from pipeline.transform.transforms import (
     REDACTED,

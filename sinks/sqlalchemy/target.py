@@ -1,0 +1,40 @@
+"""The MariaDB/MySQL and SQLite implementation of the ``Target`` seam: the sink plus control-plane reads."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+
+from pipeline.core.events import TableId
+from sinks.base import TransientSinkError
+from sinks.sqlalchemy import ddl
+from sinks.sqlalchemy.sink import SqlAlchemySink, is_transient
+
+
+class SqlAlchemyTarget(SqlAlchemySink):
+    """A MariaDB/MySQL or SQLite target (see :class:`sinks.base.Target`)."""
+
+    @property
+    def kind(self) -> str:
+        """``mysql`` (MariaDB too) or ``sqlite``."""
+        return self.dialect
+
+    def read_heartbeat(self, table: TableId, source_name: str) -> datetime | None:
+        """The heartbeat ``ts`` of ``source_name`` (stored in UTC without zone by the sink, returned
+        aware), or None when the table or row does not exist yet. Raises TransientSinkError when
+        the target is unreachable."""
+        schema, name = ddl.physical(table, self.dialect)
+        t = sa.table(name, sa.column("ts"), sa.column("source"), schema=schema)
+        try:
+            with self.engine.connect() as conn:
+                value = conn.execute(sa.select(t.c.ts).where(t.c.source == source_name)).scalar()
+        except sa.exc.DBAPIError as exc:
+            if is_transient(exc):
+                raise TransientSinkError(f"heartbeat read failed: {exc.orig}") from exc
+            return None  # no such table yet
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        if not isinstance(value, datetime):
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
