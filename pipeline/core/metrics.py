@@ -382,6 +382,27 @@ CUTOVER_READY = Gauge(
 )
 
 
+# --- data-plane backoff and control-plane lease (pipeline.dataplane.runner, pipeline.control.lease)
+
+IN_BACKOFF = Gauge(
+    "cdc_in_backoff",
+    "1 while the worker is backing off a transient failure (consumer paused, offsets not moving).",
+    ["pipeline"],
+    registry=REGISTRY,
+)
+CONTROL_ACTIVE = Gauge(
+    "cdc_control_active",
+    "1 while this control-plane replica holds the lease and runs the control loops, 0 while it stands by.",
+    ["lease", "replica"],
+    registry=REGISTRY,
+)
+CONTROL_LEASE_ACQUIRED = Counter(
+    "cdc_control_lease_acquired",
+    "Times this control-plane replica became the active one.",
+    ["lease", "replica"],
+    registry=REGISTRY,
+)
+
 # --------------------------------------------------------------------------- catalogue
 
 
