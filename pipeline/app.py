@@ -22,8 +22,9 @@ from pipeline.core.events import ChangeEvent, Skip, TableId
 from pipeline.core.health import HealthServer
 from pipeline.core.logs import get_logger
 from pipeline.core.settings import PipelineSettings, Settings, SourceSettings
+from pipeline.dataplane.consumer import Message
 from pipeline.dataplane.dlq import DeadLetterQueue
-from pipeline.dataplane.runner import Message, PipelineRunner
+from pipeline.dataplane.runner import PipelineRunner
 from pipeline.decode.decoder import make_decoder
 from pipeline.transform.transforms import build_transformer
 from sinks.base import Sink
@@ -137,12 +138,7 @@ def build_worker(settings: Settings, pipeline: PipelineSettings, *, serve_http: 
     )
     health = None
     if serve_http and settings.metrics.enabled:
-
-        def ready() -> tuple[bool, dict[str, object]]:
-            assigned = len(runner.assignment)
-            return assigned > 0, {"pipeline": pipeline.name, "assigned_partitions": assigned}
-
-        health = HealthServer(settings.metrics.host, settings.metrics.port, ready)
+        health = HealthServer(settings.metrics.host, settings.metrics.port, runner.readiness)
     return Worker(runner, sink, producer, health)
 
 

@@ -17,7 +17,8 @@ from pipeline.core.errors import PoisonMessageError
 from pipeline.core.events import ChangeEvent, Skip
 from pipeline.core.settings import PipelineSettings
 from pipeline.dataplane.dlq import DeadLetter
-from pipeline.dataplane.runner import Batch, PipelineRunner
+from pipeline.dataplane.runner import PipelineRunner
+from pipeline.dataplane.steps import Batch
 from pipeline.decode.decoder import Decoder
 from sinks.base import ApplyResult
 
