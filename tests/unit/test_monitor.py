@@ -1,4 +1,4 @@
-"""Unit tests of pipeline.control.monitor: the pure layer (LSNs, WAL rate, time to slot loss,
+"""Unit tests of pipeline.control.monitor and pipeline.control.polling: the pure layer (LSNs, WAL rate, time to slot loss,
 heartbeat age, partition lag, restart backoff), metric export, and the pollers with fake
 connections and a fake Kafka Connect (httpx.MockTransport)."""
 
@@ -23,26 +23,22 @@ from typer.testing import CliRunner
 
 from connectors.connect_client import ConnectClient, RetryPolicy
 from pipeline.cli import lag_cmd, monitor_cmd
-from pipeline.control.monitor import (
-    ConnectorStateMonitor,
-    MonitorGroup,
-    PollingMonitor,
-    RestartBackoff,
+from pipeline.control.monitor.connector import ConnectorStateMonitor, ReopeningConnectClient, RestartBackoff
+from pipeline.control.monitor.export import export_slot_report
+from pipeline.control.monitor.group import MonitorGroup, build_monitors
+from pipeline.control.monitor.heartbeat import HeartbeatProbe, heartbeat_probes, heartbeat_target_table
+from pipeline.control.monitor.slot import SlotMonitor
+from pipeline.control.monitor.slot_model import (
     ServerSample,
-    SlotMonitor,
     SlotRow,
     WalRateWindow,
-    build_monitors,
     evaluate_slot,
-    export_slot_report,
-    format_lsn,
     heartbeat_age_seconds,
-    heartbeat_target_table,
-    parse_lsn,
     seconds_until_lost,
 )
+from pipeline.control.polling import PollingMonitor
 from pipeline.core import metrics
-from pipeline.core.events import TableId
+from pipeline.core.events import TableId, format_lsn, parse_lsn
 from pipeline.core.offsets import partition_lag
 from pipeline.core.settings import ConnectSettings, PipelineSettings, Settings, SourceSettings
 
@@ -555,7 +551,10 @@ def test_build_monitors_wires_sources_probes_and_connectors() -> None:
     group = build_monitors(settings, sources=["a"])
     slots = group.slot_monitors
     assert [m.source.name for m in slots] == ["a"]
-    assert [(p.pipeline, p.table) for p in slots[0].heartbeats] == [("pa", TableId("app", "heartbeat"))]
+    assert [(p.pipeline, p.table, p.target.kind) for p in slots[0].heartbeats] == [
+        ("pa", TableId("app", "heartbeat"), "postgresql"),
+        ("ps", TableId("public", "heartbeat"), "sqlite"),
+    ]
     assert [m.kind for m in group.monitors] == ["slot", "connect"]
     group.stop()
     off = Settings(sources=[source("a").model_dump()], monitor={"enabled": False})
