@@ -796,7 +796,7 @@ def test_build_monitors_restarts_connectors_only_when_the_control_plane_asks() -
 # --------------------------------------------------------------------------- heartbeat through the Target seam
 
 
-def heartbeat_batch(source_name: str, ts: datetime) -> ReducedBatch:
+def heartbeat_batch(source_name: str, ts: datetime, position: int = 100) -> ReducedBatch:
     """The heartbeat row as the data plane applies it: routed to ``public.heartbeat``."""
     table = TableId("public", "heartbeat")
     columns = (
@@ -809,7 +809,7 @@ def heartbeat_batch(source_name: str, ts: datetime) -> ReducedBatch:
         key=key,
         key_values={"source": source_name},
         row={"source": source_name, "ts": ts},
-        position=Position(100, 100),
+        position=Position(position, position),
         ts_ms=0,
         op=Op.UPDATE,
     )
