@@ -16,7 +16,7 @@ from typing import Any
 from confluent_kafka import Consumer, Producer
 
 from connectors.debezium import heartbeat_table, signal_table, topic_pattern
-from pipeline.control.monitor import build_monitors
+from pipeline.control.monitor.group import build_monitors
 from pipeline.control.verify import coordination_monitors
 from pipeline.core.events import ChangeEvent, Skip, TableId
 from pipeline.core.health import HealthServer

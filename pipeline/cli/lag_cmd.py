@@ -41,16 +41,10 @@ from psycopg.conninfo import make_conninfo
 from connectors.source_prep import check_publication, redactor
 from connectors.source_prep import conninfo as source_conninfo
 from pipeline.cli.common import ConfigOption, fail, load_or_exit
-from pipeline.control.monitor import (
-    SlotReport,
-    WalRateWindow,
-    connect_read_only,
-    evaluate_slot,
-    heartbeat_age_seconds,
-    heartbeat_probes,
-    read_server_sample,
-    view_columns,
-)
+from pipeline.control.monitor.heartbeat import heartbeat_probes
+from pipeline.control.monitor.slot_model import SlotReport, WalRateWindow, evaluate_slot, heartbeat_age_seconds
+from pipeline.control.monitor.source_sql import connect_read_only, read_server_sample, view_columns
+from pipeline.core.errors import TransientError
 from pipeline.core.offsets import partition_lag
 from pipeline.core.settings import PipelineSettings, Settings, SourceSettings
 
@@ -152,7 +146,7 @@ def collect_slot(settings: Settings, source: SourceSettings, rate_sample_s: floa
     for probe in heartbeat_probes(settings, source):
         try:
             ts = probe.read()
-        except psycopg.Error as exc:
+        except (psycopg.Error, TransientError) as exc:
             line.heartbeat_age_s[probe.pipeline] = None
             line.error = (line.error + "; " if line.error else "") + f"heartbeat of {probe.pipeline}: {exc}".strip()
             continue

@@ -2,7 +2,8 @@
 ``/healthz`` and ``/readyz``, alone (no consumer), until SIGTERM/SIGINT.
 
 For deployments that watch the sources from one place (e.g. while the workers are scaled to
-zero, or when the workers run with ``monitor.enabled: false``).
+zero, or when the workers run with ``monitor.enabled: false``). Like the control plane, it
+restarts failed connectors (``monitor.connector_auto_restart``), so run one of them per source.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from pipeline.cli.common import ConfigOption, fail, load_or_exit
-from pipeline.control.monitor import build_monitors
+from pipeline.control.monitor.group import build_monitors
 from pipeline.core.health import HealthServer
 from pipeline.core.logs import get_logger
 from pipeline.core.settings import Settings
@@ -51,7 +52,7 @@ def run_monitor(settings: Settings, sources: Sequence[str] | None = None, stop: 
     Raises KeyError for an unknown source name, OSError when the HTTP port cannot be bound.
     """
     stop = stop or threading.Event()
-    group = build_monitors(settings, sources=sources)
+    group = build_monitors(settings, sources=sources, restart_connectors=True)
     health = (
         HealthServer(settings.metrics.host, settings.metrics.port, group.ready) if settings.metrics.enabled else None
     )

@@ -96,7 +96,7 @@ from connectors.debezium import (
     table_regex,
 )
 from connectors.source_prep import conninfo as source_conninfo
-from pipeline.control.monitor import PollingMonitor
+from pipeline.control.polling import PollingMonitor
 from pipeline.core import metrics
 from pipeline.core.logs import get_logger
 from pipeline.core.settings import PipelineSettings, Settings, SnapshotConfig, SourceSettings

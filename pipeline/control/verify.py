@@ -81,7 +81,9 @@ from psycopg.types.json import Jsonb
 
 from connectors.debezium import TableRef, change_topic, heartbeat_table
 from connectors.source_prep import conninfo as source_conninfo
-from pipeline.control.monitor import PollingMonitor, heartbeat_target_table, read_heartbeat
+from pipeline.control.monitor.heartbeat import heartbeat_target_table
+from pipeline.control.monitor.legacy_target_read import read_heartbeat
+from pipeline.control.polling import PollingMonitor
 from pipeline.control.snapshot import (
     Condition,
     ConsumerLagProbe,

@@ -89,14 +89,15 @@ def format_lsn(lsn: int) -> str:
 
 
 def parse_lsn(text: str) -> int:
-    """Parse ``16/B374D848`` (pg_lsn text) or a decimal string into an integer LSN.
+    """The byte position of a ``pg_lsn`` text ``'16/B374D848'`` (two hex halves of 32 bits,
+    surrounding blanks ignored; PostgreSQL docs "pg_lsn Type"); inverse of :func:`format_lsn`.
 
-    Raises ValueError on anything else.
+    Raises ValueError for anything else.
     """
-    if "/" in text:
-        hi, lo = text.split("/", 1)
-        return (int(hi, 16) << 32) | int(lo, 16)
-    return int(text)
+    high, sep, low = text.strip().partition("/")
+    if not sep or not high or not low or len(high) > 8 or len(low) > 8:
+        raise ValueError(f"not a pg_lsn: {text!r}")
+    return (int(high, 16) << 32) | int(low, 16)
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -37,13 +38,15 @@ from psycopg import sql
 from connectors.source_prep import prepare
 from pipeline.cli import lag_cmd
 from pipeline.cli.monitor_cmd import run_monitor
-from pipeline.control.monitor import MonitorGroup, build_monitors
+from pipeline.control.monitor.group import MonitorGroup, build_monitors
 from pipeline.core.health import HealthServer
 from pipeline.core.settings import Settings
 from pipeline.localstack import LocalStack, LocalStackSettings
 from pipeline.localstack.services import PostgresCluster, pg_bindir
+from sinks.factory import make_target
 from sinks.postgres.ddl import control_ddl
 from tests.conftest import Databases
+from tests.unit.test_monitor import heartbeat_batch
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -261,6 +264,39 @@ def test_slot_lag_grows_without_consumer_and_falls_with_one(
     assert ok, detail
 
 
+def test_heartbeat_age_of_a_sqlite_target_and_a_group_restarted_like_a_lease(
+    local_stack: LocalStack,
+    databases: Databases,
+    unique: Callable[[str], str],
+    run_monitors: Callable[..., Running],
+    tmp_path: Path,
+) -> None:
+    """Heartbeat lag is measured for a SQLite target (row applied through the sink, read back
+    through the Target seam, against the real source's now()); the group, stopped and started
+    again (lease lost and regained), keeps measuring."""
+    stack = local_stack.settings
+    name = unique("lite")
+    create_items_and_slot(databases.source_dsn, f"slot_{name}")
+    pipe = {"name": f"p_{name}", "source": name, "target": {"url": f"sqlite:///{tmp_path / 'target.db'}"}}
+    settings = make_settings(stack, [source_for(name, databases.name, stack.source_pg_port)], [pipe])
+    target = make_target(settings.pipelines[0], purpose="test")
+    written = time.monotonic()
+    target.apply(heartbeat_batch(name, datetime.now(UTC) - timedelta(seconds=30), 100), "g", {("t", 0): 1})
+    run = run_monitors(build_monitors(settings, connectors=False))
+    hb = {"pipeline": f"p_{name}", "source": name}
+    age = run.scrape.wait_for("cdc_heartbeat_age_seconds", lambda v: v >= 29, **hb)
+    assert age < 30 + (time.monotonic() - written) + 5
+
+    run.group.stop(10)
+    assert not run.group.running
+    target.apply(heartbeat_batch(name, datetime.now(UTC), 200), "g", {("t", 0): 2})
+    target.close()
+    run.group.start()
+    run.scrape.wait_for("cdc_heartbeat_age_seconds", lambda v: v < 5, **hb)
+    ok, detail = run.group.ready()
+    assert ok, detail
+
+
 def test_monitor_survives_a_dropped_connection(
     local_stack: LocalStack, databases: Databases, unique: Callable[[str], str], run_monitors: Callable[..., Running]
 ) -> None:
@@ -294,7 +330,7 @@ def test_unreachable_source_never_kills_the_thread(
     run.scrape.wait_for("cdc_monitor_poll_errors_total", lambda v: v >= 2, monitor="slot", source=name, check="slot")
     assert run.scrape.value("cdc_monitor_up", monitor="slot", source=name) == 0
     slot_monitor = run.group.slot_monitors[0]
-    assert slot_monitor._thread is not None and slot_monitor._thread.is_alive()
+    assert slot_monitor.running
     resp = httpx.get(f"http://127.0.0.1:{run.health.port}/readyz", timeout=5)
     assert resp.status_code == 503
 

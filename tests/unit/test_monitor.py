@@ -1,4 +1,4 @@
-"""Unit tests of pipeline.control.monitor: the pure layer (LSNs, WAL rate, time to slot loss,
+"""Unit tests of pipeline.control.monitor and pipeline.control.polling: the pure layer (LSNs, WAL rate, time to slot loss,
 heartbeat age, partition lag, restart backoff), metric export, and the pollers with fake
 connections and a fake Kafka Connect (httpx.MockTransport)."""
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import socket
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -23,28 +24,27 @@ from typer.testing import CliRunner
 
 from connectors.connect_client import ConnectClient, RetryPolicy
 from pipeline.cli import lag_cmd, monitor_cmd
-from pipeline.control.monitor import (
-    ConnectorStateMonitor,
-    MonitorGroup,
-    PollingMonitor,
-    RestartBackoff,
+from pipeline.control.monitor.connector import ConnectorStateMonitor, ReopeningConnectClient, RestartBackoff
+from pipeline.control.monitor.export import export_slot_report
+from pipeline.control.monitor.group import MonitorGroup, build_monitors
+from pipeline.control.monitor.heartbeat import HeartbeatProbe, heartbeat_probes, heartbeat_target_table
+from pipeline.control.monitor.slot import SlotMonitor
+from pipeline.control.monitor.slot_model import (
     ServerSample,
-    SlotMonitor,
     SlotRow,
     WalRateWindow,
-    build_monitors,
     evaluate_slot,
-    export_slot_report,
-    format_lsn,
     heartbeat_age_seconds,
-    heartbeat_target_table,
-    parse_lsn,
     seconds_until_lost,
 )
+from pipeline.control.polling import PollingMonitor
 from pipeline.core import metrics
-from pipeline.core.events import TableId
+from pipeline.core.batch import ReducedBatch, TableChanges, Upsert, key_text
+from pipeline.core.events import Column, Op, Position, TableId, format_lsn, parse_lsn
 from pipeline.core.offsets import partition_lag
 from pipeline.core.settings import ConnectSettings, PipelineSettings, Settings, SourceSettings
+from sinks.base import TransientSinkError
+from sinks.factory import make_target
 
 MB = 1024 * 1024
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -555,7 +555,10 @@ def test_build_monitors_wires_sources_probes_and_connectors() -> None:
     group = build_monitors(settings, sources=["a"])
     slots = group.slot_monitors
     assert [m.source.name for m in slots] == ["a"]
-    assert [(p.pipeline, p.table) for p in slots[0].heartbeats] == [("pa", TableId("app", "heartbeat"))]
+    assert [(p.pipeline, p.table, p.target.kind) for p in slots[0].heartbeats] == [
+        ("pa", TableId("app", "heartbeat"), "postgresql"),
+        ("ps", TableId("public", "heartbeat"), "sqlite"),
+    ]
     assert [m.kind for m in group.monitors] == ["slot", "connect"]
     group.stop()
     off = Settings(sources=[source("a").model_dump()], monitor={"enabled": False})
@@ -658,3 +661,214 @@ def test_monitor_command_refuses_bad_invocations(tmp_path: Path) -> None:
     config = str(write_config(tmp_path))
     result = CliRunner().invoke(cli_app(), ["monitor", "-c", config, "--source", "nope"])
     assert result.exit_code == 2 and "unknown source" in result.output
+
+
+# --------------------------------------------------------------------------- restartable loops (control-plane lease)
+
+
+class Blocking(PollingMonitor):
+    """The first poll blocks until released; records which threads polled and the most polls at once."""
+
+    kind = "unit"
+
+    def __init__(self) -> None:
+        super().__init__("blocking", 0.01)
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.threads: set[int] = set()
+        self.busy = 0
+        self.most_at_once = 0
+        self._count = threading.Lock()
+
+    def poll_once(self) -> None:
+        with self._count:
+            self.busy += 1
+            self.most_at_once = max(self.most_at_once, self.busy)
+            self.threads.add(threading.get_ident())
+        try:
+            self.entered.set()
+            self.release.wait(5)
+        finally:
+            with self._count:
+                self.busy -= 1
+        self.healthy = True
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert condition()
+
+
+def test_polling_monitor_restarts_after_stop() -> None:
+    mon = Exploding()
+    mon.start()
+    wait_until(lambda: mon.polls >= 2)
+    mon.stop(5)
+    assert not mon.running and mon.closed
+    mon.closed = False
+    before = mon.polls
+    mon.start()
+    assert mon.running
+    wait_until(lambda: mon.polls >= before + 2)
+    mon.stop(5)
+    assert mon.closed and not mon.running
+
+
+def test_restart_while_a_stopped_poll_is_still_busy_never_overlaps_and_leaves_one_loop() -> None:
+    """stop() times out on a poll in flight, start() follows at once (lease lost, then regained):
+    the old thread must not poll again, and the new one waits for it before its first poll."""
+    mon = Blocking()
+    mon.start()
+    assert mon.entered.wait(5)
+    mon.stop(0.05)  # the poll is still blocked
+    mon.start()
+    time.sleep(0.1)
+    mon.release.set()
+    wait_until(lambda: mon.polls >= 6)
+    mon.stop(5)
+    assert mon.most_at_once == 1
+    assert not mon.running
+    live = [t for t in threading.enumerate() if t.name == "monitor-unit-blocking"]
+    assert live == []
+
+
+def test_monitor_group_start_stop_start() -> None:
+    first, second = Exploding(), Exploding()
+    group = MonitorGroup([first, second])
+    group.stop()  # never started: closes, no error
+    group.start()
+    group.start()  # idempotent
+    assert group.running
+    wait_until(lambda: first.polls >= 1 and second.polls >= 1)
+    group.stop(5)
+    assert not group.running and not first.running and not second.running
+    counts = (first.polls, second.polls)
+    time.sleep(0.05)
+    assert (first.polls, second.polls) == counts  # stopped means no more polls
+    group.start()
+    wait_until(lambda: first.polls > counts[0] and second.polls > counts[1])
+    group.stop(5)
+
+
+def test_connector_monitor_polls_again_after_a_restart_of_the_group() -> None:
+    """The REST client is closed at every stop; the next start opens a new one."""
+    fake = FakeConnect()
+    src = source("unit_restartable")
+    name = src.resolved_connector_name
+    fake.bodies[name] = status_body(name, "RUNNING", "RUNNING")
+    opened: list[ConnectClient] = []
+
+    def factory() -> ConnectClient:
+        opened.append(fake.client())
+        return opened[-1]
+
+    client = ReopeningConnectClient(factory)
+    mon = ConnectorStateMonitor([src], client, interval_s=0.01, close_client=client.close)
+    group = MonitorGroup([mon])
+    group.start()
+    wait_until(lambda: mon.polls >= 1 and mon.healthy)
+    group.stop(5)
+    group.start()
+    polls = mon.polls
+    wait_until(lambda: mon.polls >= polls + 2)
+    group.stop(5)
+    assert mon.healthy, mon.last_error
+    assert len(opened) == 2
+    assert value("cdc_monitor_poll_errors_total", monitor="connect", source="connectors", check="poll") is None
+
+
+def test_build_monitors_restarts_connectors_only_when_the_control_plane_asks() -> None:
+    settings = Settings(sources=[source("a").model_dump()])
+
+    def auto_restart(group: MonitorGroup) -> bool:
+        (connector,) = [m for m in group.monitors if isinstance(m, ConnectorStateMonitor)]
+        group.stop()
+        return connector.auto_restart
+
+    assert auto_restart(build_monitors(settings)) is False  # e.g. beside a data-plane worker
+    assert auto_restart(build_monitors(settings, restart_connectors=True)) is True
+    off = Settings(sources=[source("a").model_dump()], monitor={"connector_auto_restart": False})
+    assert auto_restart(build_monitors(off, restart_connectors=True)) is False
+
+
+# --------------------------------------------------------------------------- heartbeat through the Target seam
+
+
+def heartbeat_batch(source_name: str, ts: datetime, position: int = 100) -> ReducedBatch:
+    """The heartbeat row as the data plane applies it: routed to ``public.heartbeat``."""
+    table = TableId("public", "heartbeat")
+    columns = (
+        Column("source", "string", optional=False),
+        Column("ts", "string", optional=False, logical="io.debezium.time.ZonedTimestamp"),
+    )
+    changes = TableChanges(table, TableId("cdc_control", "heartbeat"), ("source",), columns)
+    key = key_text([source_name])
+    changes.upserts[key] = Upsert(
+        key=key,
+        key_values={"source": source_name},
+        row={"source": source_name, "ts": ts},
+        position=Position(position, position),
+        ts_ms=0,
+        op=Op.UPDATE,
+    )
+    return ReducedBatch(tables={table: changes})
+
+
+def test_heartbeat_age_measured_on_a_sqlite_target(tmp_path: Path) -> None:
+    """Heartbeat lag works for a non-PostgreSQL target: the row is applied through the sink and
+    read back through Target.read_heartbeat, and the age is the source's now() minus its ts."""
+    url = f"sqlite:///{tmp_path / 'target.db'}"
+    settings = Settings(
+        sources=[source("unit_sqlite_hb").model_dump()],
+        pipelines=[
+            PipelineSettings(name="lite", source="unit_sqlite_hb", target={"url": url}).model_dump(by_alias=True)
+        ],
+    )
+    src = settings.source("unit_sqlite_hb")
+    labels = {"pipeline": "lite", "source": src.name}
+    (probe,) = heartbeat_probes(settings, src)
+    mon = SlotMonitor(src, interval_s=1, heartbeats=[probe], connect=refused)
+
+    mon._poll_heartbeats(NOW)  # nothing applied yet: no table
+    assert mon.heartbeat_ages == {"lite": None}
+    assert value("cdc_heartbeat_age_seconds", **labels) is None
+
+    sink = make_target(settings.pipelines[0], purpose="test")
+    sink.apply(heartbeat_batch(src.name, NOW - timedelta(seconds=42.5)), "cdc.lite", {("t", 0): 1})
+    sink.close()
+    mon._poll_heartbeats(NOW)
+    assert mon.heartbeat_ages == {"lite": pytest.approx(42.5)}
+    assert value("cdc_heartbeat_age_seconds", **labels) == pytest.approx(42.5)
+    mon.close()
+
+
+class UnreachableTarget:
+    kind = "postgresql"
+
+    def read_heartbeat(self, table: TableId, source_name: str) -> datetime | None:
+        raise TransientSinkError("cannot connect to the target: refused")
+
+    def close(self) -> None:
+        pass
+
+
+class FixedTarget(UnreachableTarget):
+    def read_heartbeat(self, table: TableId, source_name: str) -> datetime | None:
+        return NOW - timedelta(seconds=7)
+
+
+def test_an_unreachable_target_is_counted_and_the_other_heartbeats_still_read() -> None:
+    src = source("unit_hb_down")
+    table = TableId("public", "heartbeat")
+    probes = [
+        HeartbeatProbe("down", src.name, table, UnreachableTarget()),  # type: ignore[arg-type]
+        HeartbeatProbe("up", src.name, table, FixedTarget()),  # type: ignore[arg-type]
+    ]
+    mon = SlotMonitor(src, interval_s=1, heartbeats=probes, connect=refused)
+    mon._poll_heartbeats(NOW)
+    assert mon.heartbeat_ages == {"up": 7.0}
+    assert value("cdc_heartbeat_age_seconds", pipeline="up", source=src.name) == 7.0
+    assert value("cdc_monitor_poll_errors_total", monitor="slot", source=src.name, check="heartbeat") == 1
+    assert "refused" in (mon.last_error or "")
