@@ -1,4 +1,5 @@
-"""Wiring of one pipeline worker from settings: Kafka clients, sink, decoder, transforms.
+"""The composition root: a data-plane worker (Kafka clients, sink, decoder, transforms) or a
+control-plane replica, wired from settings.
 
 This is the only place that turns configuration into live objects; the runner and the steps
 receive them ready-made (no client is created at import time).
@@ -6,9 +7,11 @@ receive them ready-made (no client is created at import time).
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -16,8 +19,7 @@ from typing import Any
 from confluent_kafka import Consumer, Producer
 
 from connectors.debezium import heartbeat_table, signal_table, topic_pattern
-from pipeline.control.monitor.group import build_monitors
-from pipeline.control.verify import coordination_monitors
+from pipeline.control.plane import ControlPlane
 from pipeline.core.events import ChangeEvent, Skip, TableId
 from pipeline.core.health import HealthServer
 from pipeline.core.logs import get_logger
@@ -143,27 +145,23 @@ def build_worker(settings: Settings, pipeline: PipelineSettings, *, serve_http: 
 
 
 def run_worker(settings: Settings, pipeline: PipelineSettings) -> int:
-    """Run one worker until SIGTERM/SIGINT; returns the process exit code.
+    """Run one data-plane worker until SIGTERM/SIGINT; returns the process exit code.
 
-    Beside the runner: the slot-lag and connector-state monitors of the pipeline's source
-    (``monitor.enabled``), the snapshot coordinator and cutover monitor, and the HTTP endpoints
-    (``metrics.enabled``).
+    The runner and the HTTP endpoints (``metrics.enabled``) only: the monitors, the snapshot
+    coordinator and the cutover monitor belong to ``cdc-pipeline control``. After a stop request
+    the worker has ``pipeline.shutdown_timeout_s`` to finish or abandon its batch; past it the
+    process exits anyway (offsets live in the target, so nothing is lost).
     """
     worker = build_worker(settings, pipeline)
-    monitors = build_monitors(settings, sources=[pipeline.source])
-    monitors.start()
-    # The snapshot coordinator (only the holder of the source's coordinator lock acts) and the
-    # cutover-readiness monitor.
-    coordination = coordination_monitors(settings, pipeline)
-    for poller in coordination:
-        poller.start()
     if worker.health is not None:
         worker.health.start()
         log.info("http endpoints", port=worker.health.port, paths=["/metrics", "/healthz", "/readyz"])
+    watchdog = ShutdownWatchdog(pipeline.shutdown_timeout_s)
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         log.info("stop requested", signal=signal.Signals(signum).name)
         worker.runner.request_stop()
+        watchdog.arm()
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -171,7 +169,75 @@ def run_worker(settings: Settings, pipeline: PipelineSettings) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        for poller in coordination:
-            poller.stop(10)
-        monitors.stop()
         worker.close()
+        watchdog.disarm()
+
+
+class ShutdownWatchdog:
+    """Bounds a shutdown: once armed, exits the process after ``timeout_s`` seconds unless
+    disarmed first (a sink call blocked on a frozen target must not outlive the grace period)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._timer: threading.Timer | None = None
+
+    def arm(self) -> None:
+        """Start the countdown (idempotent; signal-safe: starts a thread)."""
+        if self._timer is None:
+            self._timer = threading.Timer(self.timeout_s, self._expire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def disarm(self) -> None:
+        """Cancel the countdown."""
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _expire(self) -> None:
+        log.warning(
+            "shutdown took longer than the timeout; exiting (the batch in flight is abandoned)",
+            timeout_s=self.timeout_s,
+        )
+        os._exit(0)
+
+
+def run_control(
+    settings: Settings,
+    sources: Sequence[str] | None = None,
+    *,
+    lease: str | None = None,
+    stop: threading.Event | None = None,
+) -> int:
+    """Run one control-plane replica until SIGTERM/SIGINT (0) or the loss of its lease
+    (:data:`pipeline.control.plane.EXIT_LEASE_LOST`), serving ``/metrics``, ``/healthz`` and
+    ``/readyz`` when ``metrics.enabled``. ``stop`` (default: set by the signals when called from
+    the main thread) ends it too. Raises KeyError for an unknown source, KafkaException when the
+    lease group cannot be joined, OSError when the HTTP port cannot be bound.
+    """
+    for name in sources or ():
+        settings.source(name)
+    stop = stop or threading.Event()
+    plane = ControlPlane(settings, sources, lease=lease)
+    health = (
+        HealthServer(settings.metrics.host, settings.metrics.port, plane.readiness)
+        if settings.metrics.enabled
+        else None
+    )
+    previous: dict[signal.Signals, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("stop requested", signal=signal.Signals(signum).name)
+            stop.set()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        if health is not None:
+            health.start()
+            log.info("http endpoints", port=health.port, paths=["/metrics", "/healthz", "/readyz"])
+        return plane.run(stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if health is not None:
+            health.stop()

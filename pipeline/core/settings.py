@@ -402,6 +402,9 @@ class PipelineSettings(_Model):
     retry: RetrySettings = Field(default_factory=RetrySettings)
     dlq: DlqSettings = Field(default_factory=DlqSettings)
     transforms: list[TransformRule] = Field(default_factory=list)
+    shutdown_timeout_s: float = Field(
+        30.0, gt=0, description="Seconds a stopping worker may take to finish or abandon its batch; then it exits."
+    )
 
     @property
     def resolved_consumer_group(self) -> str:

@@ -608,7 +608,7 @@ def cli_app() -> typer.Typer:
     """Registers the two commands the way pipeline/cli/__init__.py does with `run`."""
     app = typer.Typer()
     app.command(name="lag")(lag_cmd.lag)
-    app.command(name="monitor")(monitor_cmd.monitor)
+    app.command(name="monitor")(monitor_cmd.control)
     return app
 
 

@@ -1,0 +1,130 @@
+"""The control-plane process (``cdc-pipeline control``): holds or waits for the lease, and while it
+holds it runs every loop that must run once per source or pipeline: slot, heartbeat, publication and
+connector monitors with connector auto-restart, the snapshot coordinator, the cutover-readiness
+monitor. A replica that loses the lease stops them and exits, so no stale loop or gauge survives it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from pipeline.control.lease import KafkaLease, lease_name
+from pipeline.control.monitor.group import build_monitors
+from pipeline.control.polling import PollingMonitor
+from pipeline.control.snapshot import build_coordinator
+from pipeline.control.verify import CutoverMonitor, VerifySettings, is_portable_target
+from pipeline.core.logs import get_logger
+from pipeline.core.settings import Settings
+
+log = get_logger(__name__)
+
+EXIT_LEASE_LOST = 3
+"""Exit code of a replica that lost the lease (its supervisor restarts it as a standby)."""
+
+
+@dataclass
+class Loops:
+    """The loops of one active term: started together, stopped together (bounded)."""
+
+    monitors: list[PollingMonitor] = field(default_factory=list)
+
+    def start(self) -> None:
+        """Start every loop (each polls at once, then on its interval)."""
+        for loop in self.monitors:
+            loop.start()
+
+    def stop(self, timeout_s: float) -> None:
+        """Stop every loop, waiting at most ``timeout_s`` seconds in total."""
+        per_loop = timeout_s / max(1, len(self.monitors))
+        for loop in self.monitors:
+            loop.stop(per_loop)
+
+
+def build_loops(settings: Settings, sources: Sequence[str]) -> Loops:
+    """The control loops for ``sources`` (names): their monitors (connector auto-restart on),
+    one snapshot coordinator per source, and the cutover-readiness monitor of each pipeline whose
+    target stores verification results. Not started. Raises KeyError for an unknown source."""
+    group = build_monitors(settings, sources=sources, restart_connectors=True)
+    loops: list[PollingMonitor] = list(group.monitors)
+    verify = VerifySettings.from_config(settings.verify)
+    for name in sources:
+        source = settings.source(name)
+        loops.append(build_coordinator(settings, source))
+        for pipeline in settings.pipelines:
+            if pipeline.source != name:
+                continue
+            if is_portable_target(pipeline):
+                log.info("cutover readiness not monitored for this target", pipeline=pipeline.name)
+                continue
+            loops.append(CutoverMonitor(settings, pipeline, verify))
+    return Loops(loops)
+
+
+class ControlPlane:
+    """One replica of the control plane for ``sources`` (all the config's sources by default).
+
+    ``run(stop)`` joins the lease group and serves it until ``stop`` is set (returns 0) or the
+    lease is lost (returns :data:`EXIT_LEASE_LOST`). Loops are built when the lease is acquired,
+    so a standby opens no database or Connect connection. Raises KafkaException when the lease
+    group cannot be joined.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        sources: Sequence[str] | None = None,
+        *,
+        lease: str | None = None,
+        loops: Callable[[Settings, Sequence[str]], Loops] = build_loops,
+        stop_timeout_s: float = 20.0,
+    ) -> None:
+        self.settings = settings
+        self.sources = list(sources) if sources is not None else [s.name for s in settings.sources]
+        self._build = loops
+        self._stop_timeout_s = stop_timeout_s
+        self._loops: Loops | None = None
+        self._lost = False
+        self.lease = KafkaLease(
+            settings.kafka.client_config(),
+            lease or lease_name(self.sources),
+            on_acquired=self._acquired,
+            on_lost=self._lease_lost,
+        )
+
+    @property
+    def active(self) -> bool:
+        """True while this replica holds the lease."""
+        return self.lease.active
+
+    def readiness(self) -> tuple[bool, dict[str, object]]:
+        """``/readyz``: ready as an active replica or as a standby serving its membership."""
+        return True, {"lease": self.lease.name, "replica": self.lease.replica, "active": self.lease.active}
+
+    def run(self, stop: threading.Event) -> int:
+        """Serve the lease until ``stop`` or the loss of the lease; see the class doc."""
+        self.lease.join()
+        log.info("control plane started", lease=self.lease.name, replica=self.lease.replica, sources=self.sources)
+        try:
+            while not stop.is_set() and not self._lost:
+                self.lease.poll(0.5)
+        finally:
+            self._stop_loops()
+            self.lease.close()
+        log.info("control plane stopped", lease=self.lease.name, lost=self._lost)
+        return EXIT_LEASE_LOST if self._lost else 0
+
+    def _acquired(self) -> None:
+        self._loops = self._build(self.settings, self.sources)
+        self._loops.start()
+        log.info("control loops started", loops=[f"{m.kind}:{m.name}" for m in self._loops.monitors])
+
+    def _lease_lost(self) -> None:
+        self._lost = True
+        self._stop_loops()
+
+    def _stop_loops(self) -> None:
+        if self._loops is not None:
+            self._loops.stop(self._stop_timeout_s)
+            self._loops = None
