@@ -1,7 +1,9 @@
 """Prometheus alert rules (deploy/prometheus): `promtool test rules` passes, every alert has a
 firing and a non-firing case, the rules only use exported metrics, each has a runbook
-section, and the rule tests do catch a broken rule. promtool missing is a failure, not a
-skip (`apt-get install -y prometheus`; `make setup` installs it)."""
+section, and the rule tests do catch a broken rule. Each rule reads one plane's metrics, and the
+rules on control-plane metrics aggregate `instance` away (one alert whichever replica exports
+the series). promtool missing is a failure, not a skip (`apt-get install -y prometheus`;
+`make setup` installs it)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from pipeline.core import metrics
 from tests.unit.test_dashboard import exported_series, promql_metric_names
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,8 +33,46 @@ REQUIRED_ALERTS = {
     "ConnectorTaskFailed",
     "DlqReceivingMessages",
     "PipelineDown",
+    "ControlPlaneNoActiveReplica",
+    "ControlPlaneSplitBrain",
 }
 PROMETHEUS_OWN = {"up"}  # series Prometheus itself records per scrape target
+
+# Which process exports a metric. Workers (`cdc-pipeline run`) export what they consume and
+# apply; the control plane (`cdc-pipeline control`) exports the source-level series from its
+# active replica and cdc_control_* from every replica; both export cdc_up.
+WORKER_METRICS = {
+    "cdc_ready",
+    "cdc_in_backoff",
+    "cdc_assigned_partitions",
+    "cdc_messages_consumed_total",
+    "cdc_messages_skipped_total",
+    "cdc_events_applied_total",
+    "cdc_rows_written_total",
+    "cdc_batches_total",
+    "cdc_batch_messages",
+    "cdc_batch_duration_seconds",
+    "cdc_commit_to_apply_seconds",
+    "cdc_last_applied_source_timestamp_seconds",
+    "cdc_retries_total",
+    "cdc_dlq_messages_total",
+    "cdc_consumer_lag_messages",
+    "cdc_consumer_lag_seconds",
+}
+CONTROL_PREFIXES = (
+    "cdc_control_",
+    "cdc_monitor_",
+    "cdc_source_",
+    "cdc_replication_slot_",
+    "cdc_publication_",
+    "cdc_heartbeat_",
+    "cdc_connector_",
+    "cdc_snapshot_",
+    "cdc_verify_",
+    "cdc_cutover_",
+)
+BOTH_PLANES = {"cdc_up"}
+_AGGREGATION_BY = re.compile(r"\b(?:sum|min|max|avg|count)\s+by\s*\(([^)]*)\)\s*$")
 
 
 def promtool() -> str:
@@ -122,3 +163,72 @@ def test_rule_tests_catch_a_broken_threshold(tmp_path: Path) -> None:
     proc = run("test", "rules", "alerts_test.yml", cwd=tmp_path)
     assert proc.returncode != 0
     assert "MigrationLagCritical" in proc.stdout + proc.stderr
+
+
+def plane_of(series: str) -> str:
+    """``worker``, ``control`` or ``both`` for an exported series name (histograms also by
+    their ``_bucket``/``_sum``/``_count`` series)."""
+    histogram = re.sub(r"_(bucket|sum|count)$", "", series)
+    if series in WORKER_METRICS or histogram in WORKER_METRICS:
+        return "worker"
+    if series in BOTH_PLANES:
+        return "both"
+    if series.startswith(CONTROL_PREFIXES):
+        return "control"
+    raise AssertionError(f"{series}: say which plane exports it (WORKER_METRICS or CONTROL_PREFIXES)")
+
+
+def test_every_metric_belongs_to_a_plane() -> None:
+    planes = {info.name: plane_of(info.name) for info in metrics.catalogue()}
+    assert set(planes) >= WORKER_METRICS, WORKER_METRICS - set(planes)
+    assert planes["cdc_control_active"] == "control" and planes["cdc_in_backoff"] == "worker"
+
+
+def test_each_rule_reads_one_plane() -> None:
+    for rule in rules():
+        planes = {plane_of(n) for n in promql_metric_names(rule["expr"]) - PROMETHEUS_OWN}
+        assert len(planes - {"both"}) <= 1, f"{rule['alert']} mixes planes: {planes}"
+
+
+def enclosing_aggregations(expr: str, position: int) -> list[str]:
+    """Label lists of the ``agg by (labels) (...)`` calls whose argument encloses ``position``,
+    innermost first; ``absent(...)`` counts as an aggregation with no labels."""
+    opened: list[int] = []
+    for i, char in enumerate(expr[:position]):
+        if char == "(":
+            opened.append(i)
+        elif char == ")" and opened:
+            opened.pop()
+    found: list[str] = []
+    for start in reversed(opened):
+        before = expr[:start]
+        match = _AGGREGATION_BY.search(before)
+        if match:
+            found.append(match.group(1))
+        elif re.search(r"\babsent\s*$", before):
+            found.append("")
+    return found
+
+
+def test_enclosing_aggregations() -> None:
+    expr = "max by (source) (rate(m_a[5m])) == 0 or absent(m_b) or m_c and min by (a, b) (m_d)"
+    assert enclosing_aggregations(expr, expr.index("m_a")) == ["source"]
+    assert enclosing_aggregations(expr, expr.index("m_b")) == [""]
+    assert enclosing_aggregations(expr, expr.index("m_c")) == []
+    assert enclosing_aggregations(expr, expr.index("m_d")) == ["a, b"]
+
+
+def test_control_plane_rules_aggregate_the_replica_away() -> None:
+    """A control-plane series moves from replica to replica at each takeover (and an old
+    deployment exports it from several processes): a rule that kept `instance` would fire once
+    per replica and restart its `for` at every takeover. tests/unit promtool cases check the
+    behaviour; this checks every rule, also future ones."""
+    for rule in rules():
+        expr = " ".join(rule["expr"].split())
+        for name in promql_metric_names(expr) - PROMETHEUS_OWN:
+            if plane_of(name) != "control":
+                continue
+            for match in re.finditer(rf"(?<![\w:]){re.escape(name)}(?![\w:])", expr):
+                aggregations = enclosing_aggregations(expr, match.start())
+                assert aggregations, f"{rule['alert']}: {name} is not aggregated over replicas"
+                assert "instance" not in aggregations[-1], f"{rule['alert']}: keeps instance"

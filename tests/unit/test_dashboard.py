@@ -1,6 +1,7 @@
 """The Grafana dashboard and its provisioning files: every PromQL expression references only
 metrics that pipeline/core/metrics.py defines, parses as PromQL (promtool), and the panels the
-issue asks for are there."""
+issue asks for are there; the control-plane stat names the active replica and is red when none
+or more than one is active (its query evaluated by promtool)."""
 
 from __future__ import annotations
 
@@ -178,6 +179,57 @@ def test_dashboard_exprs_are_valid_promql(tmp_path: Path) -> None:
     path = tmp_path / "dashboard_rules.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}), encoding="utf-8")
     proc = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _threshold_color(steps: list[dict[str, Any]], value: float) -> str:
+    color = steps[0]["color"]
+    for step in steps[1:]:
+        if value >= step["value"]:
+            color = step["color"]
+    return str(color)
+
+
+def test_control_plane_active_replica_panel(tmp_path: Path) -> None:
+    """The stat shows one sample per active replica (legend: the replica) valued by how many are
+    active in its lease, or a 'none' sample valued 0: green only at exactly 1."""
+    (panel,) = [p for p in _panels(dashboard()["panels"]) if p["title"] == "Control plane: active replica"]
+    assert panel["type"] == "stat" and panel["options"]["colorMode"] == "background"
+    (target,) = panel["targets"]
+    assert target["legendFormat"] == "{{replica}}"
+    steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert [_threshold_color(steps, v) for v in (0, 1, 2, 3)] == ["red", "green", "red", "red"]
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool not found: apt-get install -y prometheus (see deploy/local/install-system-packages.sh)")
+    rules = {"groups": [{"name": "g", "rules": [{"record": "stat", "expr": target["expr"]}]}]}
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules), encoding="utf-8")
+    replica = 'cdc_control_active{{lease="app",replica="{0}",instance="{0}:9108"}}'
+    cases = {
+        "one active, one standby": ([(replica.format("c0"), "1x3"), (replica.format("c1"), "0x3")], {"c0": 1}),
+        "split brain": ([(replica.format("c0"), "1x3"), (replica.format("c1"), "1x3")], {"c0": 2, "c1": 2}),
+        "standbys only": ([(replica.format("c0"), "0x3"), (replica.format("c1"), "0x3")], {"none": 0}),
+        "no control replica scraped": ([('up{instance="w1:9108"}', "1x3")], {"none": 0}),
+    }
+    tests = []
+    for name, (series, expected) in cases.items():
+        lease = "" if name == "no control replica scraped" else 'lease="app",'
+        samples = [{"labels": f'stat{{{lease}replica="{r}"}}', "value": v} for r, v in expected.items()]
+        tests.append(
+            {
+                "name": name,
+                "interval": "1m",
+                "input_series": [{"series": s, "values": v} for s, v in series],
+                "promql_expr_test": [{"expr": "stat", "eval_time": "2m", "exp_samples": samples}],
+            }
+        )
+        colors = {_threshold_color(steps, v) for v in expected.values()}
+        assert colors == ({"green"} if name == "one active, one standby" else {"red"}), name
+    doc = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": tests}
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(doc), encoding="utf-8")
+    proc = subprocess.run(
+        [promtool, "test", "rules", "tests.yml"], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
