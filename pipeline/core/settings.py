@@ -420,7 +420,7 @@ class PipelineSettings(_Model):
 class MonitorSettings(_Model):
     """Replication-slot lag monitor and thresholds used by alerts and throttling."""
 
-    enabled: bool = Field(True, description="Run the slot-lag and connector monitors in workers.")
+    enabled: bool = Field(True, description="Run the slot-lag and connector monitors in the control plane.")
     interval_s: float = Field(15.0, gt=0, description="Seconds between slot polls.")
     wal_rate_window_s: float = Field(300.0, gt=0, description="Sliding window of the WAL rate, seconds.")
     connector_auto_restart: bool = Field(True, description="Restart FAILED connector tasks with backoff.")

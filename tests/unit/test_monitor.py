@@ -655,9 +655,6 @@ def test_lag_command_table_and_unknown_pipeline(tmp_path: Path) -> None:
 
 
 def test_monitor_command_refuses_bad_invocations(tmp_path: Path) -> None:
-    disabled = str(write_config(tmp_path, "monitor:\n  enabled: false\n"))
-    result = CliRunner().invoke(cli_app(), ["monitor", "-c", disabled])
-    assert result.exit_code == 2 and "monitor.enabled" in result.output
     config = str(write_config(tmp_path))
     result = CliRunner().invoke(cli_app(), ["monitor", "-c", config, "--source", "nope"])
     assert result.exit_code == 2 and "unknown source" in result.output
