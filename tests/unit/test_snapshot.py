@@ -11,29 +11,26 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.control.snapshot import (
-    SIGNAL_DATA_MAX,
+from pipeline.control.snapshot.lag import LagReading, Throttle, ThrottleAction, lag_per_partition
+from pipeline.control.snapshot.loop import SnapshotCoordinator
+from pipeline.control.snapshot.model import (
     Condition,
-    LagReading,
     Notification,
     RequestState,
-    SnapshotCoordinator,
     SnapshotKind,
     SnapshotRequest,
     SnapshotSettings,
     TableProgress,
     TableState,
-    Throttle,
-    ThrottleAction,
-    apply_notification,
+)
+from pipeline.control.snapshot.notifications import apply_notification, notification_matches, parse_notification
+from pipeline.control.snapshot.progress import export_snapshot_metrics
+from pipeline.control.snapshot.signals import (
+    SIGNAL_DATA_MAX,
     captured_by_include_list,
     execute_snapshot_data,
-    export_snapshot_metrics,
     key_range_filters,
-    lag_per_partition,
     merge_ranges,
-    notification_matches,
-    parse_notification,
     split_include_list,
     stop_snapshot_data,
 )
