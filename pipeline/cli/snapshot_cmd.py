@@ -1,5 +1,6 @@
 """``cdc-pipeline snapshot start|stop|pause|resume|status|coordinate``: Debezium ad hoc snapshots
-through the source's signal table and the durable request queue (:mod:`pipeline.control.snapshot`).
+through the source's signal table and the durable request queue (:mod:`pipeline.control.snapshot`;
+``docs/design/snapshot.md``).
 
 ``start`` queues a request and signals it at once when no other request of the source is in
 flight (the queue guarantees one at a time); with ``--wait`` it also follows the notifications
@@ -25,16 +26,9 @@ import typer
 
 from pipeline.cli.common import ConfigOption, fail, load_or_exit
 from pipeline.cli.source_cmd import SourceOption, select_sources
-from pipeline.control.snapshot import (
-    Condition,
-    NothingToSignalError,
-    RequestState,
-    SnapshotKind,
-    SnapshotQueue,
-    SnapshotRequest,
-    SnapshotSettings,
-    build_coordinator,
-)
+from pipeline.control.snapshot.model import Condition, RequestState, SnapshotKind, SnapshotRequest, SnapshotSettings
+from pipeline.control.snapshot.sql import NothingToSignalError, SnapshotQueue
+from pipeline.control.snapshot.wiring import build_coordinator
 from pipeline.core.logs import configure_logging, get_logger
 from pipeline.core.settings import Settings, SourceSettings
 

@@ -17,7 +17,7 @@ import sqlalchemy.exc
 import typer
 
 from pipeline.cli.common import ConfigOption, fail, load_or_exit
-from pipeline.control.snapshot import SnapshotRequest
+from pipeline.control.snapshot.model import SnapshotRequest
 from pipeline.control.verify import (
     VerifyResult,
     VerifySettings,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pipeline.control.lease import KafkaLease, lease_name
 from pipeline.control.monitor.group import build_monitors
 from pipeline.control.polling import PollingMonitor
-from pipeline.control.snapshot import build_coordinator
+from pipeline.control.snapshot.wiring import build_coordinator
 from pipeline.control.verify import CutoverMonitor, VerifySettings, is_portable_target
 from pipeline.core.logs import get_logger
 from pipeline.core.settings import Settings

@@ -84,19 +84,12 @@ from connectors.source_prep import conninfo as source_conninfo
 from pipeline.control.monitor.heartbeat import heartbeat_target_table
 from pipeline.control.monitor.legacy_target_read import read_heartbeat
 from pipeline.control.polling import PollingMonitor
-from pipeline.control.snapshot import (
-    Condition,
-    ConsumerLagProbe,
-    KeyRange,
-    SnapshotCoordinator,
-    SnapshotKind,
-    SnapshotRequest,
-    SnapshotSettings,
-    key_range_filters,
-    lag_per_partition,
-    pipeline_offsets,
-    topic_regex,
-)
+from pipeline.control.snapshot.kafka import ConsumerLagProbe
+from pipeline.control.snapshot.lag import lag_per_partition
+from pipeline.control.snapshot.loop import SnapshotCoordinator
+from pipeline.control.snapshot.model import Condition, SnapshotKind, SnapshotRequest, SnapshotSettings
+from pipeline.control.snapshot.signals import KeyRange, key_range_filters
+from pipeline.control.snapshot.wiring import pipeline_offsets, topic_regex
 from pipeline.core import metrics
 from pipeline.core.events import TableId
 from pipeline.core.logs import get_logger
@@ -1600,7 +1593,7 @@ def repair_pipeline(
     (at most ``repair_timeout_s``) for the snapshots; ``coordinator`` defaults to one built for
     the source (it acts only if no other coordinator holds the source's lock; otherwise the
     running one sends the requests). Verify again afterwards. Raises psycopg.Error."""
-    from pipeline.control.snapshot import build_coordinator  # noqa: PLC0415 - heavy wiring only when repairing
+    from pipeline.control.snapshot.wiring import build_coordinator  # noqa: PLC0415 - heavy wiring only when repairing
 
     cfg = config or VerifySettings()
     source = settings.source(pipeline.source)
@@ -1649,7 +1642,7 @@ def coordination_monitors(
     runner: the snapshot coordinator of its source (every worker runs one; only the holder of
     the source's coordinator lock acts) and the cutover monitor. Not started: call ``start()``
     on each, and ``stop(timeout_s)`` at shutdown (bounded joins)."""
-    from pipeline.control.snapshot import build_coordinator  # noqa: PLC0415 - Connect/Kafka clients only when wired
+    from pipeline.control.snapshot.wiring import build_coordinator  # noqa: PLC0415 - Connect/Kafka clients only when wired
 
     source = settings.source(pipeline.source)
     snapshot = snapshot or SnapshotSettings.from_config(settings.snapshot)

@@ -25,7 +25,9 @@ from connectors.connect_client import ConnectClient
 from connectors.debezium import build_connector_config, notification_topic, signal_table
 from pipeline.cli.snapshot_cmd import app as snapshot_app
 from pipeline.cli.verify_cmd import verify
-from pipeline.control.snapshot import Notification, SnapshotQueue, SnapshotRequest, parse_notification
+from pipeline.control.snapshot.model import Notification, SnapshotRequest
+from pipeline.control.snapshot.notifications import parse_notification
+from pipeline.control.snapshot.sql import SnapshotQueue
 from pipeline.core.logs import configure_logging
 from pipeline.core.settings import Settings, load_settings
 from tests.e2e.conftest import E2EPipeline

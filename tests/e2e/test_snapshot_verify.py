@@ -8,7 +8,7 @@ import json
 import signal
 import time
 
-from pipeline.control.snapshot import RequestState, SnapshotKind, TableState
+from pipeline.control.snapshot.model import RequestState, SnapshotKind, TableState
 from pipeline.control.verify import CutoverMonitor, VerifySettings
 from pipeline.core import metrics
 from tests.e2e.conftest import E2EPipeline, table_rows

@@ -6,39 +6,51 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+from confluent_kafka import TopicPartition
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.control.snapshot import (
-    SIGNAL_DATA_MAX,
-    Condition,
+from pipeline.control.snapshot.kafka import ConsumerLagProbe
+from pipeline.control.snapshot.lag import (
+    UNKNOWN_NO_OFFSETS,
+    ConsumerLag,
     LagReading,
+    Throttle,
+    ThrottleAction,
+    lag_per_partition,
+    lag_reader,
+)
+from pipeline.control.snapshot.loop import SnapshotCoordinator
+from pipeline.control.snapshot.model import (
+    Condition,
     Notification,
     RequestState,
-    SnapshotCoordinator,
     SnapshotKind,
     SnapshotRequest,
     SnapshotSettings,
     TableProgress,
     TableState,
-    Throttle,
-    ThrottleAction,
-    apply_notification,
+)
+from pipeline.control.snapshot.notifications import apply_notification, notification_matches, parse_notification
+from pipeline.control.snapshot.progress import export_snapshot_metrics
+from pipeline.control.snapshot.signals import (
+    SIGNAL_DATA_MAX,
     captured_by_include_list,
     execute_snapshot_data,
-    export_snapshot_metrics,
     key_range_filters,
-    lag_per_partition,
     merge_ranges,
-    notification_matches,
-    parse_notification,
     split_include_list,
     stop_snapshot_data,
 )
+from pipeline.control.snapshot.wiring import pipeline_offsets, topic_regex
 from pipeline.core import metrics
-from pipeline.core.settings import SourceSettings
+from pipeline.core.batch import ReducedBatch
+from pipeline.core.settings import PipelineSettings, Settings, SourceSettings
+from sinks.base import TransientSinkError
+from sinks.factory import make_target
 
 RID = uuid.UUID("c0dfd0ad-d023-407d-be30-f3a3fa0a2f46")
 
@@ -443,3 +455,158 @@ def test_poll_leaves_a_user_pause_and_idle_queues_alone() -> None:
     c.config = SnapshotSettings(auto_snapshot_new_tables=False)
     c.poll_once()  # nothing in flight: no lag reading, just the next request
     assert idle.calls == ["send"]
+
+
+# --------------------------------------------------------------------------- bug 4: unknown consumer lag is never 0
+
+
+class FakeProbe:
+    """A lag probe with canned per-pipeline lags (``survey``) or a Kafka failure."""
+
+    def __init__(self, lags: list[ConsumerLag] | None) -> None:
+        self.lags = lags
+
+    def survey(self) -> list[ConsumerLag]:
+        if self.lags is None:
+            raise ConnectionError("Kafka is down")
+        return self.lags
+
+
+def test_unknown_consumer_lag_never_reads_as_zero() -> None:
+    throttle = Throttle(max_wal_retained_bytes=None, max_consumer_lag=100, resume_ratio=0.5)
+    # No pipeline measured (all targets skipped or unreadable) and a Kafka failure: unknown, not 0.
+    for probe in (FakeProbe([]), FakeProbe(None)):
+        reading = lag_reader("src", None, probe)()
+        assert reading.consumer_lag is None and not reading.consumer_lag_known
+        assert throttle.decide(reading, paused_by_throttle=True) is ThrottleAction.NONE  # stays paused
+        assert throttle.unknown(reading) == ["consumer_lag"]
+    # One pipeline caught up, one not measured (no offsets yet / target down): no resume ...
+    partial = lag_reader(
+        "src", None, FakeProbe([ConsumerLag("a", {("t", 0): 3}), ConsumerLag("b", {}, UNKNOWN_NO_OFFSETS)])
+    )()
+    assert partial.consumer_lag == 3 and partial.unmeasured == ("b",)
+    assert throttle.decide(partial, paused_by_throttle=True) is ThrottleAction.NONE
+    # ... but a measured lag above the limit pauses even when another pipeline is unknown.
+    behind = lag_reader(
+        "src", None, FakeProbe([ConsumerLag("a", {("t", 0): 500}), ConsumerLag("b", {}, "TransientSinkError: down")])
+    )()
+    assert throttle.decide(behind, paused_by_throttle=False) is ThrottleAction.PAUSE
+    # Every pipeline measured and low: resume.
+    low = lag_reader("src", lambda: 7, FakeProbe([ConsumerLag("a", {("t", 0): 3}), ConsumerLag("b", {})]))()
+    assert low == LagReading(7, 3) and low.consumer_lag_known
+    assert throttle.decide(low, paused_by_throttle=True) is ThrottleAction.RESUME
+
+
+def test_poll_keeps_a_throttle_pause_while_consumer_lag_is_unknown() -> None:
+    q = FakeQueue(request(state=RequestState.RUNNING, paused_by="throttle"))
+    c = coordinator(q, [LagReading(None, None), LagReading(None, 0, ("b",)), LagReading(None, 10)])
+    c.config = SnapshotSettings(auto_snapshot_new_tables=False, max_consumer_lag=100)
+    before = sample("cdc_monitor_poll_errors_total", monitor="snapshot", source="fake", check="consumer_lag") or 0
+    c.poll_once()
+    c.poll_once()
+    assert q.calls == ["send", "send"]  # no resume on an unknown lag
+    assert c.lag_unknown == ("consumer_lag",) and c.last_lag == LagReading(None, 0, ("b",))
+    after = sample("cdc_monitor_poll_errors_total", monitor="snapshot", source="fake", check="consumer_lag")
+    assert after == before + 2
+    c.poll_once()  # measured and low again: resume
+    assert q.calls == ["send", "send", "resume:throttle", "send"]
+    assert c.lag_unknown == ()
+
+
+def settings_with_targets(tmp_path: Path) -> tuple[Settings, SourceSettings]:
+    src = SourceSettings(name="lagsrc", database="d", user="u", tables=["public.items"])
+    urls = {
+        "pg": "postgresql://u@127.0.0.1:1/db",
+        "maria": "mariadb+pymysql://u@127.0.0.1:1/db",
+        "lite": f"sqlite:///{tmp_path / 'target.db'}",
+        "fresh": f"sqlite:///{tmp_path / 'fresh.db'}",
+    }
+    pipes = [PipelineSettings(name=n, source="lagsrc", target={"url": u}) for n, u in urls.items()]
+    other = PipelineSettings(name="other", source="elsewhere", target={"url": urls["pg"]})
+    elsewhere = SourceSettings(name="elsewhere", database="d", user="u", tables=["public.items"])
+    return Settings(sources=[src, elsewhere], pipelines=[*pipes, other]), src
+
+
+def test_pipeline_offsets_cover_every_target_kind(tmp_path: Path) -> None:
+    settings, src = settings_with_targets(tmp_path)
+    found = pipeline_offsets(settings, src)
+    assert [(p.pipeline, p.group) for p in found] == [
+        ("pg", "cdc.pg"),
+        ("maria", "cdc.maria"),
+        ("lite", "cdc.lite"),
+        ("fresh", "cdc.fresh"),
+    ]
+
+
+class FakeTopic:
+    def __init__(self, partitions: int) -> None:
+        self.error = None
+        self.partitions = dict.fromkeys(range(partitions))
+
+
+class FakeMetadataConsumer:
+    """``list_topics`` and ``get_watermark_offsets`` of a Kafka consumer, from a dict."""
+
+    def __init__(self, marks: dict[tuple[str, int], tuple[int, int]]) -> None:
+        self.marks = marks
+        self.closed = False
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> object:
+        topics: dict[str, FakeTopic] = {}
+        for name, _ in self.marks:
+            topics[name] = FakeTopic(sum(1 for t, _ in self.marks if t == name))
+
+        class Meta:
+            pass
+
+        meta = Meta()
+        meta.topics = topics  # type: ignore[attr-defined]
+        return meta
+
+    def get_watermark_offsets(self, partition: TopicPartition, timeout: float | None = None, cached: bool = False):  # type: ignore[no-untyped-def]
+        return self.marks[(partition.topic, partition.partition)]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_lag_probe_reads_offsets_stored_in_a_sqlite_target(tmp_path: Path) -> None:
+    """The SQLite target's ``group_offsets`` (a real file, no server) feeds the consumer lag."""
+    settings, src = settings_with_targets(tmp_path)
+    lite = next(p for p in settings.pipelines if p.name == "lite")
+    writer = make_target(lite, purpose="test")
+    try:
+        writer.apply(ReducedBatch(), "cdc.lite", {("lagsrc.public.items", 0): 40, ("lagsrc.public.items", 1): 7})
+    finally:
+        writer.close()
+    marks = {("lagsrc.public.items", 0): (0, 100), ("lagsrc.public.items", 1): (5, 7), ("unrelated", 0): (0, 9)}
+    consumer = FakeMetadataConsumer(marks)
+    offsets = [p for p in pipeline_offsets(settings, src) if p.pipeline in ("lite", "fresh")]
+    probe = ConsumerLagProbe({}, topic_regex(src), offsets, factory=lambda _config: consumer)
+    try:
+        lite_lag, fresh_lag = probe.read()
+        assert lite_lag == ConsumerLag("lite", {("lagsrc.public.items", 0): 60, ("lagsrc.public.items", 1): 0})
+        assert lite_lag.total == 60
+        # A group that stored nothing yet: counted from the low watermarks, but unknown as a lag.
+        assert fresh_lag.unknown == UNKNOWN_NO_OFFSETS and fresh_lag.total == 102
+        reading = lag_reader("lagsrc", None, probe)()
+        assert reading == LagReading(None, 60, ("fresh",))
+    finally:
+        probe.close()
+    assert consumer.closed
+
+
+def test_lag_probe_survey_reports_an_unreachable_target_as_unknown(tmp_path: Path) -> None:
+    settings, src = settings_with_targets(tmp_path)
+    offsets = [p for p in pipeline_offsets(settings, src) if p.pipeline in ("pg", "lite")]
+    consumer = FakeMetadataConsumer({("lagsrc.public.items", 0): (0, 10)})
+    probe = ConsumerLagProbe({}, topic_regex(src), offsets, factory=lambda _config: consumer)
+    try:
+        pg, lite = probe.survey()  # nothing listens on 127.0.0.1:1
+        assert pg.pipeline == "pg" and pg.unknown is not None and pg.partitions == {}
+        assert lite.unknown == UNKNOWN_NO_OFFSETS
+        with pytest.raises(TransientSinkError):
+            probe.read()
+        assert lag_reader("lagsrc", None, probe)().consumer_lag is None  # nothing known: not 0
+    finally:
+        probe.close()
