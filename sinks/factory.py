@@ -114,6 +114,7 @@ def make_sink(pipeline: PipelineSettings) -> Sink:
             control_schema=target.control_schema,
             create_tables=target.create_tables,
             add_columns=target.add_columns,
+            stall_timeout_s=target.stall_timeout_s,
         )
     except UnsupportedTargetError as exc:
         raise UnsupportedTargetError(f"pipelines[{pipeline.name}].{exc}") from None
@@ -142,6 +143,7 @@ def make_target(pipeline: PipelineSettings, *, purpose: str = "worker") -> Targe
             control_schema=target.control_schema,
             create_tables=target.create_tables,
             add_columns=target.add_columns,
+            stall_timeout_s=target.stall_timeout_s,
         )
     except UnsupportedTargetError as exc:
         raise UnsupportedTargetError(f"pipelines[{pipeline.name}].{exc}") from None

@@ -312,11 +312,14 @@ class PostgresSink:
 
     def _truncate(self, conn: Conn, table: TableId, position: Position) -> int:
         name = str(table)
-        cur = conn.execute(
-            sql.SQL("DELETE FROM {} WHERE ({}, {}) < (%s, %s)").format(
-                qualified(table), sql.Identifier(VERSION_COLUMNS[0]), sql.Identifier(VERSION_COLUMNS[1])
-            ),
-            (position.commit_lsn, position.lsn),
+        cur = conn.execute(  # values as literals: a '%' in a data identifier must not read as a placeholder
+            sql.SQL("DELETE FROM {} WHERE ({}, {}) < ({}, {})").format(
+                qualified(table),
+                sql.Identifier(VERSION_COLUMNS[0]),
+                sql.Identifier(VERSION_COLUMNS[1]),
+                sql.Literal(position.commit_lsn),
+                sql.Literal(position.lsn),
+            )
         )
         conn.execute(
             sql.SQL(
@@ -396,19 +399,22 @@ class PostgresSink:
                 copy.write_row(values)
         cols = sql.SQL(", ").join(map(sql.Identifier, all_cols))
         s_cols = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in all_cols)
+        # Values go in as literals and the statement is sent without parameters: psycopg would
+        # read a '%' inside a quoted data identifier as a placeholder.
         conditions: list[sql.Composable] = []
-        params: list[Any] = []
         if has_tombstones:
             conditions.append(
                 sql.SQL(
-                    "NOT EXISTS (SELECT 1 FROM {} t WHERE t.table_name = %s AND t.row_key = s.__cdc_key"
+                    "NOT EXISTS (SELECT 1 FROM {} t WHERE t.table_name = {} AND t.row_key = s.__cdc_key"
                     " AND (t.commit_lsn, t.lsn) >= (s.__cdc_commit_lsn, s.__cdc_lsn))"
-                ).format(self._ctl("tombstones"))
+                ).format(self._ctl("tombstones"), sql.Literal(str(table)))
             )
-            params.append(str(table))
         if watermark is not None:
-            conditions.append(sql.SQL("(s.__cdc_commit_lsn, s.__cdc_lsn) > (%s, %s)"))
-            params += [watermark.commit_lsn, watermark.lsn]
+            conditions.append(
+                sql.SQL("(s.__cdc_commit_lsn, s.__cdc_lsn) > ({}, {})").format(
+                    sql.Literal(watermark.commit_lsn), sql.Literal(watermark.lsn)
+                )
+            )
         where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
         if shape.keyless:
             conflict = sql.SQL("ON CONFLICT ({}) DO NOTHING").format(sql.Identifier(ROW_ID))
@@ -425,8 +431,7 @@ class PostgresSink:
         cur = conn.execute(
             sql.SQL("INSERT INTO {} AS tgt ({}) SELECT {} FROM {} s{} {}").format(
                 qualified(table), cols, s_cols, stg, where, conflict
-            ),
-            params,
+            )
         )
         conn.execute(sql.SQL("DROP TABLE {}").format(stg))
         return max(cur.rowcount, 0)
@@ -486,22 +491,24 @@ class PostgresSink:
             if seen:
                 continue
             cols = [c for c in d.key_values if c in shape.columns]
+            # Literals, no parameters: a '%' in a column name must not read as a placeholder.
             match = sql.SQL(" AND ").join(
                 sql.SQL(
-                    "{}::text IS NOT DISTINCT FROM %s::text" if c in json_cols else "{} IS NOT DISTINCT FROM %s"
-                ).format(sql.Identifier(c))
+                    "{}::text IS NOT DISTINCT FROM {}::text" if c in json_cols else "{} IS NOT DISTINCT FROM {}"
+                ).format(sql.Identifier(c), sql.Literal(_adapt(d.key_values[c], shape.columns[c] == "interval")))
                 for c in cols
             )
             row = conn.execute(
                 sql.SQL(
                     "DELETE FROM {t} WHERE {rid} = (SELECT {rid} FROM {t} WHERE {m}"
-                    " AND (__cdc_commit_lsn, __cdc_lsn) < (%s, %s) ORDER BY {rid} LIMIT 1) RETURNING {rid}"
-                ).format(t=qualified(table), rid=sql.Identifier(ROW_ID), m=match),
-                [
-                    *(_adapt(d.key_values[c], shape.columns[c] == "interval") for c in cols),
-                    d.position.commit_lsn,
-                    d.position.lsn,
-                ],
+                    " AND (__cdc_commit_lsn, __cdc_lsn) < ({c}, {l}) ORDER BY {rid} LIMIT 1) RETURNING {rid}"
+                ).format(
+                    t=qualified(table),
+                    rid=sql.Identifier(ROW_ID),
+                    m=match,
+                    c=sql.Literal(d.position.commit_lsn),
+                    l=sql.Literal(d.position.lsn),
+                )
             ).fetchone()
             markers = [d.key] + ([str(row[0])] if row else [])
             conn.cursor().executemany(

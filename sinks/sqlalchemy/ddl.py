@@ -9,8 +9,9 @@ Naming (``target.schema`` / ``target.control_schema`` per dialect):
 - SQLite: one file, no schemas without ``ATTACH``; ``schema.table`` maps to the table
   ``<schema>__<table>`` and the control tables to ``<control_schema>__offsets`` etc.
 
-Control tables (same meaning as :mod:`sinks.postgres.ddl`): ``offsets``, ``tombstones`` and
-``truncations``. Tombstones are keyed by ``(table_name, row_hash)`` with ``row_hash`` the
+Control tables (same meaning as :mod:`sinks.postgres.ddl`): ``offsets``, ``tombstones``,
+``truncations`` and ``known_columns`` (every column the sink has written, so one dropped by hand
+is noticed instead of re-created empty). Tombstones are keyed by ``(table_name, row_hash)`` with ``row_hash`` the
 SHA-256 hex of the canonical key text (stored too, in ``row_key``), because InnoDB keys are
 limited to 3072 bytes. Text columns of MariaDB tables use the binary, no-pad collation
 (``utf8mb4_nopad_bin``; MySQL 8: ``utf8mb4_0900_bin``) so keys compare like PostgreSQL's:
@@ -79,11 +80,12 @@ def row_hash(key: str) -> str:
 
 @dataclass(frozen=True)
 class ControlTables:
-    """The three control tables as SQLAlchemy ``Table`` objects."""
+    """The control tables as SQLAlchemy ``Table`` objects."""
 
     offsets: sa.Table
     tombstones: sa.Table
     truncations: sa.Table
+    known_columns: sa.Table
 
     @property
     def metadata(self) -> sa.MetaData:
@@ -126,6 +128,12 @@ def control_tables(control_schema: str, dialect: sa.engine.Dialect) -> ControlTa
             sa.Column("commit_lsn", sa.BigInteger, nullable=False),
             sa.Column("lsn", sa.BigInteger, nullable=False),
             sa.Column("truncated_at", ts, nullable=False),
+        ),
+        known_columns=make(
+            "known_columns",
+            sa.Column("table_name", sa.String(255), primary_key=True),
+            sa.Column("column_name", sa.String(255), primary_key=True),
+            sa.Column("seen_at", ts, nullable=False),
         ),
     )
 

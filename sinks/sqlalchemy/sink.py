@@ -22,11 +22,21 @@ SQLite runs each transaction as ``BEGIN IMMEDIATE`` (the write lock up front, so
 wait on ``busy_timeout`` instead of failing to upgrade a read lock) in WAL journal mode.
 MariaDB sessions use ``time_zone='+00:00'``, a strict ``sql_mode`` (bad values are errors, not
 warnings) and READ COMMITTED.
+
+Faults, as in :mod:`sinks.postgres.sink`: ``stall_timeout_s`` bounds a transaction. On MariaDB
+every socket read and write times out after it (PyMySQL ``read_timeout``/``write_timeout``) and
+a watchdog shuts the socket down when the whole transaction has not finished within it (a
+frozen server keeps the TCP connection open); on SQLite it is the busy timeout (a writer
+holding the file). Both surface as :class:`TransientSinkError`. A column or table the sink
+wrote that was dropped by hand raises :class:`~sinks.postgres.ddl.TargetSchemaError` (the
+``known_columns`` control table) instead of being re-created empty.
 """
 
 from __future__ import annotations
 
 import contextlib
+import socket
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -41,6 +51,7 @@ from pipeline.core.batch import Delete, ReducedBatch, TableChanges, Upsert
 from pipeline.core.events import Position, TableId
 from pipeline.core.logs import get_logger
 from sinks.base import ApplyResult, BatchRejectedError, OffsetMap, TopicPartition, TransientSinkError
+from sinks.postgres.ddl import TargetSchemaError
 from sinks.sqlalchemy import ddl, dml
 from sinks.sqlalchemy.ddl import ROW_ID, VERSION_COLUMNS, ControlTables, TableShape
 from sinks.sqlalchemy.types import MYSQL, SQLITE, UnsupportedValueError, adapt
@@ -52,6 +63,12 @@ log = get_logger(__name__)
 # (cannot connect, server gone away, lost connection).
 _TRANSIENT_MYSQL_CODES = frozenset({1040, 1053, 1205, 1213, 1927, 2002, 2003, 2006, 2013, 2055, 4031})
 _TRANSIENT_SQLITE_TEXT = ("database is locked", "database is busy", "disk i/o error")
+# The cached table shape is stale (a column or table went away under the worker): MariaDB 1054
+# unknown column, 1146 no such table; SQLite's messages. The retry re-reads the catalog, which
+# then names what was dropped (TargetSchemaError).
+_STALE_SHAPE_MYSQL_CODES = frozenset({1054, 1146})
+_STALE_SHAPE_SQLITE_TEXT = ("no such table", "no such column", "has no column named")
+DEFAULT_STALL_TIMEOUT_S = 120.0
 _MYSQL_SQL_MODE = "STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION"
 _IN_CHUNK = 500
 
@@ -70,18 +87,30 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def make_engine(url: URL) -> Engine:
+def is_stale_shape(exc: sa.exc.DBAPIError) -> bool:
+    """True when the statement named a column or table the target no longer has."""
+    orig = exc.orig
+    code = orig.args[0] if orig is not None and orig.args and isinstance(orig.args[0], int) else None
+    if code is not None:
+        return code in _STALE_SHAPE_MYSQL_CODES
+    text = str(orig).lower()
+    return any(t in text for t in _STALE_SHAPE_SQLITE_TEXT)
+
+
+def make_engine(url: URL, stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S) -> Engine:
     """An engine for a ``mysql+pymysql``/``mariadb+pymysql`` or ``sqlite`` URL with the session
-    settings of the module docstring. Raises ValueError for another dialect."""
+    settings of the module docstring; ``stall_timeout_s`` (seconds) is the SQLite busy timeout
+    and the MariaDB socket read/write timeout. Raises ValueError for another dialect."""
     if url.get_backend_name() == SQLITE:
-        engine = sa.create_engine(url, connect_args={"timeout": 30}, poolclass=sa.pool.NullPool)
+        engine = sa.create_engine(url, connect_args={"timeout": stall_timeout_s}, poolclass=sa.pool.NullPool)
+        busy_ms = max(int(stall_timeout_s * 1000), 1)
 
         @sa.event.listens_for(engine, "connect")
         def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (SQLAlchemy "pysqlite" docs)
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={busy_ms}")
             cur.close()
 
         @sa.event.listens_for(engine, "begin")
@@ -96,7 +125,12 @@ def make_engine(url: URL) -> Engine:
         isolation_level="READ COMMITTED",
         pool_pre_ping=True,
         pool_size=2,
-        connect_args={"connect_timeout": 10, "charset": "utf8mb4"},
+        connect_args={
+            "connect_timeout": 10,
+            "charset": "utf8mb4",
+            "read_timeout": stall_timeout_s,
+            "write_timeout": stall_timeout_s,
+        },
     )
 
     @sa.event.listens_for(engine, "connect")
@@ -114,6 +148,8 @@ class SqlAlchemySink:
 
     ``url`` is a SQLAlchemy URL object with the password already set (never logged).
     ``control_schema`` names the control tables' schema (MariaDB database; SQLite prefix).
+    ``stall_timeout_s`` bounds one transaction (seconds): past it the call raises
+    TransientSinkError (a frozen target must not hang the worker).
     """
 
     def __init__(
@@ -123,14 +159,17 @@ class SqlAlchemySink:
         control_schema: str = "cdc_control",
         create_tables: bool = True,
         add_columns: bool = True,
+        stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
     ) -> None:
-        self._engine = make_engine(url)
+        self._stall_timeout_s = stall_timeout_s
+        self._engine = make_engine(url, stall_timeout_s)
         self._dialect = ddl.dialect_kind(self._engine.dialect)
         self._control_schema = control_schema
         self._control_tables: ControlTables | None = None  # built once connected (server kind known)
         self._create_tables = create_tables
         self._add_columns = add_columns
         self._shapes: dict[TableId, TableShape] = {}
+        self._known: dict[TableId, set[str]] = {}
         self._control_ready = False
 
     @property
@@ -147,20 +186,47 @@ class SqlAlchemySink:
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
-        """A transaction; database errors become TransientSinkError or BatchRejectedError."""
+        """A transaction bounded by the stall guard; database errors become TransientSinkError
+        or BatchRejectedError."""
+        guard = _StallGuard(self._stall_timeout_s) if self._dialect == MYSQL else None
         try:
             with self._engine.begin() as conn:
+                if guard is not None:
+                    guard.arm(conn)
                 yield conn
         except sa.exc.DBAPIError as exc:
-            self._shapes.clear()
-            message = f"{type(exc.orig).__name__}: {_first_line(exc.orig)}"
-            if is_transient(exc):
-                raise TransientSinkError(message) from exc
-            raise BatchRejectedError(message) from exc
+            self._forget()
+            raise self._classify(exc, guard is not None and guard.fired) from exc
         except (UnsupportedValueError, ddl.UnsupportedTableError, ValueError) as exc:
+            self._forget()
             raise BatchRejectedError(str(exc)) from exc
         except sa.exc.SQLAlchemyError as exc:
+            self._forget()
             raise BatchRejectedError(f"{type(exc).__name__}: {_first_line(exc)}") from exc
+        except BaseException:
+            self._forget()
+            raise
+        finally:
+            if guard is not None:
+                guard.disarm()
+
+    def _forget(self) -> None:
+        """Drop cached shapes and known columns (DDL may have been rolled back)."""
+        self._shapes.clear()
+        self._known.clear()
+
+    def _classify(self, exc: sa.exc.DBAPIError, stalled: bool) -> Exception:
+        if stalled:
+            return TransientSinkError(
+                f"target did not answer within {self._stall_timeout_s:g}s (stalled); connection dropped"
+            )
+        message = f"{type(exc.orig).__name__}: {_first_line(exc.orig)}"
+        if is_transient(exc):
+            return TransientSinkError(message)
+        if is_stale_shape(exc):
+            self._control_ready = False
+            return TransientSinkError(f"target schema changed: {message}", retry_after_s=0)
+        return BatchRejectedError(message)
 
     def close(self) -> None:
         """Dispose of the engine's connections."""
@@ -252,28 +318,76 @@ class SqlAlchemySink:
         if shape is not None and (columns is None or all(c.name in shape.columns for c in columns)):
             return shape
         with self._transaction() as conn:
-            shape = ddl.read_shape(conn, table)
-            if shape is None:
-                if not self._create_tables:
-                    raise BatchRejectedError(f"target table {table} does not exist and create_tables is off")
-                if columns is None:
-                    raise BatchRejectedError(
-                        f"target table {table} does not exist and the events carry no schema "
-                        "(enable value.converter.schemas.enable or create the table)"
-                    )
-                ddl.create_table(conn, table, columns, changes.key_columns)
-                log.info("target table created", table=str(table), columns=len(columns), dialect=self._dialect)
-                shape = ddl.read_shape(conn, table)
-                assert shape is not None
-            elif columns is not None:
-                new = [c for c in columns if c.name not in shape.columns]
-                if new and self._add_columns:
-                    ddl.add_columns(conn, shape, new)
-                    log.info("target columns added", table=str(table), columns=[c.name for c in new])
-                    shape = ddl.read_shape(conn, table)
-                    assert shape is not None
+            shape = self._evolve(conn, changes)
         self._shapes[table] = shape
         return shape
+
+    def _evolve(self, conn: Connection, changes: TableChanges) -> TableShape:
+        """Read the table's shape, refuse a dropped table or column, create the table or add
+        new columns as configured, and remember the columns written (``known_columns``)."""
+        table, columns = changes.table, changes.columns
+        shape = ddl.read_shape(conn, table)
+        known = self._known_columns(conn, table)
+        if shape is None and known:
+            raise TargetSchemaError(
+                f"target table {table} was dropped behind the pipeline's back (it held columns"
+                f" {sorted(known)}); re-create it and replay (see docs/reliability.md), or delete its rows from"
+                f" {self._control_schema}.known_columns to let the pipeline re-create it empty"
+            )
+        if shape is None:
+            shape = self._create(conn, changes)
+        elif columns is not None:
+            self._check_not_dropped(table, shape, [c.name for c in columns], known)
+            new = [c for c in columns if c.name not in shape.columns]
+            if new and self._add_columns:
+                ddl.add_columns(conn, shape, new)
+                log.info("target columns added", table=str(table), columns=[c.name for c in new])
+                shape = ddl.read_shape(conn, table)
+                assert shape is not None
+        self._remember_columns(conn, shape, known)
+        return shape
+
+    def _create(self, conn: Connection, changes: TableChanges) -> TableShape:
+        table, columns = changes.table, changes.columns
+        if not self._create_tables:
+            raise BatchRejectedError(f"target table {table} does not exist and create_tables is off")
+        if columns is None:
+            raise BatchRejectedError(
+                f"target table {table} does not exist and the events carry no schema "
+                "(enable value.converter.schemas.enable or create the table)"
+            )
+        ddl.create_table(conn, table, columns, changes.key_columns)
+        log.info("target table created", table=str(table), columns=len(columns), dialect=self._dialect)
+        shape = ddl.read_shape(conn, table)
+        assert shape is not None
+        return shape
+
+    def _known_columns(self, conn: Connection, table: TableId) -> set[str]:
+        if table not in self._known:
+            kc = self._control.known_columns
+            rows = conn.execute(sa.select(kc.c.column_name).where(kc.c.table_name == str(table))).all()
+            self._known[table] = {str(r[0]) for r in rows}
+        return self._known[table]
+
+    def _remember_columns(self, conn: Connection, shape: TableShape, known: set[str]) -> None:
+        new = [c for c in shape.columns if c not in known and not c.startswith(ddl.OWN_PREFIX)]
+        if not new:
+            return
+        cols = ["table_name", "column_name", "seen_at"]
+        stmt = dml.insert_ignoring_duplicates(self._dialect, self._control.known_columns, cols, cols[:2])
+        now = _utcnow()
+        conn.execute(stmt, [dml.params([str(shape.table), c, now]) for c in new])
+        known.update(new)
+
+    def _check_not_dropped(self, table: TableId, shape: TableShape, incoming: list[str], known: set[str]) -> None:
+        """Raise TargetSchemaError when ``incoming`` carries a column the target had and lost."""
+        dropped = sorted(c for c in incoming if c in known and c not in shape.columns)
+        if dropped:
+            raise TargetSchemaError(
+                f"target column(s) {dropped} of {table} were dropped behind the pipeline's back; the worker"
+                " stops rather than re-create them empty. Restore them (ALTER TABLE ... ADD COLUMN) and rebuild"
+                " the table (docs/reliability.md), or exclude them with a transform"
+            )
 
     # -- truncate
 
@@ -348,6 +462,7 @@ class SqlAlchemySink:
     def _upsert_group(self, conn: Connection, shape: TableShape, columns: list[str], ups: list[Upsert]) -> int:
         extra = [c for c in ups[0].row if c not in shape.columns]
         if extra:
+            self._check_not_dropped(shape.table, shape, extra, self._known.get(shape.table, set()))
             raise BatchRejectedError(
                 f"{shape.table}: target has no column(s) {extra} (add them or drop them by transform)"
             )
@@ -433,6 +548,48 @@ class SqlAlchemySink:
                 done += 1
             self._write_tombstones(conn, table, [(m, d.position) for m in markers], guarded=False)
         return done
+
+
+class _StallGuard:
+    """Context of one MariaDB transaction: when it runs longer than ``timeout_s`` (seconds),
+    shut the PyMySQL connection's socket down from a timer thread, so the blocked read fails
+    with a lost connection (``fired`` tells the caller why). A frozen server's kernel keeps the
+    TCP connection open, so only a timeout of our own notices."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self._timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self._sock: socket.socket | None = None
+        self.fired = False
+
+    def arm(self, conn: Connection) -> None:
+        """Start the clock on ``conn``'s DBAPI connection (a ``pymysql.Connection``)."""
+        sock = getattr(conn.connection.dbapi_connection, "_sock", None)
+        if not isinstance(sock, socket.socket):
+            return  # not a PyMySQL connection: the socket timeouts still bound every read
+        with self._lock:
+            self._sock = sock
+            self._timer = threading.Timer(self._timeout_s, self._fire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def disarm(self) -> None:
+        """Stop the clock (the transaction ended, either way)."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = None
+            self._sock = None
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._sock is None:
+                return
+            self.fired = True
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+        log.warning("target stalled: connection dropped", timeout_s=self._timeout_s)
 
 
 def _executemany(conn: Connection, stmt: sa.ClauseElement, rows: list[dict[str, object]]) -> None:

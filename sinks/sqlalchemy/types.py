@@ -275,6 +275,25 @@ def utc_naive_time(value: dt.time) -> dt.time:
     return moved.time()
 
 
+def _adapt_temporal(value: dt.date | dt.time, dialect: str) -> Any:
+    """Datetimes, dates and times: aware ones moved to UTC without zone; ISO-8601 text on SQLite."""
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(dt.UTC).replace(tzinfo=None)
+        return value.isoformat(sep=" ", timespec="microseconds") if dialect == SQLITE else value
+    if isinstance(value, dt.date):
+        return value.isoformat() if dialect == SQLITE else value
+    if value.tzinfo is not None:
+        value = utc_naive_time(value)
+    return value.isoformat(timespec="microseconds") if dialect == SQLITE else value
+
+
+def _adapt_float(value: float, dialect: str) -> float:
+    if math.isnan(value) or (math.isinf(value) and dialect != SQLITE):
+        raise UnsupportedValueError(f"{value!r} cannot be stored in a {dialect} floating-point column")
+    return value
+
+
 def adapt(value: Any, dialect: str) -> Any:
     """The driver value of an event value for ``dialect``.
 
@@ -286,24 +305,12 @@ def adapt(value: Any, dialect: str) -> Any:
     if value is None or isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):
-        if math.isnan(value) or (math.isinf(value) and dialect != SQLITE):
-            raise UnsupportedValueError(f"{value!r} cannot be stored in a {dialect} floating-point column")
-        return value
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(dt.UTC).replace(tzinfo=None)
-        return value.isoformat(sep=" ", timespec="microseconds") if dialect == SQLITE else value
-    if isinstance(value, dt.date):
-        return value.isoformat() if dialect == SQLITE else value
-    if isinstance(value, dt.time):
-        if value.tzinfo is not None:
-            value = utc_naive_time(value)
-        return value.isoformat(timespec="microseconds") if dialect == SQLITE else value
+        return _adapt_float(value, dialect)
+    if isinstance(value, dt.date | dt.time):
+        return _adapt_temporal(value, dialect)
     if isinstance(value, dt.timedelta):
         return _micros(value)
-    if isinstance(value, uuid.UUID):
+    if isinstance(value, Decimal | uuid.UUID):
         return str(value)
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)

@@ -8,7 +8,7 @@ import pytest
 import structlog
 
 from pipeline.core.settings import PipelineSettings, load_settings
-from sinks.factory import UnsupportedTargetError, make_sink, target_kind, target_sqlalchemy_url
+from sinks.factory import UnsupportedTargetError, make_sink, make_target, target_kind, target_sqlalchemy_url
 from sinks.postgres.sink import PostgresSink
 from sinks.sqlalchemy.sink import SqlAlchemySink
 
@@ -84,3 +84,13 @@ def test_sqlite_sink_round_trip_offsets(tmp_path: Path) -> None:
     assert sink.stored_offsets("g", [("topic", 0), ("topic", 1)]) == {("topic", 0): 5}
     assert sink.reset_offsets("g") == 1
     sink.close()
+
+
+def test_stall_timeout_reaches_the_sqlalchemy_targets(tmp_path: Path) -> None:
+    """``target.stall_timeout_s`` bounds SQLAlchemy targets too: SQLite's busy timeout (ms)."""
+    doc = f"      url: sqlite:///{tmp_path / 's.db'}\n      stall_timeout_s: 2.5\n"
+    for made in (make_sink(pipeline_with(tmp_path, doc)), make_target(pipeline_with(tmp_path, doc))):
+        assert isinstance(made, SqlAlchemySink)
+        with made.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 2500
+        made.close()
