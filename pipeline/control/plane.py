@@ -86,6 +86,7 @@ class ControlPlane:
         self._stop_timeout_s = stop_timeout_s
         self._loops: Loops | None = None
         self._lost = False
+        self._stopping = False
         self.lease = KafkaLease(
             settings.kafka.client_config(),
             lease or lease_name(self.sources),
@@ -110,6 +111,7 @@ class ControlPlane:
             while not stop.is_set() and not self._lost:
                 self.lease.poll(0.5)
         finally:
+            self._stopping = True  # the revocation that closing the lease causes is no loss
             self._stop_loops()
             self.lease.close()
         log.info("control plane stopped", lease=self.lease.name, lost=self._lost)
@@ -121,7 +123,8 @@ class ControlPlane:
         log.info("control loops started", loops=[f"{m.kind}:{m.name}" for m in self._loops.monitors])
 
     def _lease_lost(self) -> None:
-        self._lost = True
+        if not self._stopping:
+            self._lost = True
         self._stop_loops()
 
     def _stop_loops(self) -> None:
