@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, Producer
 
 from connectors.debezium import heartbeat_table, signal_table, topic_pattern
 from pipeline.control.monitor import build_monitors
-from pipeline.control.verify import coordination_monitors
+from pipeline.control.verify.readiness import coordination_monitors
 from pipeline.core.events import ChangeEvent, Skip, TableId
 from pipeline.core.health import HealthServer
 from pipeline.core.logs import get_logger
