@@ -15,10 +15,12 @@ are stored per consumer group in the target's control schema (design invariant 1
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
+
+import psycopg
 
 from pipeline.core.batch import ReducedBatch
 from pipeline.core.errors import TransientError
@@ -26,6 +28,11 @@ from pipeline.core.events import TableId
 
 TopicPartition = tuple[str, int]
 OffsetMap = Mapping[TopicPartition, int]
+KeyBound = tuple[Any, ...]
+KeyRange = tuple[KeyBound | None, KeyBound | None]
+"""``(low, high)``: rows with ``low < key <= high`` (row-value order); None is unbounded on that side."""
+Checksum = tuple[int, str | None]
+"""``(row count, md5 hex or None when empty)``."""
 
 
 class TransientSinkError(TransientError):
@@ -65,6 +72,121 @@ class Sink(Protocol):
         """Release connections."""
 
 
+@dataclass(frozen=True, slots=True)
+class CatalogColumn:
+    """A column as a database's catalog reports it: name, type text (PostgreSQL ``format_type``),
+    type name (PostgreSQL ``pg_type.typname``; other backends repeat the type text) and effective
+    collation (None when not collatable or when the backend orders text by code point)."""
+
+    name: str
+    type: str
+    typname: str
+    collation: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CompareColumn:
+    """A compared column: its source and target names, the *source* ``pg_type.typname`` (which
+    decides the canonical text) and whether the target's type equals the source's."""
+
+    source: str
+    target: str
+    typname: str
+    same_type: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ChecksumPlan:
+    """What a verifier checksums for one table: source and target table, compared columns, the
+    key (empty: keyless, the target keyed by ``__cdc_row_id``), ``collate_c`` (key comparisons
+    under the "C" collation because the two sides' key collations differ) and ``target_exists``
+    (False before the sink created the table: the target side is then empty)."""
+
+    table: TableId
+    target: TableId
+    columns: tuple[CompareColumn, ...]
+    key: tuple[CompareColumn, ...]
+    collate_c: bool = False
+    target_exists: bool = True
+
+    @property
+    def keyless(self) -> bool:
+        """True when the source table has no primary key."""
+        return not self.key
+
+
+@dataclass(frozen=True, slots=True)
+class VersionedKey:
+    """A target row's key (target column order of the plan's key) and its version columns
+    ``(__cdc_commit_lsn, __cdc_lsn)`` as read, for a guarded delete."""
+
+    key: KeyBound
+    versions: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationRecord:
+    """The last verification of one table, as stored in ``<control_schema>.verify_results``:
+    row counts, chunk counts, when (aware) and ``detail`` (the JSON form of the table's result)."""
+
+    table: str
+    ok: bool
+    status: str
+    rows_source: int
+    rows_target: int
+    chunks: int
+    mismatched_chunks: int
+    verified_at: datetime
+    target_table: str | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+class ChecksumSide(Protocol):
+    """One side of a comparison of a planned table; both sides of a pair compute the same
+    canonical row text (docs/design/verify.md), so equal data gives equal checksums."""
+
+    def chunk(self, key_range: KeyRange) -> Checksum:
+        """Row count and checksum of the rows in ``key_range``."""
+
+    def buckets(self, buckets: int) -> dict[int, Checksum]:
+        """Per hash bucket ``0..buckets-1`` (first two bytes of the md5 of the row text, modulo
+        ``buckets``): row count and checksum of the sorted multiset of row texts; empty buckets absent."""
+
+    def count(self) -> int:
+        """Rows of the table on this side."""
+
+
+class TargetVerification(Protocol):
+    """What the verifier needs from a target (design "Seams": checksums, results, guarded deletes).
+
+    Opened by :meth:`Target.verification`; holds its own session, released by ``close``. Each call
+    may block on I/O and raises :class:`TransientSinkError` when the target is unreachable.
+    """
+
+    def columns(self, table: TableId) -> list[CatalogColumn]:
+        """The target table's columns in order; empty when it does not exist."""
+
+    def sides(self, source: psycopg.Connection[Any], plan: ChecksumPlan) -> tuple[ChecksumSide, ChecksumSide]:
+        """``(source side, target side)`` of ``plan``: the comparison's canonical form belongs to
+        the target backend, so it also says how the (PostgreSQL) ``source`` is read."""
+
+    def versioned_keys(self, plan: ChecksumPlan, key_range: KeyRange) -> list[VersionedKey]:
+        """Keys and version columns of the target rows in ``key_range`` (keyed plans only)."""
+
+    def guarded_delete(self, plan: ChecksumPlan, rows: Sequence[VersionedKey]) -> int:
+        """Delete each row of ``rows`` only while its version columns still hold the values read
+        (a row the pipeline rewrote meanwhile is kept), in one transaction; rows deleted."""
+
+    def store_results(self, pipeline: str, records: Sequence[VerificationRecord]) -> None:
+        """Upsert ``records`` (one per table) into ``<control_schema>.verify_results``."""
+
+    def load_results(self, pipeline: str) -> dict[str, VerificationRecord]:
+        """The stored last result per table name of ``pipeline``; empty when none was stored."""
+
+    def close(self) -> None:
+        """Release the session."""
+
+
 class Target(Sink, Protocol):
     """The ``Target`` seam (design "Seams"): everything either plane needs from one target database.
 
@@ -85,3 +207,7 @@ class Target(Sink, Protocol):
     def read_heartbeat(self, table: TableId, source_name: str) -> datetime | None:
         """The heartbeat ``ts`` (aware, UTC) of ``source_name`` applied into ``table``; None while
         the table or its row does not exist yet."""
+
+    def verification(self, statement_timeout_s: float = 600.0) -> TargetVerification:
+        """A :class:`TargetVerification` whose queries stop after ``statement_timeout_s`` seconds
+        (where the backend supports a statement timeout); the caller closes it."""

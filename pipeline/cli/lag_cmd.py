@@ -26,27 +26,32 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Annotated, Any
 
 import psycopg
+import sqlalchemy.exc
 import typer
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import (  # type: ignore[attr-defined]  # OffsetSpec: re-exported without __all__
     AdminClient,
     OffsetSpec,
 )
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
+from connectors.debezium import topic_pattern
 from connectors.source_prep import check_publication, redactor
 from connectors.source_prep import conninfo as source_conninfo
 from pipeline.cli.common import ConfigOption, fail, load_or_exit
-from pipeline.control.monitor.heartbeat import heartbeat_probes
+from pipeline.control.monitor.heartbeat import heartbeat_target_table
 from pipeline.control.monitor.slot_model import SlotReport, WalRateWindow, evaluate_slot, heartbeat_age_seconds
 from pipeline.control.monitor.source_sql import connect_read_only, read_server_sample, view_columns
-from pipeline.core.errors import TransientError
 from pipeline.core.offsets import partition_lag
 from pipeline.core.settings import PipelineSettings, Settings, SourceSettings
+from sinks.base import TransientSinkError
+from sinks.factory import UnsupportedTargetError, make_target
+
+TARGET_ERRORS = (TransientSinkError, UnsupportedTargetError, psycopg.Error, sqlalchemy.exc.SQLAlchemyError)
+"""What reading a target may raise (unreachable, unsupported scheme, a driver error)."""
 
 PipelineOption = Annotated[
     str | None, typer.Option("--pipeline", "-p", help="Only this pipeline (and its source); all by default.")
@@ -143,16 +148,16 @@ def collect_slot(settings: Settings, source: SourceSettings, rate_sample_s: floa
     except psycopg.Error as exc:
         line.error = red(f"{type(exc).__name__}: {str(exc).strip()}")
         return line
-    for probe in heartbeat_probes(settings, source):
-        try:
-            ts = probe.read()
-        except (psycopg.Error, TransientError) as exc:
-            line.heartbeat_age_s[probe.pipeline] = None
-            line.error = (line.error + "; " if line.error else "") + f"heartbeat of {probe.pipeline}: {exc}".strip()
+    for pipe in settings.pipelines:
+        if pipe.source != source.name:
             continue
-        finally:
-            probe.close()
-        line.heartbeat_age_s[probe.pipeline] = None if ts is None else heartbeat_age_seconds(ts, sample.server_now)
+        try:
+            ts = read_target_heartbeat(source, pipe)
+        except TARGET_ERRORS as exc:
+            line.heartbeat_age_s[pipe.name] = None
+            line.error = (line.error + "; " if line.error else "") + f"heartbeat of {pipe.name}: {exc}".strip()
+            continue
+        line.heartbeat_age_s[pipe.name] = None if ts is None else heartbeat_age_seconds(ts, sample.server_now)
     return line
 
 
@@ -162,31 +167,29 @@ def collect_slot(settings: Settings, source: SourceSettings, rate_sample_s: floa
 def change_topics(all_topics: Sequence[str], source: SourceSettings, pipeline: PipelineSettings) -> list[str]:
     """The topics ``pipeline``'s workers subscribe to (the source's ``^<prefix>\\..+`` pattern,
     :func:`connectors.debezium.topic_pattern`), without internal topics and the DLQ topic."""
-    from connectors.debezium import topic_pattern  # noqa: PLC0415 - app pulls in the worker's whole wiring
-
     pattern = re.compile(topic_pattern(source))
     dlq = pipeline.resolved_dlq_topic
     return sorted(t for t in all_topics if pattern.match(t) and t != dlq and not t.startswith("__"))
 
 
+def read_target_heartbeat(source: SourceSettings, pipeline: PipelineSettings) -> datetime | None:
+    """The heartbeat ``ts`` of ``source`` applied in ``pipeline``'s target (any backend), None
+    before the first one. Raises one of :data:`TARGET_ERRORS`."""
+    target = make_target(pipeline, purpose="lag")
+    try:
+        return target.read_heartbeat(heartbeat_target_table(source, pipeline), source.name)
+    finally:
+        target.close()
+
+
 def target_offsets(pipeline: PipelineSettings) -> dict[tuple[str, int], int]:
-    """``(topic, partition) -> next offset`` stored in the target for the pipeline's group.
-
-    Empty when the control table does not exist yet. Raises psycopg.Error when the target
-    cannot be read, UnsupportedTargetError for a non-PostgreSQL target.
-    """
-    from sinks.factory import target_conninfo  # noqa: PLC0415 - app pulls in the worker's whole wiring
-
-    info = make_conninfo(target_conninfo(pipeline.target), application_name="cdc-pipeline lag")
-    query = sql.SQL("SELECT topic, kafka_partition, next_offset FROM {} WHERE consumer_group = %s").format(
-        sql.Identifier(pipeline.target.control_schema, "offsets")
-    )
-    with connect_read_only(info) as conn:
-        try:
-            rows = conn.execute(query, (pipeline.resolved_consumer_group,)).fetchall()
-        except psycopg.errors.UndefinedTable:
-            return {}
-    return {(r["topic"], int(r["kafka_partition"])): int(r["next_offset"]) for r in rows}
+    """``(topic, partition) -> next offset`` stored in the target (any backend) for the
+    pipeline's group; empty for a group that stored none. Raises one of :data:`TARGET_ERRORS`."""
+    target = make_target(pipeline, purpose="lag")
+    try:
+        return target.group_offsets(pipeline.resolved_consumer_group)
+    finally:
+        target.close()
 
 
 def kafka_offsets(admin: Any, group: str, timeout_s: float) -> dict[tuple[str, int], int]:
@@ -240,7 +243,7 @@ def collect_consumer_lag(
         stored: dict[tuple[str, int], int] | None
         try:
             stored = target_offsets(pipe)
-        except (psycopg.Error, ValueError) as exc:
+        except TARGET_ERRORS as exc:
             stored = None
             errors.append(f"{pipe.name}: target offsets unreadable, using Kafka's: {type(exc).__name__}: {exc}")
         committed: dict[tuple[str, int], int] = {}

@@ -18,19 +18,12 @@ import typer
 
 from pipeline.cli.common import ConfigOption, fail, load_or_exit
 from pipeline.control.snapshot.model import SnapshotRequest
-from pipeline.control.verify import (
-    VerifyResult,
-    VerifySettings,
-    connect_target,
-    export_verify_metrics,
-    format_result,
-    is_portable_target,
-    repair_pipeline,
-    store_result,
-    verify_pipeline,
-)
+from pipeline.control.verify.model import VerifyResult, VerifySettings, export_verify_metrics, format_result
+from pipeline.control.verify.repair import RepairReport, repair_pipeline
+from pipeline.control.verify.run import store_result, verify_pipeline
 from pipeline.core.settings import PipelineSettings, Settings
-from sinks.factory import UnsupportedTargetError
+from sinks.base import Target, TransientSinkError
+from sinks.factory import UnsupportedTargetError, make_target
 
 PipelineOption = Annotated[
     str | None, typer.Option("--pipeline", "-p", help="Pipeline name (optional when there is one).")
@@ -69,6 +62,55 @@ def _say(line: str, json_out: bool) -> None:
     typer.echo(line, err=json_out)
 
 
+def _settings(settings: Settings, chunk_size: int | None, max_wait_s: float | None) -> VerifySettings:
+    cfg = VerifySettings.from_config(settings.verify)
+    if chunk_size is not None:
+        cfg = dataclasses.replace(cfg, chunk_size=chunk_size)
+    if max_wait_s is not None:
+        cfg = dataclasses.replace(cfg, max_wait_s=max_wait_s)
+    return cfg
+
+
+def _report_repair(report: RepairReport, json_out: bool) -> None:
+    for name, rows in sorted(report.deleted.items()):
+        _say(f"  {name}: {rows} target row(s) absent from the source deleted", json_out)
+    for name, why in sorted(report.skipped.items()):
+        _say(f"  {name}: not repaired: {why}", json_out)
+    if not report.completed:
+        _say("  not every repair snapshot completed; verifying anyway", json_out)
+
+
+def _verify_and_repair(
+    settings: Settings,
+    chosen: PipelineSettings,
+    table: list[str] | None,
+    cfg: VerifySettings,
+    flags: tuple[bool, bool, bool, bool],
+) -> tuple[VerifyResult, dict[str, Any]]:
+    """Verify, and with ``repair`` repair and verify again; the final result and the JSON document.
+    ``flags`` are ``(repair, store, json_out, allow_unverifiable)``."""
+    repair, store, json_out, allow_unverifiable = flags
+    target = make_target(chosen, purpose="verify")
+    try:
+        first = _run(settings, chosen, table, cfg, store, target)
+        if not (repair and any(t.mismatched for t in first.tables)):
+            return first, first.to_dict()
+        if not json_out:
+            typer.echo(format_result(first, allow_unverifiable))
+        _say("repairing mismatched chunks...", json_out)
+
+        def progress(requests: list[SnapshotRequest]) -> None:
+            states = ", ".join(f"{r.id}: {r.state.value}" for r in requests)
+            _say(f"  snapshot requests: {states}", json_out)
+
+        report = repair_pipeline(settings, chosen, first, cfg, on_progress=progress, target=target)
+        _report_repair(report, json_out)
+        final = _run(settings, chosen, table, cfg, store, target)
+        return final, {**final.to_dict(), "before_repair": first.to_dict(), "repair": report.to_dict()}
+    finally:
+        target.close()
+
+
 def verify(
     config: ConfigOption = None,
     pipeline: PipelineOption = None,
@@ -86,38 +128,14 @@ def verify(
         chosen = settings.pipeline(pipeline)
     except KeyError as exc:
         fail([f"--pipeline: {exc.args[0]} (defined: {', '.join(p.name for p in settings.pipelines) or 'none'})"])
-    cfg = VerifySettings.from_config(settings.verify)
-    if chunk_size is not None:
-        cfg = dataclasses.replace(cfg, chunk_size=chunk_size)
-    if max_wait_s is not None:
-        cfg = dataclasses.replace(cfg, max_wait_s=max_wait_s)
+    cfg = _settings(settings, chunk_size, max_wait_s)
     try:
-        first = _run(settings, chosen, table, cfg, store)
-        doc: dict[str, Any] = first.to_dict()
-        final = first
-        if repair and any(t.mismatched for t in first.tables):
-            if not json_out:
-                typer.echo(format_result(first, allow_unverifiable))
-            _say("repairing mismatched chunks...", json_out)
-
-            def progress(requests: list[SnapshotRequest]) -> None:
-                states = ", ".join(f"{r.id}: {r.state.value}" for r in requests)
-                _say(f"  snapshot requests: {states}", json_out)
-
-            report = repair_pipeline(settings, chosen, first, cfg, on_progress=progress)
-            for name, rows in sorted(report.deleted.items()):
-                _say(f"  {name}: {rows} target row(s) absent from the source deleted", json_out)
-            for name, why in sorted(report.skipped.items()):
-                _say(f"  {name}: not repaired: {why}", json_out)
-            if not report.completed:
-                _say("  not every repair snapshot completed; verifying anyway", json_out)
-            final = _run(settings, chosen, table, cfg, store)
-            doc = {**final.to_dict(), "before_repair": first.to_dict(), "repair": report.to_dict()}
+        final, doc = _verify_and_repair(settings, chosen, table, cfg, (repair, store, json_out, allow_unverifiable))
     except KeyError as exc:
         fail([f"--table: {exc.args[0]}"])
     except UnsupportedTargetError as exc:
         fail([str(exc)])
-    except (psycopg.Error, sqlalchemy.exc.DBAPIError) as exc:
+    except (psycopg.Error, sqlalchemy.exc.DBAPIError, TransientSinkError) as exc:
         fail([f"verification failed: {type(exc).__name__}: {str(exc).strip()}"], code=1)
     if json_out:
         typer.echo(json.dumps(doc, indent=2, default=str))
@@ -127,12 +145,15 @@ def verify(
 
 
 def _run(
-    settings: Settings, pipeline: PipelineSettings, tables: list[str] | None, cfg: VerifySettings, store: bool
+    settings: Settings,
+    pipeline: PipelineSettings,
+    tables: list[str] | None,
+    cfg: VerifySettings,
+    store: bool,
+    target: Target,
 ) -> VerifyResult:
-    result = verify_pipeline(settings, pipeline, tables, cfg)
+    result = verify_pipeline(settings, pipeline, tables, cfg, target=target)
     export_verify_metrics(result)
-    # Results are stored in PostgreSQL targets only (cdc_cutover_ready reads them there).
-    if store and not is_portable_target(pipeline):
-        with connect_target(pipeline, "verify store", 60) as conn:
-            store_result(conn, pipeline, result)
+    if store:  # every backend: cdc_cutover_ready reads them from the target
+        store_result(target, result)
     return result

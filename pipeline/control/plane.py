@@ -14,7 +14,8 @@ from pipeline.control.lease import KafkaLease, lease_name
 from pipeline.control.monitor.group import build_monitors
 from pipeline.control.polling import PollingMonitor
 from pipeline.control.snapshot.wiring import build_coordinator
-from pipeline.control.verify import CutoverMonitor, VerifySettings, is_portable_target
+from pipeline.control.verify.model import VerifySettings
+from pipeline.control.verify.readiness import CutoverMonitor
 from pipeline.core.logs import get_logger
 from pipeline.core.settings import Settings
 
@@ -44,8 +45,8 @@ class Loops:
 
 def build_loops(settings: Settings, sources: Sequence[str]) -> Loops:
     """The control loops for ``sources`` (names): their monitors (connector auto-restart on),
-    one snapshot coordinator per source, and the cutover-readiness monitor of each pipeline whose
-    target stores verification results. Not started. Raises KeyError for an unknown source."""
+    one snapshot coordinator per source, and the cutover-readiness monitor of each pipeline. Not
+    started. Raises KeyError for an unknown source."""
     group = build_monitors(settings, sources=sources, restart_connectors=True)
     loops: list[PollingMonitor] = list(group.monitors)
     verify = VerifySettings.from_config(settings.verify)
@@ -53,12 +54,8 @@ def build_loops(settings: Settings, sources: Sequence[str]) -> Loops:
         source = settings.source(name)
         loops.append(build_coordinator(settings, source))
         for pipeline in settings.pipelines:
-            if pipeline.source != name:
-                continue
-            if is_portable_target(pipeline):
-                log.info("cutover readiness not monitored for this target", pipeline=pipeline.name)
-                continue
-            loops.append(CutoverMonitor(settings, pipeline, verify))
+            if pipeline.source == name:
+                loops.append(CutoverMonitor(settings, pipeline, verify))
     return Loops(loops)
 
 

@@ -13,6 +13,7 @@ from psycopg.rows import dict_row
 from pipeline.core.events import TableId
 from sinks.base import TransientSinkError
 from sinks.postgres.sink import PostgresSink
+from sinks.postgres.verification import PostgresVerification
 
 READ_TIMEOUT_MS = 10_000
 """``statement_timeout`` of the control-plane reads (ms): a frozen target fails them instead of hanging."""
@@ -64,6 +65,12 @@ class PostgresTarget(PostgresSink):
         if not isinstance(ts, datetime):
             return None
         return ts.astimezone(UTC)
+
+    def verification(self, statement_timeout_s: float = 600.0) -> PostgresVerification:
+        """A verification session of its own (see :class:`sinks.base.TargetVerification`)."""
+        return PostgresVerification(
+            self._conninfo, f"{self._application_name}:verify", self._control, statement_timeout_s
+        )
 
     def _close_reader(self) -> None:
         if self._read is not None:

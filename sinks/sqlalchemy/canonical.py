@@ -28,7 +28,7 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
@@ -97,47 +97,69 @@ def _time(value: Any) -> dt.time:
     return value
 
 
+def _array(value: Any) -> str:
+    return json_text(json.loads(value) if isinstance(value, str | bytes) else value)
+
+
+def _numeric(value: Any) -> str:
+    d = _decimal(value)
+    if d is None or not d.is_finite():
+        return str(value)
+    text = format(d.normalize(), "f")
+    return "0" if text in ("-0", "0") else text
+
+
+def _bool(value: Any) -> str:
+    truth = value in ("1", "t", "true") if isinstance(value, str) else bool(value)
+    return "true" if truth else "false"
+
+
+def _date(value: Any) -> str:
+    return (dt.date.fromisoformat(value) if isinstance(value, str) else value).isoformat()
+
+
+def _json(value: Any) -> str:
+    parsed = json.loads(value) if isinstance(value, str | bytes) else value
+    return orjson.dumps(parsed, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _interval(value: Any) -> str:
+    if isinstance(value, dt.timedelta):
+        return str((value.days * 86_400 + value.seconds) * 1_000_000 + value.microseconds)
+    if isinstance(value, str) and value.lstrip("-").startswith("P"):
+        return str(iso_duration_micros(value))
+    return str(int(value))
+
+
+def _other(value: Any) -> str:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", errors="replace")
+    return str(value)
+
+
+_BY_TYPE: dict[str, Callable[[Any], str]] = {
+    "numeric": _numeric,
+    **dict.fromkeys(_INTS, lambda v: str(int(v))),
+    **dict.fromkeys(_FLOATS, lambda v: repr(float(v))),
+    "bool": _bool,
+    **dict.fromkeys(("timestamp", "timestamptz"), lambda v: _datetime(v).isoformat(sep=" ", timespec="microseconds")),
+    **dict.fromkeys(("time", "timetz"), lambda v: _time(v).isoformat(timespec="microseconds")),
+    "date": _date,
+    "json": _json,
+    "jsonb": _json,
+    "bytea": lambda v: bytes(v).hex(),
+    "uuid": lambda v: str(uuid.UUID(str(v))),
+    "interval": _interval,
+}
+
+
 def canonical_value(value: Any, typname: str) -> str | None:
     """Canonical text of one value of a source column of type ``typname`` (see module docstring)."""
     if value is None:
         return None
     if typname.startswith("_"):
-        items = json.loads(value) if isinstance(value, str | bytes) else value
-        return json_text(items)
-    if typname == "numeric":
-        d = _decimal(value)
-        if d is None or not d.is_finite():
-            return str(value)
-        text = format(d.normalize(), "f")
-        return "0" if text in ("-0", "0") else text
-    if typname in _INTS:
-        return str(int(value))
-    if typname in _FLOATS:
-        return repr(float(value))
-    if typname == "bool":
-        return "true" if (value in ("1", "t", "true") if isinstance(value, str) else bool(value)) else "false"
-    if typname in ("timestamp", "timestamptz"):
-        return _datetime(value).isoformat(sep=" ", timespec="microseconds")
-    if typname in ("time", "timetz"):
-        return _time(value).isoformat(timespec="microseconds")
-    if typname == "date":
-        return (dt.date.fromisoformat(value) if isinstance(value, str) else value).isoformat()
-    if typname in ("json", "jsonb"):
-        parsed = json.loads(value) if isinstance(value, str | bytes) else value
-        return orjson.dumps(parsed, option=orjson.OPT_SORT_KEYS).decode()
-    if typname == "bytea":
-        return bytes(value).hex()
-    if typname == "uuid":
-        return str(uuid.UUID(str(value)))
-    if typname == "interval":
-        if isinstance(value, dt.timedelta):
-            return str((value.days * 86_400 + value.seconds) * 1_000_000 + value.microseconds)
-        if isinstance(value, str) and value.lstrip("-").startswith("P"):
-            return str(iso_duration_micros(value))
-        return str(int(value))
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value).decode("utf-8", errors="replace")
-    return str(value)
+        return _array(value)
+    return _BY_TYPE.get(typname, _other)(value)
 
 
 def row_text(values: Sequence[Any], typnames: Sequence[str]) -> str:

@@ -10,6 +10,7 @@ from pipeline.core.events import TableId
 from sinks.base import TransientSinkError
 from sinks.sqlalchemy import ddl
 from sinks.sqlalchemy.sink import SqlAlchemySink, is_transient
+from sinks.sqlalchemy.verification import SqlAlchemyVerification
 
 
 class SqlAlchemyTarget(SqlAlchemySink):
@@ -38,3 +39,8 @@ class SqlAlchemyTarget(SqlAlchemySink):
         if not isinstance(value, datetime):
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    def verification(self, statement_timeout_s: float = 600.0) -> SqlAlchemyVerification:
+        """A verification session on the target's engine (see :class:`sinks.base.TargetVerification`);
+        ``statement_timeout_s`` is not applied (no portable statement timeout)."""
+        return SqlAlchemyVerification(self.engine, self.dialect, self._control_schema)

@@ -25,7 +25,7 @@ from psycopg import sql
 from connectors import source_prep
 from connectors.connect_client import ConnectClient
 from connectors.debezium import build_connector_config
-from pipeline.control.verify import target_table
+from pipeline.control.verify.plan import target_table
 from pipeline.core.events import TableId
 from pipeline.core.settings import Settings, load_settings
 from pipeline.localstack import LocalStack

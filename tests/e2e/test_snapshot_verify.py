@@ -9,7 +9,8 @@ import signal
 import time
 
 from pipeline.control.snapshot.model import RequestState, SnapshotKind, TableState
-from pipeline.control.verify import CutoverMonitor, VerifySettings
+from pipeline.control.verify.model import VerifySettings
+from pipeline.control.verify.readiness import CutoverMonitor
 from pipeline.core import metrics
 from tests.e2e.conftest import E2EPipeline, table_rows
 from tests.e2e.helpers_snapshot import (

@@ -13,7 +13,8 @@ import pytest
 import sqlalchemy as sa
 from confluent_kafka import Consumer, Producer
 
-from pipeline.control.verify import VerifySettings, format_result, verify_pipeline
+from pipeline.control.verify.model import VerifySettings, format_result
+from pipeline.control.verify.run import verify_pipeline
 from sinks.sqlalchemy.ddl import physical
 from tests.e2e.conftest import E2EPipeline, drop_mariadb_databases
 from tests.e2e.test_apply_core import ITEMS_DDL

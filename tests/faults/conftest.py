@@ -21,7 +21,8 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from pipeline.control.verify import Status, VerifySettings, verify_pipeline
+from pipeline.control.verify.model import Status, VerifySettings
+from pipeline.control.verify.run import verify_pipeline
 from pipeline.localstack import LocalStack, LocalStackSettings
 from pipeline.localstack.services import Health, Service
 from tests.conftest import REPO

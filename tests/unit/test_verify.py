@@ -10,59 +10,68 @@ from hypothesis import given
 from hypothesis import strategies as st
 from psycopg import sql
 
-from pipeline.control.verify import (
-    MAX_BUCKETS,
+from pipeline.control.verify.compare import MAX_BUCKETS, bucket_count
+from pipeline.control.verify.model import (
     CatchUp,
     ChunkDiff,
-    ColumnInfo,
-    CutoverReadiness,
-    Kind,
     Status,
-    StoredResult,
     TableResult,
     VerifyResult,
-    bucket_count,
-    build_plan,
-    canonical_expr,
-    canonical_kind,
     export_verify_metrics,
     format_range,
     format_result,
-    range_where,
-    row_text,
     verification_clean,
 )
+from pipeline.control.verify.plan import TablePlan, build_plan
+from pipeline.control.verify.readiness import CutoverReadiness
 from pipeline.core import metrics
 from pipeline.core.events import TableId
 from pipeline.core.settings import TransformRule
 from pipeline.transform.transforms import build_transformer
+from sinks.base import CatalogColumn, VerificationRecord
+from sinks.pg_canonical import Kind, canonical_expr, canonical_kind
+from sinks.pg_canonical import range_where as pg_range_where
+from sinks.pg_canonical import row_text as pg_row_text
 
 ITEMS = TableId("public", "items")
 SOURCE_COLUMNS = [
-    ColumnInfo("id", "integer", "int4"),
-    ColumnInfo("name", "text", "text", "C.UTF-8"),
-    ColumnInfo("email", "text", "text", "C.UTF-8"),
-    ColumnInfo("price", "numeric(10,2)", "numeric"),
-    ColumnInfo("doc", "json", "json"),
-    ColumnInfo("secret", "text", "text", "C.UTF-8"),
+    CatalogColumn("id", "integer", "int4"),
+    CatalogColumn("name", "text", "text", "C.UTF-8"),
+    CatalogColumn("email", "text", "text", "C.UTF-8"),
+    CatalogColumn("price", "numeric(10,2)", "numeric"),
+    CatalogColumn("doc", "json", "json"),
+    CatalogColumn("secret", "text", "text", "C.UTF-8"),
 ]
 
 
 def target_columns(
-    *extra: ColumnInfo, drop: tuple[str, ...] = (), rename: dict[str, str] | None = None
-) -> list[ColumnInfo]:
+    *extra: CatalogColumn, drop: tuple[str, ...] = (), rename: dict[str, str] | None = None
+) -> list[CatalogColumn]:
     cols = [
-        ColumnInfo((rename or {}).get(c.name, c.name), c.type, c.typname, c.collation)
+        CatalogColumn((rename or {}).get(c.name, c.name), c.type, c.typname, c.collation)
         for c in SOURCE_COLUMNS
         if c.name not in drop
     ]
-    return [*cols, ColumnInfo("__cdc_commit_lsn", "bigint", "int8"), ColumnInfo("__cdc_lsn", "bigint", "int8"), *extra]
+    return [
+        *cols,
+        CatalogColumn("__cdc_commit_lsn", "bigint", "int8"),
+        CatalogColumn("__cdc_lsn", "bigint", "int8"),
+        *extra,
+    ]
 
 
-def plan_for(rules: list[TransformRule], tcols: list[ColumnInfo] | None = None, key: tuple[str, ...] = ("id",)):  # type: ignore[no-untyped-def]
+def plan_for(rules: list[TransformRule], tcols: list[CatalogColumn] | None = None, key: tuple[str, ...] = ("id",)):  # type: ignore[no-untyped-def]
     report = build_transformer(rules, "salt").column_report(ITEMS, [c.name for c in SOURCE_COLUMNS])
     target = report.target or TableId("public", "items")
     return build_plan(ITEMS, target, SOURCE_COLUMNS, key, tcols if tcols is not None else target_columns(), report)
+
+
+def row_text(plan: TablePlan, side: str) -> sql.Composable:
+    return pg_row_text(plan.checks, side)
+
+
+def range_where(plan: TablePlan, side: str, key_range: tuple[object, object]) -> tuple[sql.Composable, list[object]]:
+    return pg_range_where(plan.checks, side, key_range)  # type: ignore[arg-type]
 
 
 def render(composable: sql.Composable) -> str:
@@ -144,7 +153,7 @@ def test_missing_target_column_is_a_problem_and_absent_target_is_not() -> None:
 
 def test_type_differences_cast_through_text_on_the_target_side() -> None:
     tcols = [
-        ColumnInfo(
+        CatalogColumn(
             c.name, "text" if c.name == "price" else c.type, "text" if c.name == "price" else c.typname, c.collation
         )
         for c in target_columns()
@@ -157,7 +166,7 @@ def test_type_differences_cast_through_text_on_the_target_side() -> None:
 
 
 def test_differing_key_collations_compare_keys_under_c() -> None:
-    tcols = [ColumnInfo(c.name, c.type, c.typname, "en_US.UTF-8" if c.collation else None) for c in target_columns()]
+    tcols = [CatalogColumn(c.name, c.type, c.typname, "en_US.UTF-8" if c.collation else None) for c in target_columns()]
     plan = plan_for([], tcols, key=("name",))
     assert plan.collate_c
     where, params = range_where(plan, "target", (("a",), ("m",)))
@@ -270,9 +279,9 @@ def test_cutover_needs_low_lag_for_the_hold_time_and_a_clean_verification() -> N
 def test_verification_clean() -> None:
     now = datetime(2026, 1, 1, tzinfo=UTC)
     a, b = TableId("public", "a"), TableId("public", "b")
-    stored = {"public.a": StoredResult("public.a", True, "match", 1, 1, 1, 0, now)}
+    stored = {"public.a": VerificationRecord("public.a", True, "match", 1, 1, 1, 0, now)}
     assert verification_clean(stored, [a])
     assert not verification_clean(stored, [a, b])  # b never verified
-    stored["public.b"] = StoredResult("public.b", False, "mismatch", 1, 2, 1, 1, now)
+    stored["public.b"] = VerificationRecord("public.b", False, "mismatch", 1, 2, 1, 1, now)
     assert not verification_clean(stored, [a, b])
     assert not verification_clean({}, [])

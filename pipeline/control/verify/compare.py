@@ -1,0 +1,137 @@
+"""Comparison of one planned table: per-chunk (keyed) or per-bucket (keyless) checksums of both
+sides, then rechecks of the differing chunks after another catch-up; a chunk is a confirmed
+mismatch only when both sides gave the same result twice while the pipeline was caught up."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from pipeline.control.verify.model import CatchUp, ChunkDiff, Status, TableResult
+from pipeline.control.verify.plan import TablePlan
+from pipeline.control.verify.source import chunk_bounds
+from sinks.base import Checksum, ChecksumSide
+
+MAX_BUCKETS = 65536
+EMPTY: Checksum = (0, None)
+
+
+@dataclass
+class Pending:
+    """A differing chunk still to be rechecked, with the sides it was computed on."""
+
+    result: TableResult
+    plan: TablePlan
+    diff: ChunkDiff
+    source: ChecksumSide
+    target: ChecksumSide
+
+
+def bucket_count(rows: int, chunk_size: int) -> int:
+    """Buckets for a keyless table of ``rows`` rows: about ``chunk_size`` rows each, at least 1,
+    at most :data:`MAX_BUCKETS` (pure)."""
+    return max(1, min(MAX_BUCKETS, math.ceil(rows / max(1, chunk_size))))
+
+
+def compare_keyed(
+    sconn: psycopg.Connection[Any],
+    src: ChecksumSide,
+    tgt: ChecksumSide,
+    plan: TablePlan,
+    chunk_size: int,
+    result: TableResult,
+) -> list[ChunkDiff]:
+    """Checksum every key range of ``chunk_size`` source rows on both sides; adds the row
+    counts and chunk count to ``result``; returns the differing chunks."""
+    diffs: list[ChunkDiff] = []
+    ranges = chunk_bounds(sconn, plan.checks, chunk_size)
+    for index, key_range in enumerate(ranges, start=1):
+        s, t = src.chunk(key_range), tgt.chunk(key_range)
+        result.rows_source += s[0]
+        result.rows_target += t[0]
+        if s != t:
+            diffs.append(ChunkDiff(index, key_range, s, t))
+    result.chunks = len(ranges)
+    return diffs
+
+
+def compare_keyless(src: ChecksumSide, tgt: ChecksumSide, chunk_size: int, result: TableResult) -> list[ChunkDiff]:
+    """Checksum hash buckets of about ``chunk_size`` rows on both sides (sorted multisets, so
+    duplicated or missing copies of a row show); returns the differing buckets."""
+    buckets = bucket_count(src.count(), chunk_size)
+    s, t = src.buckets(buckets), tgt.buckets(buckets)
+    result.rows_source = sum(c[0] for c in s.values())
+    result.rows_target = sum(c[0] for c in t.values())
+    result.chunks = buckets
+    return [
+        ChunkDiff(b + 1, (None, None), s.get(b, EMPTY), t.get(b, EMPTY), bucket=b, buckets=buckets)
+        for b in range(buckets)
+        if s.get(b, EMPTY) != t.get(b, EMPTY)
+    ]
+
+
+def recompute(item: Pending) -> ChunkDiff:
+    """The chunk (or bucket) of ``item`` computed again on both sides."""
+    diff = item.diff
+    if diff.bucket is None or diff.buckets is None:
+        return ChunkDiff(
+            diff.index, diff.key_range, item.source.chunk(diff.key_range), item.target.chunk(diff.key_range)
+        )
+    s = item.source.buckets(diff.buckets).get(diff.bucket, EMPTY)
+    t = item.target.buckets(diff.buckets).get(diff.bucket, EMPTY)
+    return ChunkDiff(diff.index, diff.key_range, s, t, bucket=diff.bucket, buckets=diff.buckets)
+
+
+def _adjust_rows(result: TableResult, before: ChunkDiff, after: ChunkDiff) -> None:
+    result.rows_source += after.source[0] - before.source[0]
+    result.rows_target += after.target[0] - before.target[0]
+
+
+def _recheck_once(pending: Sequence[Pending], caught_up: bool) -> list[Pending]:
+    still: list[Pending] = []
+    for item in pending:
+        again = recompute(item)
+        if again.source == again.target:
+            _adjust_rows(item.result, item.diff, again)
+            continue
+        if caught_up and again.source == item.diff.source and again.target == item.diff.target:
+            item.result.mismatched.append(again)
+            continue
+        _adjust_rows(item.result, item.diff, again)
+        still.append(Pending(item.result, item.plan, again, item.source, item.target))
+    return still
+
+
+def recheck(pending: list[Pending], catch: Callable[[], CatchUp], attempts: int, first: CatchUp) -> CatchUp:
+    """Up to ``attempts`` rounds of catch-up + recompute of ``pending``: confirmed mismatches go
+    to their result's ``mismatched``, chunks that never settled to ``in_flight``. Returns the
+    last catch-up outcome (``first`` when nothing was rechecked)."""
+    last = first
+    for _ in range(attempts):
+        if not pending:
+            break
+        last = catch()
+        pending = _recheck_once(pending, last.caught_up)
+    for item in pending:
+        if item.diff.source != item.diff.target:
+            item.result.in_flight.append(item.diff)
+    return last
+
+
+def settle(results: Sequence[TableResult], last: CatchUp, topics: dict[Any, str]) -> None:
+    """Final status per table (mismatch, in flight) and the messages still pending per table."""
+    for result in results:
+        result.pending_messages = last.pending.get(topics.get(result.table, ""), 0)
+        if result.status is not Status.MATCH:
+            continue
+        if result.mismatched:
+            result.status = Status.MISMATCH
+        elif result.in_flight:
+            result.status = Status.IN_FLIGHT
+            result.reason = "rows still changing or not applied yet: " + (last.detail or "differences did not settle")
+        result.mismatched.sort(key=lambda c: c.index)
+        result.in_flight.sort(key=lambda c: c.index)

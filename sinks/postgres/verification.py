@@ -1,0 +1,185 @@
+"""Verification against a PostgreSQL target (:class:`sinks.base.TargetVerification`): both sides
+compute checksums server-side over the same canonical SQL (:mod:`sinks.pg_canonical`), results
+live in ``<control_schema>.verify_results``, guarded deletes check the version columns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from pipeline.core.events import TableId
+from sinks.base import (
+    CatalogColumn,
+    ChecksumPlan,
+    ChecksumSide,
+    KeyRange,
+    TransientSinkError,
+    VerificationRecord,
+    VersionedKey,
+)
+from sinks.pg_canonical import PgSide, pin_session, qualified, range_where, read_columns, values
+from sinks.postgres.ddl import VERSION_COLUMNS
+
+RESULTS_TABLE = "verify_results"
+
+Conn = psycopg.Connection[dict[str, Any]]
+
+_UPSERT = (
+    "INSERT INTO {} (pipeline, table_name, target_table, status, ok, rows_source, rows_target, chunks,"
+    " mismatched_chunks, result, verified_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " ON CONFLICT (pipeline, table_name) DO UPDATE SET target_table = EXCLUDED.target_table,"
+    " status = EXCLUDED.status, ok = EXCLUDED.ok, rows_source = EXCLUDED.rows_source,"
+    " rows_target = EXCLUDED.rows_target, chunks = EXCLUDED.chunks,"
+    " mismatched_chunks = EXCLUDED.mismatched_chunks, result = EXCLUDED.result,"
+    " verified_at = EXCLUDED.verified_at"
+)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+class PostgresVerification:
+    """A verification session on a PostgreSQL target: autocommit, the canonical session settings,
+    ``statement_timeout`` of ``statement_timeout_s`` seconds; opened on first use."""
+
+    def __init__(self, conninfo: str, application_name: str, control_schema: str, statement_timeout_s: float) -> None:
+        self._conninfo = conninfo
+        self._application_name = application_name
+        self._control_schema = control_schema
+        self._statement_timeout_s = statement_timeout_s
+        self._conn: Conn | None = None
+
+    def _connection(self) -> Conn:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            try:
+                self._conn = psycopg.connect(
+                    self._conninfo,
+                    autocommit=True,
+                    row_factory=dict_row,
+                    application_name=self._application_name,
+                    connect_timeout=10,
+                )
+            except psycopg.OperationalError as exc:
+                raise TransientSinkError(f"cannot connect to the target: {_first_line(exc)}") from exc
+            pin_session(self._conn, self._statement_timeout_s)
+        return self._conn
+
+    def columns(self, table: TableId) -> list[CatalogColumn]:
+        """Catalog columns of ``table`` with their collations (empty when absent)."""
+        return read_columns(self._connection(), table)
+
+    def sides(self, source: psycopg.Connection[Any], plan: ChecksumPlan) -> tuple[ChecksumSide, ChecksumSide]:
+        """Server-side SQL checksums on both databases (the source session gets the same pinned settings)."""
+        pin_session(source)
+        return PgSide(source, plan, "source"), PgSide(self._connection(), plan, "target")
+
+    def versioned_keys(self, plan: ChecksumPlan, key_range: KeyRange) -> list[VersionedKey]:
+        """Keys and version columns of the target rows in ``key_range``."""
+        if plan.keyless or not plan.target_exists:
+            return []
+        keys = sql.SQL(", ").join(sql.Identifier(c.target) for c in plan.key)
+        versions = sql.SQL(", ").join(sql.Identifier(v) for v in VERSION_COLUMNS)
+        where, params = range_where(plan, "target", key_range)
+        rows = (
+            self._connection()
+            .execute(
+                sql.SQL("SELECT {k}, {v} FROM {t}{w}").format(k=keys, v=versions, t=qualified(plan.target), w=where),
+                params,
+            )
+            .fetchall()
+        )
+        n = len(plan.key)
+        return [VersionedKey(tuple(v[:n]), tuple(v[n:])) for v in (values(r) for r in rows)]
+
+    def guarded_delete(self, plan: ChecksumPlan, rows: Sequence[VersionedKey]) -> int:
+        """``DELETE ... WHERE key = %s AND __cdc_commit_lsn = %s AND __cdc_lsn = %s`` per row, one transaction."""
+        if not rows:
+            return 0
+        names = [*(c.target for c in plan.key), *VERSION_COLUMNS]
+        match = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(name)) for name in names)
+        statement = sql.SQL("DELETE FROM {} WHERE {}").format(qualified(plan.target), match)
+        conn = self._connection()
+        deleted = 0
+        with conn.transaction():
+            for row in rows:
+                deleted += conn.execute(statement, [*row.key, *row.versions]).rowcount
+        return deleted
+
+    def _results_table(self) -> sql.Composed:
+        return sql.SQL("{}.{}").format(sql.Identifier(self._control_schema), sql.Identifier(RESULTS_TABLE))
+
+    def _ensure_results(self, conn: Conn) -> None:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('cdc-verify-ddl', 0))")
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self._control_schema)))
+            conn.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {} (pipeline text NOT NULL, table_name text NOT NULL,"
+                    " target_table text, status text NOT NULL, ok boolean NOT NULL, rows_source bigint NOT NULL,"
+                    " rows_target bigint NOT NULL, chunks integer NOT NULL, mismatched_chunks integer NOT NULL,"
+                    " result jsonb NOT NULL, verified_at timestamptz NOT NULL, PRIMARY KEY (pipeline, table_name))"
+                ).format(self._results_table())
+            )
+
+    def store_results(self, pipeline: str, records: Sequence[VerificationRecord]) -> None:
+        """Create ``verify_results`` when missing, then upsert ``records`` in one transaction."""
+        conn = self._connection()
+        self._ensure_results(conn)
+        statement = sql.SQL(_UPSERT).format(self._results_table())
+        with conn.transaction():
+            for r in records:
+                conn.execute(
+                    statement,
+                    (
+                        pipeline,
+                        r.table,
+                        r.target_table,
+                        r.status,
+                        r.ok,
+                        r.rows_source,
+                        r.rows_target,
+                        r.chunks,
+                        r.mismatched_chunks,
+                        Jsonb(dict(r.detail)),
+                        r.verified_at,
+                    ),
+                )
+
+    def load_results(self, pipeline: str) -> dict[str, VerificationRecord]:
+        """The stored rows of ``pipeline`` by table name (empty when the table does not exist)."""
+        try:
+            rows = (
+                self._connection()
+                .execute(
+                    sql.SQL(
+                        "SELECT table_name, ok, status, rows_source, rows_target, chunks, mismatched_chunks,"
+                        " verified_at, target_table, result FROM {} WHERE pipeline = %s"
+                    ).format(self._results_table()),
+                    (pipeline,),
+                )
+                .fetchall()
+            )
+        except psycopg.errors.UndefinedTable:
+            return {}
+        out: dict[str, VerificationRecord] = {}
+        for row in rows:
+            v = values(row)
+            out[str(v[0])] = VerificationRecord(
+                str(v[0]), bool(v[1]), str(v[2]), int(v[3]), int(v[4]), int(v[5]), int(v[6]), v[7], v[8], v[9] or {}
+            )
+        return out
+
+    def close(self) -> None:
+        """Close the session."""
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+        self._conn = None
