@@ -24,7 +24,7 @@ from pipeline.core.logs import get_logger
 from pipeline.core.settings import PipelineSettings, Settings, SourceSettings
 from pipeline.dataplane.dlq import DeadLetterQueue
 from pipeline.dataplane.runner import Message, PipelineRunner
-from pipeline.decode.decoder import make_decoder
+from pipeline.decode.factory import make_decoder
 from pipeline.transform.transforms import build_transformer
 from sinks.base import Sink
 from sinks.factory import make_sink

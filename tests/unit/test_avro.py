@@ -20,8 +20,11 @@ from hypothesis import strategies as st
 from pipeline.core.errors import PoisonMessageError
 from pipeline.core.events import ChangeEvent
 from pipeline.decode.avro import AvroReader, WireFormatError, connect_schema, raw_reader_schema, split_wire
-from pipeline.decode.decoder import Decoder, DecoderConfig, _float32, converter_for
+from pipeline.decode.config import DecoderConfig
+from pipeline.decode.converters import converter_for
+from pipeline.decode.decoder import Decoder
 from pipeline.decode.registry import UnknownSchemaError
+from pipeline.decode.values import _float32
 
 
 def _opt(schema: Any) -> list[Any]:

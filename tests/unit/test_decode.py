@@ -27,15 +27,12 @@ from hypothesis import strategies as st
 
 from pipeline.core.errors import PoisonMessageError
 from pipeline.core.events import ChangeEvent, Column, Geometry, Op, Point, Position, Skip, TableId
-from pipeline.decode import decoder as decode_module
-from pipeline.decode.decoder import (
-    DEFAULT_UNAVAILABLE_PLACEHOLDER,
-    Decoder,
-    DecoderConfig,
-    bits_to_text,
-    converter_for,
-    toast_forms,
-)
+from pipeline.decode import event_factory, temporal
+from pipeline.decode.config import DEFAULT_UNAVAILABLE_PLACEHOLDER, DecoderConfig
+from pipeline.decode.converters import converter_for
+from pipeline.decode.decoder import Decoder
+from pipeline.decode.plans import toast_forms
+from pipeline.decode.values import bits_to_text
 
 FIXTURES = Path(__file__).parent / "fixtures" / "debezium"
 PH = DEFAULT_UNAVAILABLE_PLACEHOLDER
@@ -466,7 +463,7 @@ def test_dates_outside_python_range_use_postgres_text(days: int) -> None:
         expected = None
     if expected is not None:
         assert result == expected
-        assert decode_module._civil(days) == (expected.year, expected.month, expected.day)
+        assert temporal._civil(days) == (expected.year, expected.month, expected.day)
     elif days not in (-2147472692, -2147472691):
         assert isinstance(result, str) and (result.endswith(" BC") or int(result.split("-")[0]) > 9999)
 
@@ -746,11 +743,11 @@ def test_snapshot_flag_values() -> None:
 
 
 def test_fast_event_construction_matches_the_dataclass() -> None:
-    assert decode_module.FAST_EVENTS
+    assert event_factory.FAST_EVENTS
     values: tuple[Any, ...] = ("t", 1, 2, TableId("s", "t"), Op.UPDATE, Position(3, 4), 5, {"k": 1}, None, {"a": 1}, 6, True,
               (Column("a", "int32"),), ("k",), frozenset({"x"}), None, {}, 7)  # fmt: skip
-    fast = decode_module._new_event(*values)
-    slow = ChangeEvent(**dict(zip(decode_module._EVENT_FIELDS, values, strict=True)))
+    fast = event_factory.new_event(*values)
+    slow = ChangeEvent(**dict(zip(event_factory.EVENT_FIELDS, values, strict=True)))
     assert fast == slow and dataclasses.astuple(fast) == dataclasses.astuple(slow)
     with pytest.raises(dataclasses.FrozenInstanceError):
         fast.op = Op.CREATE  # type: ignore[misc]
