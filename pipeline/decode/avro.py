@@ -127,7 +127,10 @@ def _from_named_type(
     """The Connect schema of an Avro schema object whose ``type`` is the name ``kind``."""
     out: dict[str, Any] = {"optional": optional}
     name = schema.get("connect.name")
-    params = {str(k): str(v) for k, v in (schema.get("connect.parameters") or {}).items()}
+    raw_params = schema.get("connect.parameters") or {}
+    if not isinstance(raw_params, dict):
+        raise ValueError(f"connect.parameters is {type(raw_params).__name__}, not an object")
+    params = {str(k): str(v) for k, v in raw_params.items()}
     if kind == "record":
         _record(schema, out, name, named, namespace)
     elif kind == "array":

@@ -9,6 +9,8 @@ import struct
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from fastavro.schema import SchemaParseException
+
 from pipeline.decode.avro import AvroReader, WireFormatError
 from pipeline.decode.converters import BadMessageError
 from pipeline.decode.registry import RegistryUnavailableError, UnknownSchemaError
@@ -19,7 +21,17 @@ PlanT = TypeVar("PlanT")
 
 # What fastavro (and the Avro-to-Connect schema mapping) raise for bytes or a registry schema that
 # do not decode: third-party code on outside input, so a TypeError here is bad input too.
-_AVRO_ERRORS = (ValueError, TypeError, KeyError, IndexError, EOFError, OverflowError, struct.error, RecursionError)
+_AVRO_ERRORS = (
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    EOFError,
+    OverflowError,
+    struct.error,
+    RecursionError,
+    SchemaParseException,
+)
 
 
 class AvroSide(Generic[PlanT]):
