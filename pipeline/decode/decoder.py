@@ -162,9 +162,7 @@ class Decoder:
         source = payload.get("source")
         if type(source) is not dict:
             raise BadMessageError("payload.source is missing or not an object")
-        position = _position(source, op is Op.READ)
-        table = self._table(source)
-        ts_ms, tx_id = _source_times(source)
+        position, table, ts_ms, tx_id = self._source(source, op is Op.READ)
         # Placeholder checks only when one of its forms occurs in the payload bytes at all
         # (JSON); Avro values are always checked (ints of an int[] form are varints).
         toast = avro is not None or any(value.find(needle, start) >= 0 for needle in self._needles)
@@ -191,14 +189,22 @@ class Decoder:
             len(value) + (len(key) if key is not None else 0),
         )
 
-    def _table(self, source: dict[str, Any]) -> TableId:
+    def _source(self, source: dict[str, Any], is_read: bool) -> tuple[Position, TableId, int, int | None]:
+        """``(position, table, source.ts_ms, source.txId)`` of the ``source`` block, type-checked."""
+        position = _position(source, is_read)
         schema_name, table_name = source.get("schema"), source.get("table")
         if type(schema_name) is not str or type(table_name) is not str:
             raise BadMessageError("payload.source.schema/table missing")
+        ts_ms = source.get("ts_ms")
+        if type(ts_ms) is not int:
+            raise BadMessageError("payload.source.ts_ms missing or not an integer")
+        tx_id = source.get("txId")
+        if tx_id is not None and type(tx_id) is not int:
+            raise BadMessageError("payload.source.txId is not an integer")
         table = self._tables.get((schema_name, table_name))
         if table is None:
             table = self._tables[(schema_name, table_name)] = TableId(schema_name, table_name)
-        return table
+        return position, table, ts_ms, tx_id
 
     def _images(
         self, op: Op, payload: dict[str, Any], row: RowPlan | None, toast: bool
@@ -280,17 +286,6 @@ def _op(plan: ValuePlan | None, payload: Any) -> Op | str:
             return "message"
         raise BadMessageError(f"unknown op {op_text!r}")
     return op
-
-
-def _source_times(source: dict[str, Any]) -> tuple[int, int | None]:
-    """``(source.ts_ms, source.txId)``, type-checked."""
-    ts_ms = source.get("ts_ms")
-    if type(ts_ms) is not int:
-        raise BadMessageError("payload.source.ts_ms missing or not an integer")
-    tx_id = source.get("txId")
-    if tx_id is not None and type(tx_id) is not int:
-        raise BadMessageError("payload.source.txId is not an integer")
-    return ts_ms, tx_id
 
 
 def _position(source: dict[str, Any], is_read: bool) -> Position:
