@@ -328,48 +328,59 @@ def avro_schema(field: dict[str, Any], named: set[str] | None = None) -> Any:
     ``Decimal`` as ``bytes`` with ``logicalType: decimal``."""
     named = set() if named is None else named
     kind = field["type"]
-    name = field.get("name")
-    params = field.get("parameters")
     out: Any
     if kind == "struct":
-        full = name or "io.confluent.connect.avro.ConnectDefault"
-        if full in named:
-            out = full
-        else:
-            named.add(full)
-            namespace, _, short = full.rpartition(".")
-            fields = []
-            for f in field["fields"]:
-                entry: dict[str, Any] = {"name": f["field"], "type": avro_schema(f, named)}
-                if f.get("optional"):
-                    entry["default"] = None
-                fields.append(entry)
-            out = {"type": "record", "name": short, "namespace": namespace, "fields": fields, "connect.name": full}
-            if field.get("version") is not None:
-                out["connect.version"] = field["version"]
+        out = _avro_record(field, named)
     elif kind == "array":
         out = {"type": "array", "items": avro_schema(field["items"], named)}
     elif kind == "map":
         out = {"type": "map", "values": avro_schema(field["values"], named)}
     else:
-        base = _AVRO_PRIMITIVE[kind]
-        if name is None and not params and kind not in ("int8", "int16"):
-            out = base
-        else:
-            out = {"type": base}
-            if kind in ("int8", "int16"):
-                out["connect.type"] = kind
-            if field.get("version") is not None:
-                out["connect.version"] = field["version"]
-            if params:
-                out["connect.parameters"] = dict(params)
-            if name is not None:
-                out["connect.name"] = name
-            if name == "org.apache.kafka.connect.data.Decimal":
-                out["logicalType"] = "decimal"
-                out["precision"] = int((params or {}).get("connect.decimal.precision", 64))
-                out["scale"] = int((params or {}).get("scale", 0))
+        out = _avro_primitive(field)
     return ["null", out] if field.get("optional") else out
+
+
+def _avro_record(field: dict[str, Any], named: set[str]) -> Any:
+    """The record of a Connect struct, or a reference to its name when already written."""
+    full = field.get("name") or "io.confluent.connect.avro.ConnectDefault"
+    if full in named:
+        return full
+    named.add(full)
+    namespace, _, short = full.rpartition(".")
+    fields = []
+    for f in field["fields"]:
+        entry: dict[str, Any] = {"name": f["field"], "type": avro_schema(f, named)}
+        if f.get("optional"):
+            entry["default"] = None
+        fields.append(entry)
+    out = {"type": "record", "name": short, "namespace": namespace, "fields": fields, "connect.name": full}
+    if field.get("version") is not None:
+        out["connect.version"] = field["version"]
+    return out
+
+
+def _avro_primitive(field: dict[str, Any]) -> Any:
+    """A Connect primitive with its ``connect.*`` properties (Decimal as ``logicalType: decimal``)."""
+    kind = field["type"]
+    name = field.get("name")
+    params = field.get("parameters")
+    base = _AVRO_PRIMITIVE[kind]
+    if name is None and not params and kind not in ("int8", "int16"):
+        return base
+    out: dict[str, Any] = {"type": base}
+    if kind in ("int8", "int16"):
+        out["connect.type"] = kind
+    if field.get("version") is not None:
+        out["connect.version"] = field["version"]
+    if params:
+        out["connect.parameters"] = dict(params)
+    if name is not None:
+        out["connect.name"] = name
+    if name == "org.apache.kafka.connect.data.Decimal":
+        out["logicalType"] = "decimal"
+        out["precision"] = int((params or {}).get("connect.decimal.precision", 64))
+        out["scale"] = int((params or {}).get("scale", 0))
+    return out
 
 
 def _raw(schema: Any) -> Any:

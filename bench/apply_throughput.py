@@ -686,7 +686,7 @@ def copy_ceiling(conn: Conn) -> CopyRate:
 PROFILE_STAGES: list[tuple[str, str]] = [
     ("kafka consume (librdkafka poll)", "_collect (pipeline/dataplane/runner.py"),
     ("batching (Batch.add)", "add (pipeline/dataplane/runner.py"),
-    ("decode", "pipeline/decode/decoder.py"),
+    ("decode", "pipeline/decode/"),
     ("decode", "decode (pipeline/app.py"),
     ("transform", "pipeline/transform/transforms.py"),
     ("transform", "transform (pipeline/app.py"),

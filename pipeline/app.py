@@ -27,7 +27,7 @@ from pipeline.core.settings import PipelineSettings, Settings, SourceSettings
 from pipeline.dataplane.consumer import Message
 from pipeline.dataplane.dlq import DeadLetterQueue
 from pipeline.dataplane.runner import PipelineRunner
-from pipeline.decode.decoder import make_decoder
+from pipeline.decode.factory import make_decoder
 from pipeline.transform.transforms import build_transformer
 from sinks.base import Sink
 from sinks.factory import make_sink

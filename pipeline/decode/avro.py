@@ -11,7 +11,7 @@ for optional fields, ``connect.name``/``connect.parameters``/``connect.type`` pr
 carrying the Connect semantic name (``io.debezium.time.MicroTimestamp``...), its parameters
 (``scale``, ``__debezium.source.column.type``...) and INT8/INT16. :func:`connect_schema`
 turns it back into the Connect schema as the ``JsonConverter`` writes it, so the JSON
-decoder's conversion plans (``pipeline.decode.decoder``) apply unchanged, with ``wire="avro"`` for
+decoder's conversion plans (``pipeline.decode.plans``) apply unchanged, with ``wire="avro"`` for
 the values fastavro returns (BYTES as raw bytes).
 
 fastavro reads with a copy of the writer schema stripped of ``logicalType``
@@ -118,29 +118,23 @@ def _to_connect(schema: Any, named: dict[str, dict[str, Any]], namespace: str, o
     kind = schema.get("type")
     if isinstance(kind, (dict, list)):
         return _to_connect(kind, named, namespace, optional)
+    return _from_named_type(schema, kind, named, namespace, optional)
+
+
+def _from_named_type(
+    schema: dict[str, Any], kind: Any, named: dict[str, dict[str, Any]], namespace: str, optional: bool
+) -> dict[str, Any]:
+    """The Connect schema of an Avro schema object whose ``type`` is the name ``kind``."""
     out: dict[str, Any] = {"optional": optional}
     name = schema.get("connect.name")
-    params = {str(k): str(v) for k, v in (schema.get("connect.parameters") or {}).items()}
+    raw_params = schema.get("connect.parameters") or {}
+    if not isinstance(raw_params, dict):
+        raise ValueError(f"connect.parameters is {type(raw_params).__name__}, not an object")
+    params = {str(k): str(v) for k, v in raw_params.items()}
     if kind == "record":
-        full = _full_name(schema, namespace)
-        inner_ns = full.rpartition(".")[0]
-        out["type"] = "struct"
-        out["name"] = name or full
-        fields: list[dict[str, Any]] = []
-        out["fields"] = fields
-        named[full] = out
-        for field in schema.get("fields", []):
-            converted = _to_connect(field["type"], named, inner_ns, False)
-            fields.append({**converted, "field": field["name"]})
+        _record(schema, out, name, named, namespace)
     elif kind == "array":
-        items = schema["items"]
-        entry = _map_entry(items, named, namespace)
-        if entry is not None:
-            out["type"] = "map"
-            out["keys"], out["values"] = entry
-        else:
-            out["type"] = "array"
-            out["items"] = _to_connect(items, named, namespace, False)
+        _array(schema["items"], out, named, namespace)
     elif kind == "map":
         out["type"] = "map"
         out["keys"] = {"type": "string", "optional": False}
@@ -149,14 +143,7 @@ def _to_connect(schema: Any, named: dict[str, dict[str, Any]], namespace: str, o
         out["type"] = "string" if kind == "enum" else "bytes"
         named[_full_name(schema, namespace)] = dict(out)
     elif kind in _CONNECT_PRIMITIVE:
-        out["type"] = (
-            schema.get("connect.type") if kind == "int" and schema.get("connect.type") else _CONNECT_PRIMITIVE[kind]
-        )
-        logical = schema.get("logicalType")
-        if name is None and logical in _AVRO_LOGICAL_TO_CONNECT:
-            name = _AVRO_LOGICAL_TO_CONNECT[logical]
-            if logical == "decimal":
-                params.setdefault("scale", str(schema.get("scale", 0)))
+        name = _primitive(schema, kind, out, name, params)
     else:
         raise ValueError(f"unsupported Avro type {kind!r}")
     if name is not None and "name" not in out:
@@ -164,6 +151,48 @@ def _to_connect(schema: Any, named: dict[str, dict[str, Any]], namespace: str, o
     if params:
         out["parameters"] = params
     return out
+
+
+def _record(
+    schema: dict[str, Any], out: dict[str, Any], name: Any, named: dict[str, dict[str, Any]], namespace: str
+) -> None:
+    """Fill ``out`` as the struct of the Avro record ``schema`` (registered in ``named`` first,
+    so that its fields may refer to it)."""
+    full = _full_name(schema, namespace)
+    inner_ns = full.rpartition(".")[0]
+    out["type"] = "struct"
+    out["name"] = name or full
+    fields: list[dict[str, Any]] = []
+    out["fields"] = fields
+    named[full] = out
+    for field in schema.get("fields", []):
+        converted = _to_connect(field["type"], named, inner_ns, False)
+        fields.append({**converted, "field": field["name"]})
+
+
+def _array(items: Any, out: dict[str, Any], named: dict[str, dict[str, Any]], namespace: str) -> None:
+    """Fill ``out`` as the array of ``items``, or as the map an array of MapEntry records is."""
+    entry = _map_entry(items, named, namespace)
+    if entry is not None:
+        out["type"] = "map"
+        out["keys"], out["values"] = entry
+    else:
+        out["type"] = "array"
+        out["items"] = _to_connect(items, named, namespace, False)
+
+
+def _primitive(schema: dict[str, Any], kind: str, out: dict[str, Any], name: Any, params: dict[str, str]) -> Any:
+    """Fill ``out`` as the Connect primitive of ``kind``; return the Connect name, derived from an
+    Avro ``logicalType`` when ``connect.name`` is absent (adding a decimal's ``scale``)."""
+    out["type"] = (
+        schema.get("connect.type") if kind == "int" and schema.get("connect.type") else _CONNECT_PRIMITIVE[kind]
+    )
+    logical = schema.get("logicalType")
+    if name is None and logical in _AVRO_LOGICAL_TO_CONNECT:
+        name = _AVRO_LOGICAL_TO_CONNECT[logical]
+        if logical == "decimal":
+            params.setdefault("scale", str(schema.get("scale", 0)))
+    return name
 
 
 def _map_entry(items: Any, named: dict[str, dict[str, Any]], namespace: str) -> tuple[Any, Any] | None:

@@ -63,7 +63,7 @@ from pydantic import SecretStr
 from pipeline.core.errors import FatalError, PoisonMessageError
 from pipeline.core.events import ChangeEvent, Column, Op, Position, Row, Skip, TableId
 from pipeline.core.settings import MaskMode, TransformRule
-from pipeline.decode.decoder import make_event
+from pipeline.decode.event_factory import make_event
 
 __all__ = [
     "REDACTED",

@@ -19,7 +19,8 @@ from types import ModuleType
 
 from pipeline.core.events import ChangeEvent, Skip
 from pipeline.decode.avro import AvroReader
-from pipeline.decode.decoder import Decoder, DecoderConfig
+from pipeline.decode.config import DecoderConfig
+from pipeline.decode.decoder import Decoder
 from pipeline.localstack import LocalStack
 
 REPO = Path(__file__).resolve().parents[2]

@@ -33,7 +33,8 @@ import pytest
 from confluent_kafka import Consumer
 
 from pipeline.core.events import ChangeEvent, Op, Skip, TableId
-from pipeline.decode.decoder import Decoder, DecoderConfig
+from pipeline.decode.config import DecoderConfig
+from pipeline.decode.decoder import Decoder
 from pipeline.localstack import LocalStack
 from tests.conftest import Databases, raw_connector_config, wait_connector_running
 

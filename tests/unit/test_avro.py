@@ -18,10 +18,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.core.errors import PoisonMessageError
-from pipeline.core.events import ChangeEvent
+from pipeline.core.events import ChangeEvent, Skip
 from pipeline.decode.avro import AvroReader, WireFormatError, connect_schema, raw_reader_schema, split_wire
-from pipeline.decode.decoder import Decoder, DecoderConfig, _float32, converter_for
+from pipeline.decode.config import DecoderConfig
+from pipeline.decode.converters import converter_for
+from pipeline.decode.decoder import Decoder
 from pipeline.decode.registry import UnknownSchemaError
+from pipeline.decode.values import _float32
 
 
 def _opt(schema: Any) -> list[Any]:
@@ -321,3 +324,59 @@ def test_geometry_and_variable_scale_decimal_from_avro_bytes() -> None:
     assert str(converter_for(vsd, wire="avro")({"scale": 3, "value": b"\xff\x85"})) == "-0.123"
     with pytest.raises(TypeError):
         converter_for({"type": "bytes"}, wire="avro")("AAEC")  # base64 text is not Avro bytes
+
+
+# --------------------------------------------------------------------------- fuzzing the Avro path
+
+_GOOD_VALUE = _wire(1, ENVELOPE, {"before": None, "after": ROW_AVRO, "source": SOURCE_AVRO, "op": "u", "ts_ms": 1})
+_GOOD_KEY = _wire(2, KEY, {"id": 7})
+_JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+def _decode_or_poison(decoder: Decoder, key: bytes | None, value: bytes) -> None:
+    """The contract: an event, a skip, or PoisonMessageError with a reason; nothing else."""
+    out: ChangeEvent | Skip | PoisonMessageError
+    try:
+        out = decoder.decode("p.public.t", 0, 9, key, value)
+    except PoisonMessageError as exc:
+        out = exc
+    assert isinstance(out, ChangeEvent) or out.reason
+
+
+@given(st.integers(0, len(_GOOD_VALUE)), st.binary(max_size=8), st.integers(0, len(_GOOD_VALUE)))
+def test_truncated_or_spliced_avro_is_poison_or_an_event(cut: int, junk: bytes, at: int) -> None:
+    _decode_or_poison(_avro_decoder(), _GOOD_KEY, _GOOD_VALUE[:cut])
+    _decode_or_poison(_avro_decoder(), _GOOD_KEY[: cut % len(_GOOD_KEY)], _GOOD_VALUE)
+    _decode_or_poison(_avro_decoder(), _GOOD_KEY, _GOOD_VALUE[:at] + junk + _GOOD_VALUE[at:])
+
+
+def _nodes(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [path]
+    if isinstance(node, dict):
+        for k, v in node.items():
+            out += _nodes(v, (*path, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            out += _nodes(v, (*path, i))
+    return out
+
+
+def _put(node: Any, path: tuple[Any, ...], value: Any) -> Any:
+    if not path:
+        return value
+    copy = dict(node) if isinstance(node, dict) else list(node)
+    copy[path[0]] = _put(node[path[0]], path[1:], value)
+    return copy
+
+
+@given(st.sampled_from(_nodes(ENVELOPE)), _JSONISH)
+def test_a_mangled_registry_schema_is_poison_or_an_event(path: tuple[Any, ...], junk: Any) -> None:
+    """A writer schema from the registry with any node replaced: the message is poison (or
+    still decodes), never another exception."""
+    schemas = {1: _put(ENVELOPE, path, junk), 2: KEY}
+    reader = AvroReader(schemas.__getitem__)
+    _decode_or_poison(Decoder(DecoderConfig(), avro_values=reader, avro_keys=reader), _GOOD_KEY, _GOOD_VALUE)

@@ -24,18 +24,19 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from pydantic import SecretStr
 
+from connectors.debezium import build_connector_config, notification_topic
 from pipeline.core.errors import PoisonMessageError
 from pipeline.core.events import ChangeEvent, Column, Geometry, Op, Point, Position, Skip, TableId
-from pipeline.decode import decoder as decode_module
-from pipeline.decode.decoder import (
-    DEFAULT_UNAVAILABLE_PLACEHOLDER,
-    Decoder,
-    DecoderConfig,
-    bits_to_text,
-    converter_for,
-    toast_forms,
-)
+from pipeline.core.settings import SourceSettings
+from pipeline.decode import converters, event_factory, temporal
+from pipeline.decode.config import DEFAULT_UNAVAILABLE_PLACEHOLDER, DecoderConfig
+from pipeline.decode.converters import converter_for
+from pipeline.decode.decoder import Decoder
+from pipeline.decode.factory import make_decoder
+from pipeline.decode.plans import toast_forms
+from pipeline.decode.values import bits_to_text
 
 FIXTURES = Path(__file__).parent / "fixtures" / "debezium"
 PH = DEFAULT_UNAVAILABLE_PLACEHOLDER
@@ -466,7 +467,7 @@ def test_dates_outside_python_range_use_postgres_text(days: int) -> None:
         expected = None
     if expected is not None:
         assert result == expected
-        assert decode_module._civil(days) == (expected.year, expected.month, expected.day)
+        assert temporal._civil(days) == (expected.year, expected.month, expected.day)
     elif days not in (-2147472692, -2147472691):
         assert isinstance(result, str) and (result.endswith(" BC") or int(result.split("-")[0]) > 9999)
 
@@ -746,11 +747,11 @@ def test_snapshot_flag_values() -> None:
 
 
 def test_fast_event_construction_matches_the_dataclass() -> None:
-    assert decode_module.FAST_EVENTS
+    assert event_factory.FAST_EVENTS
     values: tuple[Any, ...] = ("t", 1, 2, TableId("s", "t"), Op.UPDATE, Position(3, 4), 5, {"k": 1}, None, {"a": 1}, 6, True,
               (Column("a", "int32"),), ("k",), frozenset({"x"}), None, {}, 7)  # fmt: skip
-    fast = decode_module._new_event(*values)
-    slow = ChangeEvent(**dict(zip(decode_module._EVENT_FIELDS, values, strict=True)))
+    fast = event_factory.new_event(*values)
+    slow = ChangeEvent(**dict(zip(event_factory.EVENT_FIELDS, values, strict=True)))
     assert fast == slow and dataclasses.astuple(fast) == dataclasses.astuple(slow)
     with pytest.raises(dataclasses.FrozenInstanceError):
         fast.op = Op.CREATE  # type: ignore[misc]
@@ -813,3 +814,150 @@ def test_decode_message_reads_a_kafka_message() -> None:
     assert decoder.decode_message(FakeMessage(None)) == Skip("p.public.t", 4, 99, "tombstone")
     with pytest.raises(PoisonMessageError, match="invalid JSON"):
         decoder.decode_message(FakeMessage(b"{"))
+
+
+# --------------------------------------------------------------------------- poison versus bugs (bug 7)
+
+
+def test_values_a_converter_cannot_convert_are_poison_with_the_column() -> None:
+    decoder = Decoder()
+    cases = [
+        (field("m", "map", keys={"type": "int32"}, values={"type": "string"}), [[1, "a"], 7], "m: cannot convert"),
+        (field("m", "map", keys={"type": "array", "items": {"type": "int32"}}, values={"type": "string"}),
+         [[[1], "a"]], "not hashable"),
+        (field("p", "struct", "io.debezium.data.geometry.Point"), {"x": "one", "y": 1.0}, "p: cannot convert"),
+        (field("d", "int32", "io.debezium.time.Date"), 2**40, None),  # PostgreSQL text form, not an error
+    ]  # fmt: skip
+    for schema, value, reason in cases:
+        data = message([schema], {schema["field"]: value})
+        if reason is None:
+            assert isinstance(decoder.decode("p.public.t", 0, 1, None, data), ChangeEvent)
+            continue
+        with pytest.raises(PoisonMessageError, match=reason):
+            decoder.decode("p.public.t", 0, 1, None, data)
+
+
+@pytest.mark.parametrize(
+    "schema_change",
+    [
+        {"parameters": ["not", "an", "object"]},
+        {"name": ["x"]},
+        {"name": None, "type": "decimal-ish"},
+        {"parameters": {"scale": []}},
+    ],
+)
+def test_bad_field_schemas_are_poison(schema_change: dict[str, Any]) -> None:
+    schema = {
+        **field("n", "bytes", "org.apache.kafka.connect.data.Decimal", parameters={"scale": "2"}),
+        **schema_change,
+    }
+    with pytest.raises(PoisonMessageError, match="value schema"):
+        Decoder().decode("p.public.t", 0, 1, None, message([schema], {"n": "AQ=="}))
+
+
+@pytest.mark.parametrize("error", [RuntimeError, AttributeError, TypeError, ArithmeticError])
+def test_a_bug_inside_a_converter_is_not_poison(monkeypatch: pytest.MonkeyPatch, error: type[Exception]) -> None:
+    """An exception a converter raises that bad input cannot cause (a bug: RuntimeError, a
+    plain AttributeError or TypeError...) leaves decode_message as it is, so the runner stops
+    instead of dead-lettering every message; only the errors of bad input become poison."""
+    real = converters.converter_for
+
+    def buggy_converter_for(schema: Any, *args: Any, **kwargs: Any) -> Any:
+        if schema.get("field") != "d":
+            return real(schema, *args, **kwargs)
+
+        def convert(value: Any) -> Any:
+            raise error("bug in our converter")
+
+        return convert
+
+    monkeypatch.setattr(converters, "converter_for", buggy_converter_for)
+    data = message([field("id", "int32"), field("d", "int32", "io.debezium.time.Date")], {"id": 1, "d": 3})
+    expected = error if error is not ArithmeticError else PoisonMessageError  # ArithmeticError: bad input
+    with pytest.raises(expected) as caught:
+        Decoder().decode_message(FakeMessage(data))
+    if expected is not PoisonMessageError:
+        assert not isinstance(caught.value, PoisonMessageError) and "bug in our converter" in str(caught.value)
+
+
+@pytest.mark.parametrize("error", [RuntimeError, AttributeError, TypeError])
+def test_a_bug_while_building_a_schema_plan_is_not_poison(
+    monkeypatch: pytest.MonkeyPatch, error: type[Exception]
+) -> None:
+    def buggy_converter_for(schema: Any, *args: Any, **kwargs: Any) -> Any:
+        raise error("bug in our plan code")
+
+    monkeypatch.setattr(converters, "converter_for", buggy_converter_for)
+    with pytest.raises(error, match="bug in our plan code"):
+        Decoder().decode_message(FakeMessage(message([field("id", "int32")], {"id": 1})))
+
+
+# --------------------------------------------------------------------------- decoder config from the settings (bug 6)
+
+
+def _source(**overrides: Any) -> SourceSettings:
+    data: dict[str, Any] = {
+        "name": "app",
+        "host": "db.internal",
+        "database": "shop",
+        "user": "debezium",
+        "password": "s3cr3t-Pa55word",
+        "tables": ["public.orders"],
+    }
+    data.update(overrides)
+    return SourceSettings(**data)
+
+
+@pytest.mark.parametrize(
+    "settings_",
+    [
+        {},
+        {
+            "format": "avro",
+            "schema_registry": {"url": "http://127.0.0.1:9/apis/ccompat/v7", "password": "reg-pw", "username": "u"},
+        },
+    ],
+    ids=["json", "avro"],
+)
+def test_make_decoder_never_reads_the_source_password(
+    monkeypatch: pytest.MonkeyPatch, settings_: dict[str, Any]
+) -> None:
+    """Bug 6: the decoder needs a handful of topic-naming keys; building it must not read the
+    database password (it used to build the whole connector config, password in clear)."""
+    src = _source(**settings_)
+    assert src.password is not None
+    guarded, real = src.password, SecretStr.get_secret_value
+
+    def get_secret_value(self: SecretStr) -> str:
+        if self is guarded:
+            raise AssertionError("the decoder read the source password")
+        return real(self)
+
+    monkeypatch.setattr(SecretStr, "get_secret_value", get_secret_value)
+    decoder = make_decoder(src)
+    assert decoder.config.topic_prefix == "app"
+    assert decoder.config.notification_topics == {notification_topic(src)}
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"topic.prefix": "renamed", "topic.delimiter": "_"},
+        {"topic.heartbeat.prefix": "hb", "topic.heartbeat.name": "shared-hb", "topic.transaction": "txs"},
+        {"notification.sink.topic.name": "notes", "unavailable.value.placeholder": "hex:ff00"},
+        {"binary.handling.mode": "hex", "unavailable.value.placeholder": True, "tombstones.on.delete": False},
+    ],
+)
+def test_decoder_config_from_source_matches_the_connector_config(overrides: dict[str, Any]) -> None:
+    """The settings-derived config is the one the connector's own config gives, overrides included."""
+    src = _source(topic_prefix="shop", connector_overrides=overrides)
+    assert DecoderConfig.from_source(src) == DecoderConfig.from_connector_config(build_connector_config(src))
+    for key, value in overrides.items():
+        if key == "topic.prefix":
+            assert DecoderConfig.from_source(src).topic_prefix == value
+
+
+def test_decoder_config_from_source_rejects_an_unknown_binary_mode() -> None:
+    with pytest.raises(ValueError, match=r"binary\.handling\.mode"):
+        DecoderConfig.from_source(_source(connector_overrides={"binary.handling.mode": "octal"}))

@@ -25,7 +25,8 @@ from pipeline.core.errors import PoisonMessageError
 from pipeline.core.events import ChangeEvent, Skip
 from pipeline.core.settings import RetrySettings, SchemaRegistrySettings, SourceSettings
 from pipeline.decode.avro import AvroReader
-from pipeline.decode.decoder import Decoder, DecoderConfig
+from pipeline.decode.config import DecoderConfig
+from pipeline.decode.decoder import Decoder
 from pipeline.decode.registry import RegistryUnavailableError, SchemaRegistryClient
 from pipeline.localstack import LocalStack
 from pipeline.localstack.registry import SchemaRegistryProcess

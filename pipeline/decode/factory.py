@@ -1,0 +1,48 @@
+"""Builds the decoder a pipeline needs from its settings: JSON or Avro per key and value, with a
+Schema Registry client when either is Avro (the composition root calls this)."""
+
+from __future__ import annotations
+
+from pipeline.core.settings import PipelineSettings, SourceSettings
+from pipeline.decode.avro import AvroReader
+from pipeline.decode.config import DecoderConfig
+from pipeline.decode.decoder import Decoder
+from pipeline.decode.registry import SchemaRegistryClient
+
+__all__ = ["REGISTRY_CLIENT_BUDGET_S", "make_decoder"]
+
+REGISTRY_CLIENT_BUDGET_S = 5.0
+"""Seconds the registry client itself retries an unavailable registry before raising."""
+
+
+def make_decoder(source: SourceSettings, pipeline: PipelineSettings | None = None) -> Decoder:
+    """The decoder of ``pipeline``'s messages from ``source``: JSON or Avro per key and value
+    (``pipeline.value_format``/``key_format``, which default to and must agree with the source's
+    ``format``/``key_format``), with a Schema Registry client (``source.schema_registry``)
+    when either is Avro. The registry client retries an unavailable registry with the
+    pipeline's ``retry`` backoff for ``REGISTRY_CLIENT_BUDGET_S`` seconds, then raises
+    RegistryUnavailableError (transient), which the runner retries with the consumer paused.
+
+    The topic naming comes from :meth:`DecoderConfig.from_source`, which never reads the
+    source's password. Raises ValueError when a format is Avro and the source has no
+    ``schema_registry``, or for an unknown ``binary.handling.mode`` override.
+    """
+    value_format = (pipeline.value_format if pipeline else None) or source.format
+    key_format = (pipeline.key_format if pipeline else None) or source.resolved_key_format
+    config = DecoderConfig.from_source(source)
+    if "avro" not in (value_format, key_format):
+        return Decoder(config)
+    registry = source.schema_registry
+    if registry is None:
+        raise ValueError(f"source {source.name!r}: avro messages need schema_registry")
+    # A short in-client budget: longer outages are retried by the runner, which keeps the
+    # consumer served (paused) while it backs off.
+    client = SchemaRegistryClient(
+        registry, pipeline.retry if pipeline else None, retry_budget_s=REGISTRY_CLIENT_BUDGET_S
+    )
+    reader = AvroReader(client.schema, registry.cache_size)
+    return Decoder(
+        config,
+        avro_values=reader if value_format == "avro" else None,
+        avro_keys=reader if key_format == "avro" else None,
+    )
