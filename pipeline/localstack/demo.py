@@ -5,7 +5,8 @@ Steps, on the local stack (``cdc-pipeline local up``):
 1. ``pgbench -i -s SCALE`` on the source (100,000 ``pgbench_accounts`` rows per scale unit);
    ``pgbench_history`` (no primary key) gets ``REPLICA IDENTITY FULL``;
 2. ``cdc-pipeline source prepare`` and ``connectors apply`` with ``config/examples/pgbench.yaml``;
-3. ``cdc-pipeline run``: the initial snapshot, then the stream (``filler`` masked by a transform);
+3. ``cdc-pipeline control`` (monitors, snapshot coordinator) and ``cdc-pipeline run`` (the data
+   plane): the initial snapshot, then the stream (``filler`` masked by a transform);
 4. ``pgbench`` at a fixed rate (``-R``) with several clients for DURATION seconds (optionally the
    pipeline is stopped and restarted in the middle);
 5. wait until the pipeline has caught up, ``cdc-pipeline verify``, and a summary.
@@ -124,6 +125,53 @@ def histogram_quantile(q: float, before: Samples, after: Samples, name: str) -> 
     return prev_bound
 
 
+@dataclass(frozen=True)
+class Phase:
+    """The initial snapshot: how long it took and the worker's metrics right after it."""
+
+    seconds: float
+    samples: Samples
+
+    @property
+    def snapshotted(self) -> float:
+        """Rows the worker applied from snapshot reads (op ``r``)."""
+        return total(self.samples, "cdc_events_applied_total", op="r")
+
+
+@dataclass(frozen=True)
+class Stream:
+    """The load and catch-up: seconds, worker metrics before and after, pgbench's tps line, WAL
+    the slot retained at the end (bytes, from the control plane)."""
+
+    seconds: float
+    base: Samples
+    end: Samples
+    tps: str
+    retained_bytes: float
+
+    @property
+    def streamed(self) -> float:
+        """Streamed change events applied (snapshot reads excluded)."""
+        applied = total(self.end, "cdc_events_applied_total") - total(self.base, "cdc_events_applied_total")
+        reads = total(self.end, "cdc_events_applied_total", op="r") - total(
+            self.base, "cdc_events_applied_total", op="r"
+        )
+        return applied - reads
+
+
+@dataclass(frozen=True)
+class Verification:
+    """``verify --json`` of the PostgreSQL pipeline and, when run, of the MariaDB one."""
+
+    pg: subprocess.CompletedProcess[str]
+    maria: subprocess.CompletedProcess[str] | None
+
+    @property
+    def ok(self) -> bool:
+        """Both verified clean."""
+        return self.pg.returncode == 0 and (self.maria is None or self.maria.returncode == 0)
+
+
 class Demo:
     """Runs the demo on ``stack``; ``say`` prints progress lines."""
 
@@ -137,6 +185,7 @@ class Demo:
         self.env = self._environment()
         self.worker: subprocess.Popen[bytes] | None = None
         self.maria_worker: subprocess.Popen[bytes] | None = None
+        self.control: subprocess.Popen[bytes] | None = None
         self.with_mariadb = options.mariadb and stack.settings.mariadb_enabled
 
     # ------------------------------------------------------------------ set-up
@@ -234,52 +283,59 @@ class Demo:
 
     # ------------------------------------------------------------------ the worker
 
-    def start_worker(self) -> None:
-        """Start ``cdc-pipeline run -p pgbench_to_target`` in the background (log:
-        <state>/demo/worker.log)."""
-        log = (self.dir / "worker.log").open("ab")
-        self.worker = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "run", "-p", PG_PIPELINE, "-c", str(CONFIG)],
-            env=self.env,
+    def _start(self, name: str, args: list[str], port: int) -> subprocess.Popen[bytes]:
+        """``python -m pipeline.cli ARGS`` in the background with metrics on ``port`` (log:
+        <state>/demo/<name>.log)."""
+        log = (self.dir / f"{name}.log").open("ab")
+        return subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", *args, "-c", str(CONFIG)],
+            env={**self.env, "CDC_METRICS__PORT": str(port)},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        self._wait(self._metrics_up, 60, "the worker's /metrics endpoint")
+
+    def _stop(self, proc: subprocess.Popen[bytes] | None, name: str) -> None:
+        """SIGTERM ``proc`` and wait for its graceful exit (code 0)."""
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(60)
+            if code != 0:
+                raise DemoError(f"the {name} exited with {code}; see {self.dir / (name + '.log')}")
+
+    def start_worker(self) -> None:
+        """Start the data plane, ``cdc-pipeline run -p pgbench_to_target``, and wait for its /metrics."""
+        self.worker = self._start("worker", ["run", "-p", PG_PIPELINE], self.opts.metrics_port)
+        self._wait(lambda: self._metrics_up(self.worker, self.opts.metrics_port, "worker"), 60, "the worker's /metrics")
 
     def start_mariadb_worker(self) -> None:
-        """Start ``cdc-pipeline run -p pgbench_to_mariadb`` (metrics on the next port; log:
-        <state>/demo/mariadb-worker.log)."""
-        log = (self.dir / "mariadb-worker.log").open("ab")
-        self.maria_worker = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "run", "-p", MARIADB_PIPELINE, "-c", str(CONFIG)],
-            env={**self.env, "CDC_METRICS__PORT": str(self.opts.metrics_port + 1)},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        """Start ``cdc-pipeline run -p pgbench_to_mariadb`` (metrics on the next port)."""
+        self.maria_worker = self._start("mariadb-worker", ["run", "-p", MARIADB_PIPELINE], self.opts.metrics_port + 1)
 
-    def stop_mariadb_worker(self) -> None:
-        """SIGTERM the MariaDB pipeline's worker and wait for its graceful exit."""
-        if self.maria_worker is not None and self.maria_worker.poll() is None:
-            self.maria_worker.send_signal(signal.SIGTERM)
-            code = self.maria_worker.wait(60)
-            if code != 0:
-                raise DemoError(f"the MariaDB worker exited with {code}; see {self.dir / 'mariadb-worker.log'}")
-        self.maria_worker = None
+    def start_control(self) -> None:
+        """Start the control plane, ``cdc-pipeline control`` (monitors, snapshot coordinator,
+        cutover readiness; metrics two ports up), and wait for its /metrics."""
+        port = self.opts.metrics_port + 2
+        self.control = self._start("control", ["control"], port)
+        self._wait(lambda: self._metrics_up(self.control, port, "control"), 60, "the control plane's /metrics")
 
     def stop_worker(self) -> None:
         """SIGTERM the worker and wait for its graceful exit."""
-        if self.worker is not None and self.worker.poll() is None:
-            self.worker.send_signal(signal.SIGTERM)
-            code = self.worker.wait(60)
-            if code != 0:
-                raise DemoError(f"the worker exited with {code}; see {self.dir / 'worker.log'}")
+        self._stop(self.worker, "worker")
         self.worker = None
 
-    def _metrics_up(self) -> bool:
-        if self.worker is not None and self.worker.poll() is not None:
-            raise DemoError(f"the worker exited with {self.worker.returncode}; see {self.dir / 'worker.log'}")
+    def stop_all(self) -> None:
+        """SIGTERM every process of the demo (workers, control plane) and wait for them."""
+        self.stop_worker()
+        self._stop(self.maria_worker, "mariadb-worker")
+        self.maria_worker = None
+        self._stop(self.control, "control")
+        self.control = None
+
+    def _metrics_up(self, proc: subprocess.Popen[bytes] | None, port: int, name: str) -> bool:
+        if proc is not None and proc.poll() is not None:
+            raise DemoError(f"the {name} exited with {proc.returncode}; see {self.dir / (name + '.log')}")
         try:
-            return httpx.get(f"http://127.0.0.1:{self.opts.metrics_port}/healthz", timeout=2).status_code == 200
+            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -345,28 +401,46 @@ class Demo:
             f"== demo run {self.run_id}: pgbench scale {o.scale}, {o.duration_s}s at {o.rate} tx/s, {o.clients} clients"
         )
         self.reset()
-        self.say(f"$ pgbench -i -s {o.scale} {DATABASE}")
+        self.load_source()
+        snapshot = self.snapshot_phase()
+        stream = self.load_phase(snapshot)
+        verify = self.verify_phase()
+        self.stop_all()
+        self.summary(snapshot, stream, verify, time.monotonic() - t_start)
+        return 0 if verify.ok else 1
+
+    def load_source(self) -> None:
+        """``pgbench -i`` on the source, keyless history with REPLICA IDENTITY FULL, then
+        ``source prepare`` and ``connectors apply``."""
+        scale = self.opts.scale
+        self.say(f"$ pgbench -i -s {scale} {DATABASE}")
         t = time.monotonic()
-        self.pgbench("-i", "-s", str(o.scale), "-q")
+        self.pgbench("-i", "-s", str(scale), "-q")
         with psycopg.connect(self.stack.settings.pg_dsn("source", DATABASE), autocommit=True) as conn:
             conn.execute("ALTER TABLE pgbench_history REPLICA IDENTITY FULL")
-        self.say(f"   {o.scale * 100_000:,} accounts loaded in {time.monotonic() - t:.1f}s")
-
+        self.say(f"   {scale * 100_000:,} accounts loaded in {time.monotonic() - t:.1f}s")
         self.cli("source", "prepare")
         self.cli("connectors", "apply")
-        self.say("$ cdc-pipeline run -c config/examples/pgbench.yaml   (in the background)")
+
+    def snapshot_phase(self) -> Phase:
+        """Start the control plane and the workers; wait for the initial snapshot to land."""
+        self.say("$ cdc-pipeline control -c config/examples/pgbench.yaml   (in the background)")
+        self.start_control()
+        self.say("$ cdc-pipeline run -p pgbench_to_target -c config/examples/pgbench.yaml   (in the background)")
         t_snap = time.monotonic()
         self.start_worker()
         if self.with_mariadb:
             self.say("$ cdc-pipeline run -p pgbench_to_mariadb -c config/examples/pgbench.yaml   (in the background)")
             self.start_mariadb_worker()
         expected = self.counts("source")
-        self._wait(lambda: self.counts("target") == expected, o.catch_up_timeout_s, "the initial snapshot")
-        snapshot_s = time.monotonic() - t_snap
-        after_snapshot = scrape(o.metrics_port)
-        snapshotted = total(after_snapshot, "cdc_events_applied_total", op="r")
-        self.say(f"   initial snapshot: {int(snapshotted):,} rows in {snapshot_s:.1f}s")
+        self._wait(lambda: self.counts("target") == expected, self.opts.catch_up_timeout_s, "the initial snapshot")
+        phase = Phase(time.monotonic() - t_snap, scrape(self.opts.metrics_port))
+        self.say(f"   initial snapshot: {int(phase.snapshotted):,} rows in {phase.seconds:.1f}s")
+        return phase
 
+    def load_phase(self, snapshot: Phase) -> Stream:
+        """pgbench at a fixed rate (optionally restarting the worker midway), then catch-up."""
+        o = self.opts
         self.say(f"$ pgbench -c {o.clients} -j 2 -T {o.duration_s} -R {o.rate} -n {DATABASE}")
         t_load = time.monotonic()
         load = subprocess.Popen(
@@ -376,6 +450,7 @@ class Demo:
             stderr=subprocess.STDOUT,
             text=True,
         )
+        base = snapshot.samples
         if o.restart_midway:
             time.sleep(o.duration_s / 3)
             self.say("   stopping the pipeline in the middle of the load...")
@@ -384,70 +459,67 @@ class Demo:
             time.sleep(min(10, o.duration_s / 4))
             self.say("   ...and starting it again")
             self.start_worker()
-            # The restarted process starts its counters at zero: carry the earlier totals.
-            after_snapshot = _subtract(after_snapshot, before_stop)
+            base = _subtract(base, before_stop)  # the restarted process starts its counters at zero
         out, _ = load.communicate(timeout=o.duration_s + 120)
         if load.returncode != 0:
             raise DemoError(f"pgbench load failed:\n{out}")
         tps = next((line for line in out.splitlines() if line.startswith("tps")), "tps = ?")
         self._wait(self.caught_up, o.catch_up_timeout_s, "the pipeline to catch up")
-        stream_s = time.monotonic() - t_load
         end = scrape(o.metrics_port)
-        streamed = (
-            total(end, "cdc_events_applied_total")
-            - total(after_snapshot, "cdc_events_applied_total")
-            - (
-                total(end, "cdc_events_applied_total", op="r")
-                - total(after_snapshot, "cdc_events_applied_total", op="r")
-            )
+        control = scrape(o.metrics_port + 2)
+        return Stream(
+            time.monotonic() - t_load, base, end, tps.strip(), total(control, "cdc_replication_slot_wal_retained_bytes")
         )
-        p50 = histogram_quantile(0.50, after_snapshot, end, "cdc_commit_to_apply_seconds")
-        p99 = histogram_quantile(0.99, after_snapshot, end, "cdc_commit_to_apply_seconds")
-        retained = total(end, "cdc_replication_slot_wal_retained_bytes")
 
-        verify = self.cli("verify", "--json", "-p", PG_PIPELINE, check=False)
-        maria_verify = (
+    def verify_phase(self) -> Verification:
+        """``cdc-pipeline verify`` of both pipelines."""
+        pg = self.cli("verify", "--json", "-p", PG_PIPELINE, check=False)
+        maria = (
             self.cli("verify", "--json", "--no-store", "-p", MARIADB_PIPELINE, check=False)
             if self.with_mariadb
             else None
         )
-        self.stop_worker()
-        self.stop_mariadb_worker()
-        ok = verify.returncode == 0 and (maria_verify is None or maria_verify.returncode == 0)
-        self.say("")
-        self.say("== summary")
-        self.say(
-            f"rows snapshotted            {int(snapshotted):,} in {snapshot_s:.1f}s "
-            f"({snapshotted / snapshot_s:,.0f} rows/s)"
+        return Verification(pg, maria)
+
+    def summary(self, snapshot: Phase, stream: Stream, verify: Verification, seconds: float) -> None:
+        """Print the summary block."""
+        say = self.say
+        p50 = histogram_quantile(0.50, stream.base, stream.end, "cdc_commit_to_apply_seconds")
+        p99 = histogram_quantile(0.99, stream.base, stream.end, "cdc_commit_to_apply_seconds")
+        say("")
+        say("== summary")
+        say(
+            f"rows snapshotted            {int(snapshot.snapshotted):,} in {snapshot.seconds:.1f}s "
+            f"({snapshot.snapshotted / snapshot.seconds:,.0f} rows/s)"
         )
-        self.say(f"pgbench                     {tps.strip()}")
-        self.say(
-            f"change events applied       {int(streamed):,} ({streamed / stream_s:,.0f} events/s over "
-            f"{stream_s:.0f}s of load and catch-up)"
+        say(f"pgbench                     {stream.tps}")
+        say(
+            f"change events applied       {int(stream.streamed):,} "
+            f"({stream.streamed / stream.seconds:,.0f} events/s over {stream.seconds:.0f}s of load and catch-up)"
         )
-        self.say(f"commit-to-apply latency     p50 {_fmt_s(p50)}, p99 {_fmt_s(p99)}")
-        self.say(f"slot WAL retained at end    {retained / 1024 / 1024:,.1f} MiB")
-        self.say(f"verification                {'CLEAN: every table matches' if ok else 'FAILED'}")
-        for line in _verify_lines(verify.stdout):
-            self.say(f"  {line}")
-        if maria_verify is not None:
-            self.say("  into MariaDB (pipeline pgbench_to_mariadb, its own consumer group):")
-            for line in _verify_lines(maria_verify.stdout):
-                self.say(f"  {line}")
-        self.say(
-            f"metrics                     http://127.0.0.1:{o.metrics_port}/metrics while `cdc-pipeline run` "
-            "runs; Grafana dashboard: deploy/grafana/dashboards/cdc-pipeline.json"
+        say(f"commit-to-apply latency     p50 {_fmt_s(p50)}, p99 {_fmt_s(p99)}")
+        say(f"slot WAL retained at end    {stream.retained_bytes / 1024 / 1024:,.1f} MiB")
+        say(f"verification                {'CLEAN: every table matches' if verify.ok else 'FAILED'}")
+        for line in _verify_lines(verify.pg.stdout):
+            say(f"  {line}")
+        if verify.maria is not None:
+            say("  into MariaDB (pipeline pgbench_to_mariadb, its own consumer group):")
+            for line in _verify_lines(verify.maria.stdout):
+                say(f"  {line}")
+        say(
+            f"metrics                     http://127.0.0.1:{self.opts.metrics_port}/metrics (worker), "
+            f":{self.opts.metrics_port + 2}/metrics (control plane); "
+            "Grafana: deploy/grafana/dashboards/cdc-pipeline.json"
         )
-        self.say(f"total demo time             {time.monotonic() - t_start:.0f}s")
-        if not ok:
-            self.say(verify.stdout + verify.stderr)
-            if maria_verify is not None:
-                self.say(maria_verify.stdout + maria_verify.stderr)
-        return 0 if ok else 1
+        say(f"total demo time             {seconds:.0f}s")
+        if not verify.ok:
+            say(verify.pg.stdout + verify.pg.stderr)
+            if verify.maria is not None:
+                say(verify.maria.stdout + verify.maria.stderr)
 
     def close(self) -> None:
-        """Stop the workers if they still run."""
-        for proc in (self.worker, self.maria_worker):
+        """Stop the workers and the control plane if they still run."""
+        for proc in (self.worker, self.maria_worker, self.control):
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait(30)
