@@ -64,7 +64,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported
 from psycopg import sql
 
 from pipeline.app import consumer_config
-from pipeline.core.settings import load_settings
+from pipeline.core.settings.loading import load_settings
 from pipeline.localstack import LocalStackSettings, settings_for
 from pipeline.localstack.config import PG_PASSWORD, PG_SUPERUSER
 from pipeline.localstack.jars import cache_for

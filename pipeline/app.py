@@ -21,7 +21,8 @@ from pipeline.control.verify import coordination_monitors
 from pipeline.core.events import ChangeEvent, Skip, TableId
 from pipeline.core.health import HealthServer
 from pipeline.core.logs import get_logger
-from pipeline.core.settings import PipelineSettings, Settings, SourceSettings
+from pipeline.core.settings.models import PipelineSettings, SourceSettings
+from pipeline.core.settings.root import Settings
 from pipeline.dataplane.dlq import DeadLetterQueue
 from pipeline.dataplane.runner import Message, PipelineRunner
 from pipeline.decode.decoder import make_decoder

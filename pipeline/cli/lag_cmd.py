@@ -52,7 +52,8 @@ from pipeline.control.monitor import (
     view_columns,
 )
 from pipeline.core.offsets import partition_lag
-from pipeline.core.settings import PipelineSettings, Settings, SourceSettings
+from pipeline.core.settings.models import PipelineSettings, SourceSettings
+from pipeline.core.settings.root import Settings
 
 PipelineOption = Annotated[
     str | None, typer.Option("--pipeline", "-p", help="Only this pipeline (and its source); all by default.")

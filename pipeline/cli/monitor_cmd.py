@@ -19,7 +19,7 @@ from pipeline.cli.common import ConfigOption, fail, load_or_exit
 from pipeline.control.monitor import build_monitors
 from pipeline.core.health import HealthServer
 from pipeline.core.logs import get_logger
-from pipeline.core.settings import Settings
+from pipeline.core.settings.root import Settings
 
 log = get_logger("pipeline.cli.monitor")
 

@@ -29,7 +29,8 @@ from pipeline.control.verify import (
     store_result,
     verify_pipeline,
 )
-from pipeline.core.settings import PipelineSettings, Settings
+from pipeline.core.settings.models import PipelineSettings
+from pipeline.core.settings.root import Settings
 from sinks.factory import UnsupportedTargetError
 
 PipelineOption = Annotated[

@@ -12,7 +12,7 @@ as Prometheus metrics (all defined in :mod:`pipeline.core.metrics`), in three la
 3. **Pollers** on background threads: :class:`SlotMonitor` (one per source, with its
    :class:`HeartbeatProbe` per pipeline target) and :class:`ConnectorStateMonitor` (all
    sources' connectors, with optional auto-restart of FAILED tasks). :func:`build_monitors`
-   wires them from :class:`~pipeline.core.settings.Settings` into a :class:`MonitorGroup`::
+   wires them from :class:`~pipeline.core.settings.root.Settings` into a :class:`MonitorGroup`::
 
        group = build_monitors(settings, sources=[pipeline.source])
        group.start()          # first poll at once, then every monitor.interval_s
@@ -84,7 +84,8 @@ from pipeline.core import metrics
 from pipeline.core.events import TableId
 from pipeline.core.logs import get_logger
 from pipeline.core.retry import exponential_cap
-from pipeline.core.settings import PipelineSettings, Settings, SourceSettings
+from pipeline.core.settings.models import PipelineSettings, SourceSettings
+from pipeline.core.settings.root import Settings
 from pipeline.transform.transforms import build_transformer
 
 log = get_logger("pipeline.control.monitor")

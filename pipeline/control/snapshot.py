@@ -99,7 +99,8 @@ from connectors.source_prep import conninfo as source_conninfo
 from pipeline.control.monitor import PollingMonitor
 from pipeline.core import metrics
 from pipeline.core.logs import get_logger
-from pipeline.core.settings import PipelineSettings, Settings, SnapshotConfig, SourceSettings
+from pipeline.core.settings.models import PipelineSettings, SnapshotConfig, SourceSettings
+from pipeline.core.settings.root import Settings
 
 log = get_logger(__name__)
 

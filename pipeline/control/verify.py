@@ -98,7 +98,8 @@ from pipeline.control.snapshot import (
 from pipeline.core import metrics
 from pipeline.core.events import TableId
 from pipeline.core.logs import get_logger
-from pipeline.core.settings import PipelineSettings, Settings, SourceSettings, VerifyConfig
+from pipeline.core.settings.models import PipelineSettings, SourceSettings, VerifyConfig
+from pipeline.core.settings.root import Settings
 from pipeline.transform.transforms import ColumnReport, build_transformer
 from sinks.sqlalchemy import canonical
 from sinks.sqlalchemy.ddl import dialect_kind, physical, read_shape

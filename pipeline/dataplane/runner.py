@@ -39,7 +39,7 @@ from pipeline.core.events import ChangeEvent, Op, Skip
 from pipeline.core.logs import get_logger
 from pipeline.core.offsets import partition_lag
 from pipeline.core.retry import Backoff
-from pipeline.core.settings import PipelineSettings
+from pipeline.core.settings.models import PipelineSettings
 from pipeline.dataplane.dlq import DeadLetter, DeadLetterQueue, DlqDeliveryError, DlqLimiter
 from pipeline.dataplane.reduce import reduce_events
 from pipeline.transform.transforms import TransformConfigError

@@ -65,7 +65,7 @@ import orjson
 from connectors.debezium import build_connector_config
 from pipeline.core.errors import PoisonMessageError
 from pipeline.core.events import ChangeEvent, Column, Geometry, Op, Point, Position, Skip, TableId, position_from_source
-from pipeline.core.settings import PipelineSettings, SourceSettings
+from pipeline.core.settings.models import PipelineSettings, SourceSettings
 from pipeline.decode.avro import AvroReader, WireFormatError
 from pipeline.decode.registry import RegistryUnavailableError, SchemaRegistryClient, UnknownSchemaError
 

@@ -62,7 +62,7 @@ from pydantic import SecretStr
 
 from pipeline.core.errors import FatalError, PoisonMessageError
 from pipeline.core.events import ChangeEvent, Column, Op, Position, Row, Skip, TableId
-from pipeline.core.settings import MaskMode, TransformRule
+from pipeline.core.settings.models import MaskMode, TransformRule
 from pipeline.decode.decoder import make_event
 
 __all__ = [

@@ -27,7 +27,8 @@ from connectors.connect_client import ConnectClient
 from connectors.debezium import build_connector_config
 from pipeline.control.verify import target_table
 from pipeline.core.events import TableId
-from pipeline.core.settings import Settings, load_settings
+from pipeline.core.settings.loading import load_settings
+from pipeline.core.settings.root import Settings
 from pipeline.localstack import LocalStack
 from pipeline.transform.transforms import build_transformer
 from sinks.sqlalchemy import canonical as portable

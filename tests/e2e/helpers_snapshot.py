@@ -27,7 +27,8 @@ from pipeline.cli.snapshot_cmd import app as snapshot_app
 from pipeline.cli.verify_cmd import verify
 from pipeline.control.snapshot import Notification, SnapshotQueue, SnapshotRequest, parse_notification
 from pipeline.core.logs import configure_logging
-from pipeline.core.settings import Settings, load_settings
+from pipeline.core.settings.loading import load_settings
+from pipeline.core.settings.root import Settings
 from tests.e2e.conftest import E2EPipeline
 
 

@@ -31,7 +31,7 @@ from typer.testing import CliRunner, Result
 
 from connectors.connect_client import ConnectClient, ConnectorStatus
 from pipeline.cli import app
-from pipeline.core.settings import ConnectSettings
+from pipeline.core.settings.models import ConnectSettings
 from pipeline.localstack import LocalStack
 from pipeline.localstack.services import pg_bindir
 from tests.conftest import REPO, Databases

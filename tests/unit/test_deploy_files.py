@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.core.settings import interpolate, load_settings
+from pipeline.core.settings.loading import interpolate, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -44,7 +44,8 @@ from pipeline.control.monitor import (
 from pipeline.core import metrics
 from pipeline.core.events import TableId
 from pipeline.core.offsets import partition_lag
-from pipeline.core.settings import ConnectSettings, PipelineSettings, Settings, SourceSettings
+from pipeline.core.settings.models import ConnectSettings, PipelineSettings, SourceSettings
+from pipeline.core.settings.root import Settings
 
 MB = 1024 * 1024
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)

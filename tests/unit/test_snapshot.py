@@ -38,7 +38,7 @@ from pipeline.control.snapshot import (
     stop_snapshot_data,
 )
 from pipeline.core import metrics
-from pipeline.core.settings import SourceSettings
+from pipeline.core.settings.models import SourceSettings
 
 RID = uuid.UUID("c0dfd0ad-d023-407d-be30-f3a3fa0a2f46")
 

@@ -18,7 +18,7 @@ from pydantic import SecretStr
 
 from pipeline.core.errors import PoisonMessageError
 from pipeline.core.events import ChangeEvent, Column, Op, Position, Skip, TableId
-from pipeline.core.settings import TransformRule
+from pipeline.core.settings.models import TransformRule
 from pipeline.transform.transforms import (
     REDACTED,
     PredicateError,

@@ -34,7 +34,7 @@ from pipeline.control.verify import (
 )
 from pipeline.core import metrics
 from pipeline.core.events import TableId
-from pipeline.core.settings import TransformRule
+from pipeline.core.settings.models import TransformRule
 from pipeline.transform.transforms import build_transformer
 
 ITEMS = TableId("public", "items")
