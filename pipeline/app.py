@@ -26,7 +26,7 @@ from pipeline.core.settings.root import Settings
 from pipeline.dataplane.dlq import DeadLetterQueue
 from pipeline.dataplane.runner import Message, PipelineRunner
 from pipeline.decode.decoder import make_decoder
-from pipeline.transform.transforms import build_transformer
+from pipeline.transform.transformer import build_transformer
 from sinks.base import Sink
 from sinks.factory import make_sink
 

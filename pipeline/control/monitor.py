@@ -86,7 +86,7 @@ from pipeline.core.logs import get_logger
 from pipeline.core.retry import exponential_cap
 from pipeline.core.settings.models import PipelineSettings, SourceSettings
 from pipeline.core.settings.root import Settings
-from pipeline.transform.transforms import build_transformer
+from pipeline.transform.transformer import build_transformer
 
 log = get_logger("pipeline.control.monitor")
 

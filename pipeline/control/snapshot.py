@@ -1903,7 +1903,7 @@ def applied_reads(settings: Settings, source: SourceSettings) -> Callable[[str],
     """Snapshot reads (op ``r``) this process applied per source table, from
     ``cdc_events_applied_total`` of the first pipeline of ``source`` (routed target table)."""
     from pipeline.core.events import TableId  # noqa: PLC0415
-    from pipeline.transform.transforms import build_transformer  # noqa: PLC0415
+    from pipeline.transform.transformer import build_transformer  # noqa: PLC0415
 
     pipes = pipelines_of(settings, source)
     if not pipes:

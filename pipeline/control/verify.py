@@ -100,7 +100,7 @@ from pipeline.core.events import TableId
 from pipeline.core.logs import get_logger
 from pipeline.core.settings.models import PipelineSettings, SourceSettings, VerifyConfig
 from pipeline.core.settings.root import Settings
-from pipeline.transform.transforms import ColumnReport, build_transformer
+from pipeline.transform.transformer import ColumnReport, build_transformer
 from sinks.sqlalchemy import canonical
 from sinks.sqlalchemy.ddl import dialect_kind, physical, read_shape
 from sinks.sqlalchemy.types import adapt

@@ -42,7 +42,7 @@ from pipeline.core.retry import Backoff
 from pipeline.core.settings.models import PipelineSettings
 from pipeline.dataplane.dlq import DeadLetter, DeadLetterQueue, DlqDeliveryError, DlqLimiter
 from pipeline.dataplane.reduce import reduce_events
-from pipeline.transform.transforms import TransformConfigError
+from pipeline.transform.rule import TransformConfigError
 from sinks.base import BatchRejectedError, Sink, TransientSinkError
 from sinks.base import TopicPartition as TP  # noqa: N817 - (topic, partition) tuple
 

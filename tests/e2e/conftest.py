@@ -30,7 +30,7 @@ from pipeline.core.events import TableId
 from pipeline.core.settings.loading import load_settings
 from pipeline.core.settings.root import Settings
 from pipeline.localstack import LocalStack
-from pipeline.transform.transforms import build_transformer
+from pipeline.transform.transformer import build_transformer
 from sinks.sqlalchemy import canonical as portable
 from sinks.sqlalchemy.ddl import physical
 from tests.conftest import Databases, drop_slots

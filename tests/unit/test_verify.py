@@ -35,7 +35,7 @@ from pipeline.control.verify import (
 from pipeline.core import metrics
 from pipeline.core.events import TableId
 from pipeline.core.settings.models import TransformRule
-from pipeline.transform.transforms import build_transformer
+from pipeline.transform.transformer import build_transformer
 
 ITEMS = TableId("public", "items")
 SOURCE_COLUMNS = [
