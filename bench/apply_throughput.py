@@ -64,7 +64,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported
 from psycopg import sql
 
 from pipeline.app import consumer_config
-from pipeline.core.settings import load_settings
+from pipeline.core.settings.loading import load_settings
 from pipeline.localstack import LocalStackSettings, settings_for
 from pipeline.localstack.config import PG_PASSWORD, PG_SUPERUSER
 from pipeline.localstack.jars import cache_for
@@ -684,11 +684,11 @@ def copy_ceiling(conn: Conn) -> CopyRate:
 # (label, marker) pairs; a sampled stack is charged to the label of its deepest frame that
 # contains a marker. Frames look like "apply (sinks/postgres/sink.py:170)".
 PROFILE_STAGES: list[tuple[str, str]] = [
-    ("kafka consume (librdkafka poll)", "_collect (pipeline/dataplane/runner.py"),
-    ("batching (Batch.add)", "add (pipeline/dataplane/runner.py"),
+    ("kafka consume (librdkafka poll)", "collect (pipeline/dataplane/steps.py"),
+    ("batching (Batch.add)", "add (pipeline/dataplane/steps.py"),
     ("decode", "pipeline/decode/"),
     ("decode", "decode (pipeline/app.py"),
-    ("transform", "pipeline/transform/transforms.py"),
+    ("transform", "pipeline/transform/"),
     ("transform", "transform (pipeline/app.py"),
     ("reduce", "pipeline/dataplane/reduce.py"),
     ("sink: COPY to staging (psycopg)", "psycopg/_copy"),

@@ -33,10 +33,10 @@ from fastavro import parse_schema, schemaless_writer
 
 from pipeline.core.errors import PoisonMessageError
 from pipeline.core.events import ChangeEvent
-from pipeline.core.settings import TransformRule
+from pipeline.core.settings.models import TransformRule
 from pipeline.decode.avro import AvroReader, raw_reader_schema
 from pipeline.decode.decoder import Decoder
-from pipeline.transform.transforms import build_transformer
+from pipeline.transform.transformer import build_transformer
 
 PREFIX = "bench"
 TABLE = "orders"

@@ -39,7 +39,7 @@ import httpx
 from connectors.debezium import Redactor, is_secret_key, secret_values
 from pipeline.core.logs import get_logger
 from pipeline.core.retry import exponential_cap
-from pipeline.core.settings import ConnectSettings
+from pipeline.core.settings.models import ConnectSettings
 
 log = get_logger("connectors.connect")
 

@@ -85,7 +85,8 @@ from typing import Final, Literal
 
 from psycopg import sql
 
-from pipeline.core.settings import MASK, MessageFormat, ScalarValue, SourceSettings
+from pipeline.core.settings.masking import MASK
+from pipeline.core.settings.models import MessageFormat, ScalarValue, SourceSettings
 
 POSTGRES_CONNECTOR_CLASS: Final = "io.debezium.connector.postgresql.PostgresConnector"
 JSON_CONVERTER: Final = "org.apache.kafka.connect.json.JsonConverter"

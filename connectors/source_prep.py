@@ -46,7 +46,7 @@ from connectors.debezium import (
     signal_table,
 )
 from pipeline.core.logs import get_logger
-from pipeline.core.settings import SourceSettings
+from pipeline.core.settings.models import SourceSettings
 
 log = get_logger("connectors.source_prep")
 

@@ -23,12 +23,13 @@ from pipeline.control.plane import ControlPlane
 from pipeline.core.events import ChangeEvent, Skip, TableId
 from pipeline.core.health import HealthServer
 from pipeline.core.logs import get_logger
-from pipeline.core.settings import PipelineSettings, Settings, SourceSettings
+from pipeline.core.settings.models import PipelineSettings, SourceSettings
+from pipeline.core.settings.root import Settings
 from pipeline.dataplane.consumer import Message
 from pipeline.dataplane.dlq import DeadLetterQueue
 from pipeline.dataplane.runner import PipelineRunner
 from pipeline.decode.factory import make_decoder
-from pipeline.transform.transforms import build_transformer
+from pipeline.transform.transformer import build_transformer
 from sinks.base import Sink
 from sinks.factory import make_sink
 

@@ -11,7 +11,7 @@ from psycopg.conninfo import make_conninfo
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from pipeline.core.settings import PipelineSettings, TargetSettings
+from pipeline.core.settings.models import PipelineSettings, TargetSettings
 from sinks.base import Sink, Target
 from sinks.postgres.sink import PostgresSink
 from sinks.postgres.target import PostgresTarget

@@ -7,7 +7,8 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from pipeline.core.settings import ConfigError, Settings, load_settings
+from pipeline.core.settings.loading import ConfigError, load_settings
+from pipeline.core.settings.root import Settings
 
 ConfigOption = Annotated[
     Path | None,

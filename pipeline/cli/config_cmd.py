@@ -8,7 +8,7 @@ import typer
 import yaml
 
 from pipeline.cli.common import ConfigOption, load_or_exit
-from pipeline.core.settings import json_schema, reference_markdown
+from pipeline.core.settings.reference import json_schema, reference_markdown
 
 app = typer.Typer(help="Validate and show pipeline configuration.", no_args_is_help=True)
 

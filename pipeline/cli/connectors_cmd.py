@@ -34,7 +34,8 @@ from connectors.connect_client import (
 from connectors.debezium import ConnectorConfigError, build_connector_config
 from pipeline.cli.common import ConfigOption, load_or_exit
 from pipeline.cli.source_cmd import SourceOption, echo_check, select_sources
-from pipeline.core.settings import Settings, SourceSettings
+from pipeline.core.settings.models import SourceSettings
+from pipeline.core.settings.root import Settings
 
 app = typer.Typer(
     help="Register and operate the Debezium connectors of the configured sources (Kafka Connect REST).",

@@ -46,7 +46,8 @@ from pipeline.control.monitor.heartbeat import heartbeat_target_table
 from pipeline.control.monitor.slot_model import SlotReport, WalRateWindow, evaluate_slot, heartbeat_age_seconds
 from pipeline.control.monitor.source_sql import connect_read_only, read_server_sample, view_columns
 from pipeline.core.offsets import partition_lag
-from pipeline.core.settings import PipelineSettings, Settings, SourceSettings
+from pipeline.core.settings.models import PipelineSettings, SourceSettings
+from pipeline.core.settings.root import Settings
 from sinks.base import TransientSinkError
 from sinks.factory import UnsupportedTargetError, make_target
 

@@ -30,7 +30,8 @@ from pipeline.control.snapshot.model import Condition, RequestState, SnapshotKin
 from pipeline.control.snapshot.sql import NothingToSignalError, SnapshotQueue
 from pipeline.control.snapshot.wiring import build_coordinator
 from pipeline.core.logs import configure_logging, get_logger
-from pipeline.core.settings import Settings, SourceSettings
+from pipeline.core.settings.models import SourceSettings
+from pipeline.core.settings.root import Settings
 
 
 class _Log:

@@ -15,7 +15,8 @@ import typer
 from connectors import source_prep
 from connectors.debezium import ConnectorConfigError
 from pipeline.cli.common import ConfigOption, fail, load_or_exit
-from pipeline.core.settings import Settings, SourceSettings
+from pipeline.core.settings.models import SourceSettings
+from pipeline.core.settings.root import Settings
 
 app = typer.Typer(
     help="Check and prepare PostgreSQL sources (wal_level, slots, privileges, replica identity, publication).",

@@ -21,7 +21,8 @@ from pipeline.control.snapshot.model import SnapshotRequest
 from pipeline.control.verify.model import VerifyResult, VerifySettings, export_verify_metrics, format_result
 from pipeline.control.verify.repair import RepairReport, repair_pipeline
 from pipeline.control.verify.run import store_result, verify_pipeline
-from pipeline.core.settings import PipelineSettings, Settings
+from pipeline.core.settings.models import PipelineSettings
+from pipeline.core.settings.root import Settings
 from sinks.base import Target, TransientSinkError
 from sinks.factory import UnsupportedTargetError, make_target
 

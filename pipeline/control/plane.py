@@ -17,7 +17,7 @@ from pipeline.control.snapshot.wiring import build_coordinator
 from pipeline.control.verify.model import VerifySettings
 from pipeline.control.verify.readiness import CutoverMonitor
 from pipeline.core.logs import get_logger
-from pipeline.core.settings import Settings
+from pipeline.core.settings.root import Settings
 
 log = get_logger(__name__)
 

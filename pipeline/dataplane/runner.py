@@ -22,7 +22,7 @@ from pipeline.core.errors import TransientError
 from pipeline.core.events import ChangeEvent
 from pipeline.core.logs import get_logger
 from pipeline.core.retry import Backoff
-from pipeline.core.settings import PipelineSettings
+from pipeline.core.settings.models import PipelineSettings
 from pipeline.dataplane.consumer import Consumer, Message
 from pipeline.dataplane.dlq import DeadLetter, DeadLetterQueue, DlqLimiter
 from pipeline.dataplane.progress import Progress, RunnerStats, observe_latency, record_batch

@@ -13,7 +13,7 @@ from confluent_kafka import KafkaError
 from pipeline.core.batch import ReducedBatch
 from pipeline.core.errors import PoisonMessageError
 from pipeline.core.events import ChangeEvent, Op, Skip
-from pipeline.core.settings import BatchSettings
+from pipeline.core.settings.models import BatchSettings
 from pipeline.dataplane.consumer import Consumer, Message
 from pipeline.dataplane.dlq import DeadLetter
 from sinks.base import BatchRejectedError

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
 from connectors.debezium import notification_topic
-from pipeline.core.settings import ScalarValue, SourceSettings
+from pipeline.core.settings.models import ScalarValue, SourceSettings
 
 __all__ = ["DECODER_CONNECTOR_KEYS", "DEFAULT_UNAVAILABLE_PLACEHOLDER", "BinaryHandlingMode", "DecoderConfig"]
 

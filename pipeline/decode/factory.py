@@ -3,7 +3,7 @@ Schema Registry client when either is Avro (the composition root calls this)."""
 
 from __future__ import annotations
 
-from pipeline.core.settings import PipelineSettings, SourceSettings
+from pipeline.core.settings.models import PipelineSettings, SourceSettings
 from pipeline.decode.avro import AvroReader
 from pipeline.decode.config import DecoderConfig
 from pipeline.decode.decoder import Decoder

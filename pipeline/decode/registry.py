@@ -31,7 +31,7 @@ import orjson
 from pipeline.core.errors import TransientError
 from pipeline.core.logs import get_logger
 from pipeline.core.retry import Backoff, RetryBudgetExceededError
-from pipeline.core.settings import RetrySettings, SchemaRegistrySettings
+from pipeline.core.settings.models import RetrySettings, SchemaRegistrySettings
 
 __all__ = ["RegistryUnavailableError", "SchemaRegistryClient", "UnknownSchemaError"]
 

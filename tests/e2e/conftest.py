@@ -27,9 +27,10 @@ from connectors.connect_client import ConnectClient
 from connectors.debezium import build_connector_config
 from pipeline.control.verify.plan import target_table
 from pipeline.core.events import TableId
-from pipeline.core.settings import Settings, load_settings
+from pipeline.core.settings.loading import load_settings
+from pipeline.core.settings.root import Settings
 from pipeline.localstack import LocalStack
-from pipeline.transform.transforms import build_transformer
+from pipeline.transform.transformer import build_transformer
 from sinks.sqlalchemy import canonical as portable
 from sinks.sqlalchemy.ddl import physical
 from tests.conftest import Databases, drop_slots

@@ -29,7 +29,8 @@ from pipeline.control.snapshot.model import Notification, SnapshotRequest
 from pipeline.control.snapshot.notifications import parse_notification
 from pipeline.control.snapshot.sql import SnapshotQueue
 from pipeline.core.logs import configure_logging
-from pipeline.core.settings import Settings, load_settings
+from pipeline.core.settings.loading import load_settings
+from pipeline.core.settings.root import Settings
 from tests.e2e.conftest import E2EPipeline
 
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner, Result
 
 from connectors.connect_client import ConnectClient, ConnectorStatus
 from pipeline.cli import app
-from pipeline.core.settings import ConnectSettings
+from pipeline.core.settings.models import ConnectSettings
 from pipeline.localstack import LocalStack
 from tests.conftest import Databases
 

@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 from pipeline.core.events import ChangeEvent, Column, Op, Position, TableId
-from pipeline.core.settings import PipelineSettings
+from pipeline.core.settings.models import PipelineSettings
 from pipeline.dataplane.reduce import reduce_events
 from pipeline.localstack import LocalStack
 from pipeline.localstack.config import MARIADB_PASSWORD, MARIADB_USER

@@ -40,7 +40,7 @@ from pipeline.cli import lag_cmd
 from pipeline.cli.monitor_cmd import run_monitor
 from pipeline.control.monitor.group import MonitorGroup, build_monitors
 from pipeline.core.health import HealthServer
-from pipeline.core.settings import Settings
+from pipeline.core.settings.root import Settings
 from pipeline.localstack import LocalStack, LocalStackSettings
 from pipeline.localstack.services import PostgresCluster, pg_bindir
 from sinks.factory import make_target

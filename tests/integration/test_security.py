@@ -31,7 +31,8 @@ from psycopg import sql
 
 from connectors.connect_client import ConnectClient, ConnectError, RetryPolicy
 from pipeline.core.events import ChangeEvent, Column, Op, Position, TableId
-from pipeline.core.settings import ConnectSettings, KafkaSettings, load_settings
+from pipeline.core.settings.loading import load_settings
+from pipeline.core.settings.models import ConnectSettings, KafkaSettings
 from pipeline.dataplane.reduce import reduce_events
 from pipeline.localstack import LocalStack
 from sinks.postgres.sink import PostgresSink

@@ -26,7 +26,7 @@ import yaml
 from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
-from pipeline.core.settings import KafkaSettings
+from pipeline.core.settings.models import KafkaSettings
 from pipeline.localstack import LocalStack, services
 from pipeline.localstack.jars import cache_for, java_binary
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-from pipeline.core.settings import PipelineSettings, load_settings
+from pipeline.core.settings.loading import load_settings
+from pipeline.core.settings.models import PipelineSettings
 from sinks.factory import UnsupportedTargetError, make_sink, make_target, target_kind, target_sqlalchemy_url
 from sinks.postgres.sink import PostgresSink
 from sinks.sqlalchemy.sink import SqlAlchemySink

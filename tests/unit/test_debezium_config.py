@@ -37,7 +37,8 @@ from connectors.debezium import (
     signal_table,
     table_regex,
 )
-from pipeline.core.settings import MASK, ConnectSettings, SourceSettings
+from pipeline.core.settings.masking import MASK
+from pipeline.core.settings.models import ConnectSettings, SourceSettings
 
 PASSWORD = "s3cr3t-Pa55word"
 

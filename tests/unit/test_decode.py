@@ -29,7 +29,7 @@ from pydantic import SecretStr
 from connectors.debezium import build_connector_config, notification_topic
 from pipeline.core.errors import PoisonMessageError
 from pipeline.core.events import ChangeEvent, Column, Geometry, Op, Point, Position, Skip, TableId
-from pipeline.core.settings import SourceSettings
+from pipeline.core.settings.models import SourceSettings
 from pipeline.decode import converters, event_factory, temporal
 from pipeline.decode.config import DEFAULT_UNAVAILABLE_PLACEHOLDER, DecoderConfig
 from pipeline.decode.converters import converter_for

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.core.settings import Settings, interpolate, load_settings
+from pipeline.core.settings.loading import interpolate, load_settings
+from pipeline.core.settings.root import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 KUBERNETES = REPO / "deploy" / "kubernetes"

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from pipeline.core.batch import ReducedBatch
 from pipeline.core.errors import PoisonMessageError
 from pipeline.core.events import ChangeEvent, Skip
-from pipeline.core.settings import PipelineSettings
+from pipeline.core.settings.models import PipelineSettings
 from pipeline.dataplane.dlq import DeadLetter
 from pipeline.dataplane.runner import PipelineRunner
 from pipeline.dataplane.steps import Batch

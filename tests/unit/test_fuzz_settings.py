@@ -15,7 +15,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.core.settings import ConfigError, Settings, load_settings
+from pipeline.core.settings.loading import ConfigError, load_settings
+from pipeline.core.settings.root import Settings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "examples" / "local.yaml"
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -94,6 +95,13 @@ def test_the_base_configuration_loads() -> None:
 def test_random_text(text: str) -> None:
     problems = _problems(lambda: _load_text(text))
     assert problems is None or (problems and all(line.strip() for line in problems))
+
+
+@pytest.mark.parametrize("text", ["?", "1: x", "true: 1"])
+def test_top_level_keys_that_are_not_names_are_config_errors(text: str) -> None:
+    """Found by test_random_text: ``?`` parses as ``{None: None}``, which used to escape as a TypeError."""
+    with pytest.raises(ConfigError, match="is not a name"):
+        _load_text(text)
 
 
 @FUZZ

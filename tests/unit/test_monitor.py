@@ -42,7 +42,8 @@ from pipeline.core import metrics
 from pipeline.core.batch import ReducedBatch, TableChanges, Upsert, key_text
 from pipeline.core.events import Column, Op, Position, TableId, format_lsn, parse_lsn
 from pipeline.core.offsets import partition_lag
-from pipeline.core.settings import ConnectSettings, PipelineSettings, Settings, SourceSettings
+from pipeline.core.settings.models import ConnectSettings, PipelineSettings, SourceSettings
+from pipeline.core.settings.root import Settings
 from sinks.base import TransientSinkError
 from sinks.factory import make_target
 

@@ -9,7 +9,7 @@ import json
 import httpx
 import pytest
 
-from pipeline.core.settings import RetrySettings, SchemaRegistrySettings
+from pipeline.core.settings.models import RetrySettings, SchemaRegistrySettings
 from pipeline.decode.registry import RegistryUnavailableError, SchemaRegistryClient, UnknownSchemaError
 
 SCHEMA = {"type": "record", "name": "Key", "fields": [{"name": "id", "type": "long"}]}

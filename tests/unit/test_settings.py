@@ -11,7 +11,9 @@ import yaml
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.core.settings import ConfigError, interpolate, json_schema, load_settings, mask_url, reference_markdown
+from pipeline.core.settings.loading import ConfigError, interpolate, load_settings
+from pipeline.core.settings.masking import mask_url
+from pipeline.core.settings.reference import json_schema, reference_markdown
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "config" / "examples").glob("*.yaml"))

@@ -9,7 +9,9 @@ import pytest
 import yaml
 
 from connectors.debezium import APICURIO_AVRO_CONVERTER, JSON_CONVERTER, build_connector_config, mask_config
-from pipeline.core.settings import ConfigError, Settings, SourceSettings, load_settings
+from pipeline.core.settings.loading import ConfigError, load_settings
+from pipeline.core.settings.models import SourceSettings
+from pipeline.core.settings.root import Settings
 
 
 def _doc(source: dict[str, Any] | None = None, pipeline: dict[str, Any] | None = None) -> dict[str, Any]:

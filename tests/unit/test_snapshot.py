@@ -48,7 +48,8 @@ from pipeline.control.snapshot.signals import (
 from pipeline.control.snapshot.wiring import pipeline_offsets, topic_regex
 from pipeline.core import metrics
 from pipeline.core.batch import ReducedBatch
-from pipeline.core.settings import PipelineSettings, Settings, SourceSettings
+from pipeline.core.settings.models import PipelineSettings, SourceSettings
+from pipeline.core.settings.root import Settings
 from sinks.base import TransientSinkError
 from sinks.factory import make_target
 

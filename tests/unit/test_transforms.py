@@ -16,17 +16,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from pipeline.core.errors import PoisonMessageError
+from pipeline.core.errors import FatalError, PoisonMessageError
 from pipeline.core.events import ChangeEvent, Column, Op, Position, Skip, TableId
-from pipeline.core.settings import TransformRule
-from pipeline.transform.transforms import (
-    REDACTED,
-    PredicateError,
-    TransformConfigError,
-    build_transformer,
-    mask_value,
-    parse_predicate,
-)
+from pipeline.core.settings.models import TransformRule
+from pipeline.transform.hooks import HookContractError, RejectedEventError
+from pipeline.transform.masking import REDACTED, UnmaskableValueError, mask_value
+from pipeline.transform.predicate import PredicateError, parse_predicate
+from pipeline.transform.rule import TransformConfigError
+from pipeline.transform.transformer import build_transformer
 
 SALT = "pepper"
 USERS = TableId("public", "users")
@@ -472,12 +469,58 @@ def test_hook_rewrites_or_drops() -> None:
     assert apply(rules, event(Op.CREATE, spam)) == Skip("p.public.users", 2, 11, "filtered")
 
 
-@pytest.mark.parametrize(
-    ("hook", "message"), [("broken_hook", "raised RuntimeError: boom"), ("wrong_type_hook", "returned dict")]
-)
-def test_hook_failures_are_poison(hook: str, message: str) -> None:
-    with pytest.raises(PoisonMessageError, match=message):
-        apply([TransformRule(hook=f"tests.unit.test_transforms:{hook}")], event())
+def poison_hook(ev: ChangeEvent) -> ChangeEvent | None:
+    raise PoisonMessageError("elsewhere", 0, 0, "no country code")
+
+
+def rejecting_hook(ev: ChangeEvent) -> ChangeEvent | None:
+    raise RejectedEventError(ev, "status is spam")
+
+
+def test_hook_bug_propagates_unchanged() -> None:
+    """Bug 7: a hook's own exception used to become poison (dead-lettered); it is fatal now."""
+    with pytest.raises(RuntimeError) as caught:
+        apply([TransformRule(hook="tests.unit.test_transforms:broken_hook")], event())
+    assert type(caught.value) is RuntimeError and str(caught.value) == "boom"
+    assert caught.value.__notes__ == [
+        "raised by transforms[0].hook tests.unit.test_transforms:broken_hook on p.public.users[2]@11 (fatal: not poison)"
+    ]
+
+
+def test_hook_raising_poison_is_poison_of_this_event() -> None:
+    with pytest.raises(PoisonMessageError) as caught:
+        apply([TransformRule(exclude=["bio"]), TransformRule(hook="tests.unit.test_transforms:poison_hook")], event())
+    assert (caught.value.topic, caught.value.partition, caught.value.offset) == ("p.public.users", 2, 11)
+    assert caught.value.reason == "transforms[1].hook tests.unit.test_transforms:poison_hook: no country code"
+    assert isinstance(caught.value.__cause__, PoisonMessageError)
+
+
+def test_hook_rejected_event_error_is_poison() -> None:
+    with pytest.raises(PoisonMessageError, match=r"rejecting_hook: status is spam$") as caught:
+        apply([TransformRule(hook="tests.unit.test_transforms:rejecting_hook")], event(Op.CREATE))
+    assert isinstance(caught.value.__cause__, RejectedEventError)
+    assert caught.value.offset == 11
+
+
+def test_hook_returning_another_type_is_fatal() -> None:
+    with pytest.raises(HookContractError, match="wrong_type_hook returned dict, not ChangeEvent or None") as caught:
+        apply([TransformRule(hook="tests.unit.test_transforms:wrong_type_hook")], event())
+    assert isinstance(caught.value, FatalError) and not isinstance(caught.value, PoisonMessageError)
+
+
+@pytest.mark.parametrize("value", [[2**70], {"a": [1, 2**65]}, "\ud800"])
+def test_mask_of_an_unhashable_value_is_poison(value: Any) -> None:
+    row = {**event().after, "bio": value}  # type: ignore[dict-item]
+    with pytest.raises(PoisonMessageError, match=r"transforms\[0\]\.mask on public\.users: column 'bio': ") as caught:
+        apply([TransformRule(mask={"bio": "hash"})], event(Op.CREATE, row))
+    assert "2**70" not in caught.value.reason and str(2**70) not in caught.value.reason
+    assert caught.value.offset == 11
+
+
+def test_mask_value_of_an_unhashable_value_raises_type_error() -> None:
+    with pytest.raises(UnmaskableValueError, match="a list value cannot be hashed") as caught:
+        mask_value("hash", [2**70], b"k")
+    assert isinstance(caught.value, TypeError)
 
 
 # --------------------------------------------------------------------------- configuration errors

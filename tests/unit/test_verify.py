@@ -26,8 +26,8 @@ from pipeline.control.verify.plan import TablePlan, build_plan
 from pipeline.control.verify.readiness import CutoverReadiness
 from pipeline.core import metrics
 from pipeline.core.events import TableId
-from pipeline.core.settings import TransformRule
-from pipeline.transform.transforms import build_transformer
+from pipeline.core.settings.models import TransformRule
+from pipeline.transform.transformer import build_transformer
 from sinks.base import CatalogColumn, VerificationRecord
 from sinks.pg_canonical import Kind, canonical_expr, canonical_kind
 from sinks.pg_canonical import range_where as pg_range_where

@@ -24,7 +24,7 @@ from pipeline.control.polling import PollingMonitor
 from pipeline.core import metrics
 from pipeline.core.logs import get_logger
 from pipeline.core.retry import exponential_cap
-from pipeline.core.settings import SourceSettings
+from pipeline.core.settings.models import SourceSettings
 
 log = get_logger("pipeline.control.monitor.connector")
 

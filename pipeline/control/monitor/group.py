@@ -20,7 +20,8 @@ from pipeline.control.monitor.connector import (
 from pipeline.control.monitor.heartbeat import heartbeat_probes
 from pipeline.control.monitor.slot import SlotMonitor
 from pipeline.control.polling import PollingMonitor
-from pipeline.core.settings import Settings, SourceSettings
+from pipeline.core.settings.models import SourceSettings
+from pipeline.core.settings.root import Settings
 
 
 class MonitorGroup:

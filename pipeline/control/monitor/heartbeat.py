@@ -10,8 +10,9 @@ from datetime import datetime
 
 from pipeline.core.events import TableId
 from pipeline.core.logs import get_logger
-from pipeline.core.settings import PipelineSettings, Settings, SourceSettings
-from pipeline.transform.transforms import build_transformer
+from pipeline.core.settings.models import PipelineSettings, SourceSettings
+from pipeline.core.settings.root import Settings
+from pipeline.transform.transformer import build_transformer
 from sinks.base import Target
 from sinks.factory import UnsupportedTargetError, make_target
 

@@ -35,7 +35,7 @@ from pipeline.control.monitor.source_sql import (
 from pipeline.control.polling import PollingMonitor
 from pipeline.core import metrics
 from pipeline.core.logs import get_logger
-from pipeline.core.settings import SourceSettings
+from pipeline.core.settings.models import SourceSettings
 
 log = get_logger("pipeline.control.monitor.slot")
 

@@ -34,7 +34,7 @@ from pipeline.control.snapshot.sql import (
 )
 from pipeline.core import metrics
 from pipeline.core.logs import get_logger
-from pipeline.core.settings import SourceSettings
+from pipeline.core.settings.models import SourceSettings
 
 log = get_logger(__name__)
 

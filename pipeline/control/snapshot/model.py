@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pipeline.core.settings import SnapshotConfig
+from pipeline.core.settings.models import SnapshotConfig
 
 MARKER_ORIGINS = frozenset({"baseline", "uncaptured"})
 """Request origins that only record coverage; they are never signalled."""

@@ -29,7 +29,7 @@ from pipeline.control.snapshot.notifications import apply_notification, notifica
 from pipeline.control.snapshot.signals import execute_snapshot_data, stop_snapshot_data
 from pipeline.core import metrics
 from pipeline.core.logs import get_logger
-from pipeline.core.settings import SourceSettings
+from pipeline.core.settings.models import SourceSettings
 
 log = get_logger(__name__)
 

@@ -24,10 +24,11 @@ from pipeline.control.snapshot.sql import SnapshotQueue, read_wal_retained
 from pipeline.core import metrics
 from pipeline.core.events import TableId
 from pipeline.core.logs import get_logger
-from pipeline.core.settings import PipelineSettings, Settings, SourceSettings
+from pipeline.core.settings.models import PipelineSettings, SourceSettings
+from pipeline.core.settings.root import Settings
 from pipeline.decode.avro import AvroReader
 from pipeline.decode.registry import SchemaRegistryClient
-from pipeline.transform.transforms import build_transformer
+from pipeline.transform.transformer import build_transformer
 from sinks.factory import make_target
 
 log = get_logger(__name__)

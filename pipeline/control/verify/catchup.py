@@ -17,7 +17,8 @@ from pipeline.control.snapshot.wiring import topic_regex
 from pipeline.control.verify.model import CatchUp
 from pipeline.control.verify.source import connect_source, write_heartbeat
 from pipeline.core.events import TableId
-from pipeline.core.settings import PipelineSettings, Settings
+from pipeline.core.settings.models import PipelineSettings
+from pipeline.core.settings.root import Settings
 from sinks.base import Target
 
 

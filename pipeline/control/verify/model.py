@@ -11,7 +11,7 @@ from typing import Any
 
 from pipeline.core import metrics
 from pipeline.core.events import TableId
-from pipeline.core.settings import VerifyConfig
+from pipeline.core.settings.models import VerifyConfig
 from sinks.base import Checksum, KeyRange, VerificationRecord
 
 

@@ -11,8 +11,9 @@ from typing import Any
 import psycopg
 
 from pipeline.core.events import TableId
-from pipeline.core.settings import PipelineSettings, Settings
-from pipeline.transform.transforms import ColumnReport, build_transformer
+from pipeline.core.settings.models import PipelineSettings
+from pipeline.core.settings.root import Settings
+from pipeline.transform.transformer import ColumnReport, build_transformer
 from sinks.base import CatalogColumn, ChecksumPlan, CompareColumn, TargetVerification
 from sinks.pg_canonical import read_columns, read_primary_key
 

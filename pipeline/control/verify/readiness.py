@@ -16,7 +16,8 @@ from pipeline.control.verify.plan import pipeline_tables
 from pipeline.control.verify.run import pipeline_target
 from pipeline.control.verify.source import connect_source
 from pipeline.core import metrics
-from pipeline.core.settings import PipelineSettings, Settings
+from pipeline.core.settings.models import PipelineSettings
+from pipeline.core.settings.root import Settings
 
 
 class CutoverReadiness:

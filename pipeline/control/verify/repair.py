@@ -22,7 +22,8 @@ from pipeline.control.verify.plan import TablePlan, plan_table
 from pipeline.control.verify.run import pipeline_target
 from pipeline.control.verify.source import connect_source, source_keys
 from pipeline.core.logs import get_logger
-from pipeline.core.settings import PipelineSettings, Settings
+from pipeline.core.settings.models import PipelineSettings
+from pipeline.core.settings.root import Settings
 from sinks.base import KeyRange, Target, TargetVerification
 
 log = get_logger(__name__)

@@ -18,7 +18,8 @@ from pipeline.control.verify.model import CatchUp, Status, TableResult, VerifyRe
 from pipeline.control.verify.plan import pipeline_tables, plan_table
 from pipeline.control.verify.source import connect_source
 from pipeline.core.events import TableId
-from pipeline.core.settings import PipelineSettings, Settings
+from pipeline.core.settings.models import PipelineSettings
+from pipeline.core.settings.root import Settings
 from sinks.base import Target, TargetVerification
 from sinks.factory import make_target
 

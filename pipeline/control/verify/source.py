@@ -12,7 +12,7 @@ from psycopg.rows import dict_row
 
 from connectors.debezium import heartbeat_table
 from connectors.source_prep import conninfo as source_conninfo
-from pipeline.core.settings import SourceSettings
+from pipeline.core.settings.models import SourceSettings
 from sinks.base import ChecksumPlan, KeyBound, KeyRange
 from sinks.pg_canonical import key_idents, pin_session, qualified, range_where, values
 

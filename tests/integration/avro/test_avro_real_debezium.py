@@ -23,7 +23,7 @@ from confluent_kafka import Consumer
 from connectors.debezium import converter_config
 from pipeline.core.errors import PoisonMessageError
 from pipeline.core.events import ChangeEvent, Skip
-from pipeline.core.settings import RetrySettings, SchemaRegistrySettings, SourceSettings
+from pipeline.core.settings.models import RetrySettings, SchemaRegistrySettings, SourceSettings
 from pipeline.decode.avro import AvroReader
 from pipeline.decode.config import DecoderConfig
 from pipeline.decode.decoder import Decoder

@@ -16,7 +16,7 @@ import orjson
 from pipeline.core.batch import ReducedBatch
 from pipeline.core.errors import PoisonMessageError
 from pipeline.core.events import ChangeEvent, Op, Position, Skip, TableId
-from pipeline.core.settings import PipelineSettings
+from pipeline.core.settings.models import PipelineSettings
 from pipeline.dataplane.consumer import Message
 from pipeline.dataplane.dlq import DeadLetter
 from pipeline.dataplane.memory import MemoryBroker, MemoryConsumer
