@@ -29,10 +29,11 @@ test: setup ## the whole suite (unit, integration, e2e) against a real local sta
 unit: venv
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-lint: venv
+lint: venv ## ruff (complexity rules on), mypy --strict, import contracts (layers, no cycles)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 DEMO_ARGS ?=
 demo: setup ## pgbench replicated end to end on the local stack, verified, with a summary

@@ -144,6 +144,31 @@ def _check_publication(src: SourceSettings) -> int:
     return 1
 
 
+def _prepare_source(src: SourceSettings) -> bool:
+    """``source prepare`` for ``src``, printing each step; True when it failed (printed)."""
+    name = src.resolved_connector_name
+    try:
+        steps = source_prep.prepare(src)
+    except source_prep.PrepareError as exc:
+        _err(f"{name}: source prepare failed: {exc}")
+        return True
+    for step in steps:
+        typer.echo(f"{name}: source prepared: {step.description}")
+    return False
+
+
+def _invalid(client: ConnectClient, name: str, connector_config: dict[str, str]) -> bool:
+    """Validate ``connector_config`` through Connect; True (per-field errors printed) when invalid."""
+    result = client.validate(connector_config, name=name)
+    if result.ok:
+        return False
+    _err(f"{name}: invalid connector configuration ({result.error_count} error(s))")
+    for error in result.errors:
+        for message in error.messages:
+            _err(f"  {error.key}: {message}")
+    return True
+
+
 @app.command()
 def apply(
     config: ConfigOption = None,
@@ -178,26 +203,13 @@ def apply(
 
     def one(client: ConnectClient, src: SourceSettings) -> int:
         name = src.resolved_connector_name
-        connector_config = built[src.name]
-        if prepare:
-            try:
-                steps = source_prep.prepare(src)
-            except source_prep.PrepareError as exc:
-                _err(f"{name}: source prepare failed: {exc}")
-                return 1
-            for step in steps:
-                typer.echo(f"{name}: source prepared: {step.description}")
+        if prepare and _prepare_source(src):
+            return 1
         if check_source and _check_publication(src):
             return 1
-        if validate:
-            result = client.validate(connector_config, name=name)
-            if not result.ok:
-                _err(f"{name}: invalid connector configuration ({result.error_count} error(s))")
-                for error in result.errors:
-                    for message in error.messages:
-                        _err(f"  {error.key}: {message}")
-                return 1
-        applied = client.apply(name, connector_config)
+        if validate and _invalid(client, name, built[src.name]):
+            return 1
+        applied = client.apply(name, built[src.name])
         suffix = f" ({', '.join(applied.changed_keys)})" if applied.changed_keys else ""
         typer.echo(f"{name}: {applied.action.value}{suffix}")
         if not wait:
