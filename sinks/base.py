@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import psycopg
 
 from pipeline.core.batch import ReducedBatch
-from pipeline.core.errors import TransientError
+from pipeline.core.errors import FatalError, TransientError
 from pipeline.core.events import TableId
 
 TopicPartition = tuple[str, int]
@@ -38,6 +38,15 @@ Checksum = tuple[int, str | None]
 class TransientSinkError(TransientError):
     """A target failure worth retrying with backoff: connection loss, serialization failure,
     deadlock, a stalled target. ``retry_after_s`` is a hint (seconds) or None."""
+
+
+class TargetSchemaError(FatalError):
+    """A target table or column the pipeline wrote was dropped behind its back.
+
+    Not retried and not dead-lettered: every later event of the table would fail the same way,
+    and re-creating the column empty would silently lose its values. The worker stops without
+    committing; the message says which table/columns and how to recover.
+    """
 
 
 class BatchRejectedError(Exception):

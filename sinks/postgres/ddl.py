@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from pipeline.core.errors import FatalError
 from pipeline.core.events import Column, TableId
 from sinks.postgres.types import pg_type
 
@@ -60,15 +59,6 @@ def control_ddl(schema: str) -> list[sql.Composed]:
             " PRIMARY KEY (table_name, column_name))"
         ).format(s),
     ]
-
-
-class TargetSchemaError(FatalError):
-    """A target table or column the pipeline wrote was dropped behind its back.
-
-    Not retried and not dead-lettered: every later event of the table would fail the same way,
-    and re-creating the column empty would silently lose its values. The worker stops without
-    committing; the message says which table/columns and how to recover.
-    """
 
 
 @dataclass

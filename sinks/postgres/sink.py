@@ -19,7 +19,7 @@ that stops answering (frozen host, SIGSTOPped server) would block the worker for
 kernel keeps the TCP connection open; a stall guard therefore drops the connection when one
 transaction has not finished within ``stall_timeout_s`` and reports that as transient, so the
 runner's retry budget applies (``retry.max_elapsed_s``). A table or column the pipeline writes
-that was dropped by hand stops the worker with :class:`~sinks.postgres.ddl.TargetSchemaError`
+that was dropped by hand stops the worker with :class:`~sinks.base.TargetSchemaError`
 (see ``known_columns`` in :mod:`sinks.postgres.ddl`) rather than re-creating it empty.
 
 See :mod:`sinks.base` for the contract and :mod:`sinks.postgres.ddl` for the tables.
@@ -45,9 +45,9 @@ from psycopg import sql
 from pipeline.core.batch import Delete, ReducedBatch, TableChanges, Upsert
 from pipeline.core.events import Position, TableId
 from pipeline.core.logs import get_logger
-from sinks.base import ApplyResult, BatchRejectedError, OffsetMap, TopicPartition, TransientSinkError
+from sinks.base import ApplyResult, BatchRejectedError, OffsetMap, TargetSchemaError, TopicPartition, TransientSinkError
 from sinks.postgres import ddl
-from sinks.postgres.ddl import ROW_ID, VERSION_COLUMNS, TableShape, TargetSchemaError, qualified
+from sinks.postgres.ddl import ROW_ID, VERSION_COLUMNS, TableShape, qualified
 
 log = get_logger(__name__)
 

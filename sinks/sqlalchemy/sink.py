@@ -50,8 +50,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 from pipeline.core.batch import Delete, ReducedBatch, TableChanges, Upsert
 from pipeline.core.events import Position, TableId
 from pipeline.core.logs import get_logger
-from sinks.base import ApplyResult, BatchRejectedError, OffsetMap, TopicPartition, TransientSinkError
-from sinks.postgres.ddl import TargetSchemaError
+from sinks.base import ApplyResult, BatchRejectedError, OffsetMap, TargetSchemaError, TopicPartition, TransientSinkError
 from sinks.sqlalchemy import ddl, dml
 from sinks.sqlalchemy.ddl import ROW_ID, VERSION_COLUMNS, ControlTables, TableShape
 from sinks.sqlalchemy.types import MYSQL, SQLITE, UnsupportedValueError, adapt

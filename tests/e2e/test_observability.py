@@ -61,9 +61,13 @@ def with_metrics(p: E2EPipeline, port: int, interval_s: float = 1.0) -> Path:
 
 def test_heartbeat_lag_slot_retention_and_consumer_lag(e2e) -> None:  # type: ignore[no-untyped-def]
     p = e2e(["CREATE TABLE public.items (id int PRIMARY KEY, v text)"], ["public.items"])
-    port = free_port()
+    port, ctl_port = free_port(), free_port()
     p.config_path = with_metrics(p, port)
     worker = p.start_worker()
+    # The monitors run in the control plane (its own process and metrics port).
+    control = _start_cli(p, "control", with_metrics(p, ctl_port), "control.log")
+    p.workers.append(control)  # stopped with the workers at teardown if the test fails first
+    wait_for(lambda: _up(ctl_port), 30, "the control plane's endpoint")
     p.source("INSERT INTO public.items SELECT g, 'x' FROM generate_series(1, 100) g")
     p.wait_converged()
     source, pipeline = p.settings.sources[0].name, p.pipeline_name
@@ -71,7 +75,7 @@ def test_heartbeat_lag_slot_retention_and_consumer_lag(e2e) -> None:  # type: ig
 
     # Idle source, pipeline running: heartbeats (every 1 s) keep the measured lag small.
     def heartbeat_small() -> bool:
-        age = value(scrape(port), "cdc_heartbeat_age_seconds", pipeline=pipeline, source=source)
+        age = value(scrape(ctl_port), "cdc_heartbeat_age_seconds", pipeline=pipeline, source=source)
         return age is not None and age < 10
 
     wait_for(heartbeat_small, 60, "a small heartbeat age")
@@ -84,51 +88,52 @@ def test_heartbeat_lag_slot_retention_and_consumer_lag(e2e) -> None:  # type: ig
         return bool(lags) and all(v == 0 for v in lags)
 
     wait_for(all_lag_zero, 60, "consumer lag 0 on every partition")
-    samples = scrape(port)
-    assert value(samples, "cdc_replication_slot_active", source=source, slot=slot) == 1
-    assert (value(samples, "cdc_events_applied_total", pipeline=pipeline, table="public.items", op="c") or 0) >= 100
+    assert value(scrape(ctl_port), "cdc_replication_slot_active", source=source, slot=slot) == 1
+    assert value(scrape(ctl_port), "cdc_control_active") == 1
+    worker_samples = scrape(port)
+    assert (
+        value(worker_samples, "cdc_events_applied_total", pipeline=pipeline, table="public.items", op="c") or 0
+    ) >= 100
+    # The data plane exports no control-plane series.
+    assert value(worker_samples, "cdc_replication_slot_active", source=source, slot=slot) is None
 
     # Connector stopped, writes go on: the slot retains WAL and falls behind.
     client = ConnectClient(p.settings.connect)
     connector = p.settings.sources[0].resolved_connector_name
     client.stop(connector)
     client.wait_for(connector, lambda st: st.state == "STOPPED", timeout_s=60)
-    retained_before = value(scrape(port), "cdc_replication_slot_wal_retained_bytes", source=source, slot=slot) or 0
+    retained_before = value(scrape(ctl_port), "cdc_replication_slot_wal_retained_bytes", source=source, slot=slot) or 0
     p.source("INSERT INTO public.items SELECT g, repeat('y', 500) FROM generate_series(1000, 20000) g")
 
     def grew() -> bool:
-        s = scrape(port)
+        s = scrape(ctl_port)
         behind = value(s, "cdc_replication_slot_bytes_behind", source=source, slot=slot) or 0
         retained = value(s, "cdc_replication_slot_wal_retained_bytes", source=source, slot=slot) or 0
         return behind > 1_000_000 and retained > retained_before + 1_000_000
 
     wait_for(grew, 60, "WAL retained and bytes behind to grow")
     wait_for(
-        lambda: value(scrape(port), "cdc_replication_slot_active", source=source, slot=slot) == 0,
+        lambda: value(scrape(ctl_port), "cdc_replication_slot_active", source=source, slot=slot) == 0,
         30,
         "the slot to be reported inactive",
     )
     client.resume(connector)
 
     def fell_back() -> bool:
-        behind = value(scrape(port), "cdc_replication_slot_bytes_behind", source=source, slot=slot)
+        behind = value(scrape(ctl_port), "cdc_replication_slot_bytes_behind", source=source, slot=slot)
         return behind is not None and behind < 1_000_000
 
     wait_for(fell_back, 120, "bytes behind to fall back after the connector resumed")
     p.wait_converged()
     client.close()
 
-    # Pipeline stopped: a standalone monitor sees the heartbeat age grow.
+    # Pipeline stopped, control replaced by one started with the old `monitor` name: it takes the
+    # lease the first one released and sees the heartbeat age grow.
     assert p.stop_worker(worker) == 0
+    control.terminate()
+    assert control.wait(30) == 0
     mon_port = free_port()
-    mon_cfg = with_metrics(p, mon_port)
-    log = (p.log_dir / "monitor.log").open("ab")
-    mon = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "monitor", "-c", str(mon_cfg)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=os.environ.copy(),
-    )
+    mon = _start_cli(p, "monitor", with_metrics(p, mon_port), "monitor.log")
     try:
         wait_for(lambda: _up(mon_port), 30, "the monitor's endpoint")
 
@@ -140,6 +145,16 @@ def test_heartbeat_lag_slot_retention_and_consumer_lag(e2e) -> None:  # type: ig
     finally:
         mon.terminate()
         mon.wait(30)
+
+
+def _start_cli(p, command: str, config: Path, log_name: str) -> subprocess.Popen[bytes]:  # type: ignore[no-untyped-def]
+    log = (p.log_dir / log_name).open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", command, "-c", str(config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=os.environ.copy(),
+    )
 
 
 def _up(port: int) -> bool:

@@ -18,8 +18,7 @@ import pytest
 
 from pipeline.core.batch import ReducedBatch
 from pipeline.core.events import ChangeEvent, Column, Op, Position, TableId
-from sinks.base import BatchRejectedError, TransientSinkError
-from sinks.postgres.ddl import TargetSchemaError
+from sinks.base import BatchRejectedError, TargetSchemaError, TransientSinkError
 from tests.integration.targets import GROUP, KINDS, Backend, closed_port, ev, open_backend, run_bounded
 
 STALL_S = 5.0  # far above a CREATE TABLE on a busy machine, far below a test timeout

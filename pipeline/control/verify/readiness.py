@@ -9,8 +9,6 @@ from typing import ClassVar
 
 from pipeline.control.monitor.heartbeat import heartbeat_target_table
 from pipeline.control.polling import PollingMonitor
-from pipeline.control.snapshot.model import SnapshotSettings
-from pipeline.control.snapshot.wiring import build_coordinator
 from pipeline.control.verify.model import VerifySettings, export_stored, verification_clean
 from pipeline.control.verify.plan import pipeline_tables
 from pipeline.control.verify.run import pipeline_target
@@ -88,19 +86,3 @@ class CutoverMonitor(PollingMonitor):
         self.ready = self.readiness.observe(time.monotonic(), lag, verification_clean(stored, self.tables))
         metrics.CUTOVER_READY.labels(self.pipeline.name).set(1 if self.ready else 0)
         self.healthy = True
-
-
-def coordination_monitors(
-    settings: Settings,
-    pipeline: PipelineSettings,
-    snapshot: SnapshotSettings | None = None,
-    verify: VerifySettings | None = None,
-) -> list[PollingMonitor]:
-    """The background pollers a ``cdc-pipeline run`` worker of ``pipeline`` starts next to its
-    runner: the snapshot coordinator of its source (every worker runs one; only the holder of
-    the source's coordinator lock acts) and the cutover monitor (every target kind). Not
-    started: call ``start()`` on each, and ``stop(timeout_s)`` at shutdown (bounded joins)."""
-    source = settings.source(pipeline.source)
-    snapshot = snapshot or SnapshotSettings.from_config(settings.snapshot)
-    verify = verify or VerifySettings.from_config(settings.verify)
-    return [build_coordinator(settings, source, snapshot), CutoverMonitor(settings, pipeline, verify)]

@@ -276,7 +276,7 @@ class TargetSettings(_Model):
         120.0,
         gt=0,
         description="Seconds one target transaction may take before the connection is dropped and the batch"
-        " retried (a frozen target must not hang the worker; PostgreSQL targets).",
+        " retried (a frozen target must not hang the worker; SQLite: the busy timeout).",
     )
 
     @field_serializer("url")
