@@ -36,8 +36,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 
 from connectors.source_prep import prepare
+from pipeline.app import run_control
 from pipeline.cli import lag_cmd
-from pipeline.cli.monitor_cmd import run_monitor
 from pipeline.control.monitor.group import MonitorGroup, build_monitors
 from pipeline.core.health import HealthServer
 from pipeline.core.settings.root import Settings
@@ -517,7 +517,7 @@ def test_lag_reports_consumer_lag_from_target_offsets_then_kafka(
 def test_monitor_command_serves_metrics_until_stopped(
     local_stack: LocalStack, databases: Databases, unique: Callable[[str], str]
 ) -> None:
-    """run_monitor: endpoints up, slot metrics served, returns 0 when the stop event is set."""
+    """run_control: endpoints up, the lease taken, slot metrics served, returns 0 when the stop event is set."""
     stack = local_stack.settings
     name = unique("cmd")
     create_items_and_slot(databases.source_dsn, f"slot_{name}")
@@ -527,7 +527,7 @@ def test_monitor_command_serves_metrics_until_stopped(
     )
     stop = threading.Event()
     result: list[int] = []
-    thread = threading.Thread(target=lambda: result.append(run_monitor(settings, stop=stop)), daemon=True)
+    thread = threading.Thread(target=lambda: result.append(run_control(settings, stop=stop)), daemon=True)
     thread.start()
     try:
         scrape = Scraper(port)
