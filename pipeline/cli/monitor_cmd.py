@@ -17,7 +17,7 @@ SourcesOption = Annotated[
 LeaseOption = Annotated[
     str | None,
     typer.Option(
-        "--lease", help="Lease name; default: the sources' names joined with '+'. Replicas sharing it take turns."
+        "--lease", help="Lease name; default: the sources' names joined with '.'. Replicas sharing it take turns."
     ),
 ]
 

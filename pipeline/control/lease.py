@@ -31,9 +31,9 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 def lease_name(names: list[str]) -> str:
     """The lease of a control plane acting for the sources ``names``: their sorted names joined
-    with ``+``, reduced to Kafka's topic characters. Two control planes for the same sources share
+    with ``.``, reduced to Kafka's topic characters. Two control planes for the same sources share
     it, so only one of them acts; planes for different sources never exclude each other."""
-    return _UNSAFE.sub("_", "+".join(sorted(names)))[:200] or "default"
+    return _UNSAFE.sub("_", ".".join(sorted(names)))[:200] or "default"
 
 
 def replica_id() -> str:

@@ -16,6 +16,7 @@ from pipeline.control.polling import PollingMonitor
 from pipeline.control.snapshot.wiring import build_coordinator
 from pipeline.control.verify.model import VerifySettings
 from pipeline.control.verify.readiness import CutoverMonitor
+from pipeline.control.verify.scheduled import ScheduledVerification
 from pipeline.core.logs import get_logger
 from pipeline.core.settings.root import Settings
 
@@ -45,8 +46,8 @@ class Loops:
 
 def build_loops(settings: Settings, sources: Sequence[str]) -> Loops:
     """The control loops for ``sources`` (names): their monitors (connector auto-restart on),
-    one snapshot coordinator per source, and the cutover-readiness monitor of each pipeline. Not
-    started. Raises KeyError for an unknown source."""
+    one snapshot coordinator per source, the cutover-readiness monitor of each pipeline and, with
+    ``verify.schedule_interval_s``, its scheduled verification. Not started. Raises KeyError for an unknown source."""
     group = build_monitors(settings, sources=sources, restart_connectors=True)
     loops: list[PollingMonitor] = list(group.monitors)
     verify = VerifySettings.from_config(settings.verify)
@@ -54,8 +55,11 @@ def build_loops(settings: Settings, sources: Sequence[str]) -> Loops:
         source = settings.source(name)
         loops.append(build_coordinator(settings, source))
         for pipeline in settings.pipelines:
-            if pipeline.source == name:
-                loops.append(CutoverMonitor(settings, pipeline, verify))
+            if pipeline.source != name:
+                continue
+            loops.append(CutoverMonitor(settings, pipeline, verify))
+            if settings.verify.schedule_interval_s is not None:
+                loops.append(ScheduledVerification(settings, pipeline, settings.verify.schedule_interval_s, verify))
     return Loops(loops)
 
 

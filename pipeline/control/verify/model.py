@@ -43,6 +43,7 @@ class VerifySettings:
     cutover_max_lag_s: float = 30.0
     cutover_hold_s: float = 60.0
     cutover_interval_s: float = 15.0
+    schedule_interval_s: float | None = None
 
 
 class Status(StrEnum):

@@ -406,6 +406,9 @@ class VerifyConfig(_Model):
     cutover_max_lag_s: float = Field(30.0, gt=0, description="cdc_cutover_ready needs lag below this (seconds).")
     cutover_hold_s: float = Field(60.0, ge=0, description="...for at least this long (seconds).")
     cutover_interval_s: float = Field(15.0, gt=0, description="Seconds between cutover-readiness checks.")
+    schedule_interval_s: float | None = Field(
+        None, gt=0, description="Verify every pipeline this often from the control plane (seconds); off when unset."
+    )
 
 
 class MetricsSettings(_Model):
