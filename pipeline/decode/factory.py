@@ -11,17 +11,18 @@ from pipeline.decode.registry import SchemaRegistryClient
 
 __all__ = ["REGISTRY_CLIENT_BUDGET_S", "make_decoder"]
 
-REGISTRY_CLIENT_BUDGET_S = 5.0
-"""Seconds the registry client itself retries an unavailable registry before raising."""
+REGISTRY_CLIENT_BUDGET_S = 0.0
+"""Seconds the data plane's registry client itself retries an unavailable registry before raising:
+none, so nothing sleeps inside decode while the consumer waits; the runner backs off instead, with
+the consumer paused and served (design "Seams", errors)."""
 
 
 def make_decoder(source: SourceSettings, pipeline: PipelineSettings | None = None) -> Decoder:
     """The decoder of ``pipeline``'s messages from ``source``: JSON or Avro per key and value
     (``pipeline.value_format``/``key_format``, which default to and must agree with the source's
     ``format``/``key_format``), with a Schema Registry client (``source.schema_registry``)
-    when either is Avro. The registry client retries an unavailable registry with the
-    pipeline's ``retry`` backoff for ``REGISTRY_CLIENT_BUDGET_S`` seconds, then raises
-    RegistryUnavailableError (transient), which the runner retries with the consumer paused.
+    when either is Avro. An unavailable registry raises RegistryUnavailableError (transient) at
+    once (``REGISTRY_CLIENT_BUDGET_S``), which the runner retries with the consumer paused.
 
     The topic naming comes from :meth:`DecoderConfig.from_source`, which never reads the
     source's password. Raises ValueError when a format is Avro and the source has no
@@ -35,8 +36,8 @@ def make_decoder(source: SourceSettings, pipeline: PipelineSettings | None = Non
     registry = source.schema_registry
     if registry is None:
         raise ValueError(f"source {source.name!r}: avro messages need schema_registry")
-    # A short in-client budget: longer outages are retried by the runner, which keeps the
-    # consumer served (paused) while it backs off.
+    # No in-client retries: outages are retried by the runner, which keeps the consumer served
+    # (paused) while it backs off.
     client = SchemaRegistryClient(
         registry, pipeline.retry if pipeline else None, retry_budget_s=REGISTRY_CLIENT_BUDGET_S
     )
