@@ -7,6 +7,7 @@ monitor. A replica that loses the lease stops them and exits, so no stale loop o
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -24,6 +25,9 @@ log = get_logger(__name__)
 
 EXIT_LEASE_LOST = 3
 """Exit code of a replica that lost the lease (its supervisor restarts it as a standby)."""
+
+READY_POLL_AGE_S = 15.0
+"""A replica whose lease poll has not returned for this long (seconds) reports not ready."""
 
 
 @dataclass
@@ -88,6 +92,7 @@ class ControlPlane:
         self._loops: Loops | None = None
         self._lost = False
         self._stopping = False
+        self._last_poll: float | None = None
         self.lease = KafkaLease(
             settings.kafka.client_config(),
             lease or lease_name(self.sources),
@@ -101,8 +106,16 @@ class ControlPlane:
         return self.lease.active
 
     def readiness(self) -> tuple[bool, dict[str, object]]:
-        """``/readyz``: ready as an active replica or as a standby serving its membership."""
-        return True, {"lease": self.lease.name, "replica": self.lease.replica, "active": self.lease.active}
+        """``/readyz``: ready as an active replica or as a standby, as long as the lease group is
+        served (a poll returned within :data:`READY_POLL_AGE_S`); not ready before joining."""
+        age = None if self._last_poll is None else time.monotonic() - self._last_poll
+        ok = age is not None and age < READY_POLL_AGE_S
+        detail: dict[str, object] = {
+            "lease": self.lease.name,
+            "replica": self.lease.replica,
+            "active": self.lease.active,
+        }
+        return ok, detail
 
     def run(self, stop: threading.Event) -> int:
         """Serve the lease until ``stop`` or the loss of the lease; see the class doc."""
@@ -111,6 +124,7 @@ class ControlPlane:
         try:
             while not stop.is_set() and not self._lost:
                 self.lease.poll(0.5)
+                self._last_poll = time.monotonic()
         finally:
             self._stopping = True  # the revocation that closing the lease causes is no loss
             self._stop_loops()

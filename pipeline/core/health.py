@@ -1,5 +1,6 @@
 """HTTP endpoints of a worker: ``/metrics`` (Prometheus text format), ``/healthz`` (alive)
-and ``/readyz`` (connected, assigned, not in a backoff storm).
+and ``/readyz`` (the process's own readiness: a worker's assignment and backoff state, a control
+replica's lease membership).
 
 Served by the standard library's threading HTTP server on ``metrics.host:metrics.port``;
 bodies never include configuration or secrets.

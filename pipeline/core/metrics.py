@@ -22,7 +22,7 @@ _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10
 UP = Gauge("cdc_up", "1 while the process runs.", registry=REGISTRY)
 READY = Gauge(
     "cdc_ready",
-    "1 while the worker is connected, has an assignment and is not in a backoff storm.",
+    "1 while the worker has partitions assigned and is not backing off a transient failure.",
     ["pipeline"],
     registry=REGISTRY,
 )

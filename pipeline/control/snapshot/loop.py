@@ -1,8 +1,8 @@
-"""The snapshot coordinator's loop: a :class:`~pipeline.control.monitor.PollingMonitor` that drives
+"""The snapshot coordinator's loop: a :class:`~pipeline.control.polling.PollingMonitor` that drives
 one source's queue (notifications, acknowledgement timeouts, automatic snapshots of newly captured
 tables, lag throttling, the next request). It acts only while it holds the source's coordinator
-lock, a session advisory lock, so any number of workers may run one and exactly one acts
-(``docs/design/snapshot.md``)."""
+lock, a session advisory lock, so a coordinator in the active control replica and one started by hand
+(`snapshot coordinate`) never act at once (``docs/design/snapshot.md``)."""
 
 from __future__ import annotations
 
