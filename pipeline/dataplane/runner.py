@@ -219,10 +219,14 @@ class PipelineRunner:
 
     def _classify(self, batch: Batch) -> Sorted:
         out = Sorted()
+        decode, transform = self._decode, self._transform
         for msg in batch.messages:
-            # A transient decode error (a schema registry that is down) backs off here with the
-            # consumer paused: never dead-lettered, no offset moves past it.
-            item = self._retry("decode", lambda m=msg: classify(m, self._decode, self._transform))  # type: ignore[misc]
+            try:
+                item = classify(msg, decode, transform)
+            except TransientError:
+                # A transient decode error (a schema registry that is down) backs off here with
+                # the consumer paused: never dead-lettered, no offset moves past it.
+                item = self._retry("decode", lambda m=msg: classify(m, decode, transform))  # type: ignore[misc]
             self._limiter.observe(isinstance(item, DeadLetter))
             out.add(item)
         return out
