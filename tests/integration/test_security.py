@@ -245,28 +245,39 @@ def test_no_secret_in_debug_logs_cli_metrics_or_readyz(
     _assert_clean("worker debug log", log.read_text(errors="replace"))
 
     # Failure path: wrong passwords (the wrong ones contain the right ones, so echoing what
-    # was attempted would show up); the worker and its monitors log authentication errors.
+    # was attempted would show up). The control plane's monitors log authentication errors for
+    # both: the source (slot monitor) and the target (heartbeat read); the worker runs beside it.
     bad = _config(local_stack, databases, tmp_path, _free_port(), "wrong-" + SECRET_TARGET, "wrong-" + SECRET_SOURCE)
     log = tmp_path / "worker-bad.log"
+    control_log = tmp_path / "control-bad.log"
     worker = _start_worker(bad, log)
+    control = _start_worker(bad, control_log, "control", {"CDC_METRICS__PORT": str(_free_port())})
     try:
         deadline = time.monotonic() + 90
-        while "authentication failed" not in log.read_text(errors="replace"):
-            assert time.monotonic() < deadline and worker.poll() is None, log.read_text(errors="replace")[-3000:]
+        while control_log.read_text(errors="replace").count("authentication failed") < 2:
+            assert time.monotonic() < deadline and control.poll() is None, control_log.read_text(errors="replace")[
+                -3000:
+            ]
             time.sleep(0.5)
     finally:
-        worker.terminate()
-        worker.wait(60)
+        for proc in (worker, control):
+            proc.terminate()
+            proc.wait(60)
+    text = control_log.read_text(errors="replace")
+    assert "sec_src" in text and "sec_tgt" in text, text[-3000:]  # both logins were refused and logged
     _assert_clean("worker log with wrong passwords", log.read_text(errors="replace"))
+    _assert_clean("control log with wrong passwords", text)
 
 
-def _start_worker(config: Path, log: Path) -> subprocess.Popen[bytes]:
+def _start_worker(
+    config: Path, log: Path, command: str = "run", env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "--log-level", "debug", "run", "-c", str(config)],
+            [sys.executable, "-m", "pipeline.cli", "--log-level", "debug", command, "-c", str(config)],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
 
 

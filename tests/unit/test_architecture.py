@@ -55,6 +55,7 @@ LAYOUT = {
     "pipeline/control/__init__.py": "",
     "pipeline/control/a.py": "from pipeline.control import b\n",
     "pipeline/control/b.py": "",
+    "pipeline/checks/__init__.py": "",
     "pipeline/transform/__init__.py": "",
     "pipeline/decode/__init__.py": "",
     "pipeline/core/__init__.py": "",
