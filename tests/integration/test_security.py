@@ -264,9 +264,13 @@ def test_no_secret_in_debug_logs_cli_metrics_or_readyz(
             proc.terminate()
             proc.wait(60)
     text = control_log.read_text(errors="replace")
-    assert "sec_src" in text and "sec_tgt" in text, text[-3000:]  # both logins were refused and logged
+    assert "sec_src" in text, text[-3000:]  # the source login was refused and logged
     _assert_clean("worker log with wrong passwords", log.read_text(errors="replace"))
     _assert_clean("control log with wrong passwords", text)
+    # The target login, refused: `lag` reads the target's offsets and heartbeat through the Target seam.
+    lag = _cli("lag", "-c", str(bad), "--wal-rate-sample", "0")
+    assert "sec_tgt" in lag and "authentication failed" in lag, lag[-3000:]
+    _assert_clean("lag with wrong passwords", lag)
 
 
 def _start_worker(
