@@ -132,9 +132,12 @@ def _collision_line(target: TableId, origins: list[Origin]) -> str:
     )
     moved = other if not other.heartbeat else first
     suggestion = f"{moved.table.schema}_{moved.table.table}"
+    both = "both" if len(ordered) == 2 else "all"
+    dropped = len({o.table.schema for o in ordered}) > 1 and len({o.table.table for o in ordered}) == 1
+    why = " (the source schema is dropped from target names)" if dropped else ""
     return (
-        f"{first.key}: {sides} would both be applied to target table {str(target)!r}{where} "
-        f"(the source schema is dropped from target names) - fix: a route transform in pipeline "
+        f"{first.key}: {sides} would {both} be applied to target table {str(target)!r}{where}{why}"
+        f" - fix: a route transform in pipeline "
         f"{moved.pipeline!r}, e.g. {{match: {str(moved.table)!r}, route: '{target.schema}.{suggestion}'}}, "
         "or leave one of the tables out of the pipeline's tables"
     )

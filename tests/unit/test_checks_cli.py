@@ -11,6 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+import pipeline.app
 from pipeline.cli import app
 from pipeline.core.settings.loading import load_settings
 from pipeline.transform.transformer import build_transformer
@@ -142,3 +143,20 @@ def test_show_prints_the_derived_names(tmp_path: Path) -> None:
     )
     assert pipe["consumer_group"] == "cdc.p"
     assert pipe["dlq"]["topic"] == "cdc.p.dlq"
+
+
+@pytest.mark.parametrize("command", ["run", "control"])
+def test_run_and_control_refuse_colliding_names_before_connecting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    def no_client(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a Kafka client was created for a configuration with colliding names")
+
+    monkeypatch.setattr(pipeline.app, "Consumer", no_client)
+    monkeypatch.setattr(pipeline.app, "Producer", no_client)
+    monkeypatch.setattr(pipeline.app, "ControlPlane", no_client)
+    path = write(tmp_path, CASES["two-schemas"][0])
+    res = CliRunner().invoke(app, [command, "-c", str(path)])
+    assert res.exit_code == 2, res.output
+    lines = [line.strip() for line in res.output.splitlines() if line.startswith("  ")]
+    assert len(lines) == 1 and lines[0].startswith("sources[app].tables: "), res.output
