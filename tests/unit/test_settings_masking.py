@@ -4,7 +4,11 @@ conninfo."""
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.core.settings.masking import MASK, mask_text, mask_tree, mask_url
 
@@ -40,3 +44,16 @@ def test_mask_tree_masks_secret_keys_and_connection_strings() -> None:
         "items": [{"dsn": f"host=h password={MASK}"}],
         "n": 1,
     }
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(min_size=4, max_size=30).filter(lambda s: s.strip() == s and "*" not in s))
+def test_no_password_survives_in_any_form(password: str) -> None:
+    encoded = quote(password, safe="")
+    url = f"postgresql://u:{encoded}@h:5432/db?sslmode=require&password={encoded}"
+    masked = f"postgresql://u:{MASK}@h:5432/db?sslmode=require&password={MASK}"
+    assert mask_url(url) == masked
+    assert mask_text(f"cannot connect: {url} (timeout)") == f"cannot connect: {masked} (timeout)"
+    quoted = "'" + password.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    conninfo = f"host=h password={quoted} dbname=db"
+    assert mask_text(conninfo) == f"host=h password={MASK} dbname=db"
