@@ -2,11 +2,11 @@
 ``control`` and ``connectors apply`` would reject at start, found by ``config validate`` first.
 
 Each check calls the code the runtime calls (so validate cannot drift from run): the target URL
-scheme (:func:`sinks.factory.target_kind`, and the SQLAlchemy URL when that family is chosen),
-each pipeline's transforms (:func:`pipeline.transform.transformer.build_transformer`: ``where``
-syntax, ``route`` placeholders, ``hash`` masks without ``mask_salt``, hooks importable...), each
-source's connector configuration (:func:`connectors.debezium.build_connector_config`) and message
-decoding settings, and the target names (:mod:`pipeline.checks.naming`).
+scheme (:func:`sinks.factory.target_kind`), each pipeline's transforms
+(:func:`pipeline.transform.transformer.build_transformer`: ``where`` syntax, ``route``
+placeholders, ``hash`` masks without ``mask_salt``, hooks importable...), each source's connector
+configuration (:func:`connectors.debezium.build_connector_config`) and message decoding settings,
+and the target names (:mod:`pipeline.checks.naming`).
 
 A document that fails the settings models is checked too, entry by entry: every source and
 pipeline that validates on its own goes through the checks above, so one run of ``config
@@ -29,7 +29,7 @@ from pipeline.core.settings.root import Settings
 from pipeline.decode.config import DecoderConfig
 from pipeline.transform.rule import TransformConfigError
 from pipeline.transform.transformer import build_transformer
-from sinks.factory import UnsupportedTargetError, target_kind, target_sqlalchemy_url
+from sinks.factory import UnsupportedTargetError, target_kind
 
 _KEY = re.compile(r"^[A-Za-z_][\w.\[\]]*$")
 _M = TypeVar("_M", SourceSettings, PipelineSettings)
@@ -53,8 +53,7 @@ def pipeline_problems(pipeline: PipelineSettings) -> list[str]:
     prefix = f"pipelines[{pipeline.name}]"
     problems: list[str] = []
     try:
-        if target_kind(pipeline.target) == "sqlalchemy":
-            target_sqlalchemy_url(pipeline.target)
+        target_kind(pipeline.target)
     except UnsupportedTargetError as exc:
         problems.append(_keyed(prefix, str(exc)))
     try:
