@@ -19,6 +19,7 @@ from typing import Any
 from confluent_kafka import Consumer, Producer
 
 from connectors.debezium import heartbeat_table, signal_table, topic_pattern
+from pipeline.checks.naming import require_unique_target_names
 from pipeline.control.plane import ControlPlane
 from pipeline.core.events import ChangeEvent, Skip, TableId
 from pipeline.core.health import HealthServer
@@ -108,7 +109,12 @@ class Worker:
 
 
 def build_worker(settings: Settings, pipeline: PipelineSettings, *, serve_http: bool = True) -> Worker:
-    """Create the Kafka clients, sink, decoder and transforms of one worker of ``pipeline``."""
+    """Create the Kafka clients, sink, decoder and transforms of one worker of ``pipeline``.
+
+    Raises :class:`~pipeline.checks.naming.TargetNameError` first, before any client exists,
+    when target table names of ``settings`` collide (two tables would merge into one).
+    """
+    require_unique_target_names(settings)
     source = settings.source(pipeline.source)
     client_id = f"cdc-pipeline-{pipeline.name}-{socket.gethostname()}"
     consumer = Consumer(consumer_config(settings, pipeline, client_id))
@@ -213,8 +219,11 @@ def run_control(
     (:data:`pipeline.control.plane.EXIT_LEASE_LOST`), serving ``/metrics``, ``/healthz`` and
     ``/readyz`` when ``metrics.enabled``. ``stop`` (default: set by the signals when called from
     the main thread) ends it too. Raises KeyError for an unknown source, KafkaException when the
-    lease group cannot be joined, OSError when the HTTP port cannot be bound.
+    lease group cannot be joined, OSError when the HTTP port cannot be bound, and
+    :class:`~pipeline.checks.naming.TargetNameError` (before anything connects) when target
+    table names collide.
     """
+    require_unique_target_names(settings)
     for name in sources or ():
         settings.source(name)
     stop = stop or threading.Event()

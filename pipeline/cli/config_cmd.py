@@ -1,4 +1,4 @@
-"""``cdc-pipeline config validate|show|schema``."""
+"""``cdc-pipeline config validate|show|reference|schema``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import json
 import typer
 import yaml
 
-from pipeline.cli.common import ConfigOption, load_or_exit
+from pipeline.checks.static import check_document, check_settings
+from pipeline.cli.common import ConfigOption, fail, fail_invalid, load_or_exit
+from pipeline.core.settings.loading import ConfigError, load_document, settings_from_document
 from pipeline.core.settings.reference import json_schema, reference_markdown
 
 app = typer.Typer(help="Validate and show pipeline configuration.", no_args_is_help=True)
@@ -15,8 +17,25 @@ app = typer.Typer(help="Validate and show pipeline configuration.", no_args_is_h
 
 @app.command()
 def validate(config: ConfigOption = None) -> None:
-    """Exit 0 when the config is valid; else print every problem as 'key.path: problem (hint)', exit 2."""
-    settings = load_or_exit(config)
+    """Exit 0 when the config is valid; else print every problem as 'key.path: problem (hint)', exit 2.
+
+    Runs every check that needs no connection, in one pass: the settings, each target URL, each
+    pipeline's transforms, each source's connector configuration, and target-name collisions.
+    """
+    if config is None:
+        fail(["no configuration: pass --config FILE or set CDC_CONFIG"])
+    try:
+        doc = load_document(config)
+    except ConfigError as exc:
+        fail_invalid(config, exc.problems)
+    try:
+        settings = settings_from_document(doc)
+    except ConfigError as exc:
+        extra = [line for line in check_document(doc) if line not in exc.problems]
+        fail_invalid(config, [*exc.problems, *extra])
+    problems = check_settings(settings)
+    if problems:
+        fail_invalid(config, problems)
     typer.echo(f"{config}: valid ({len(settings.sources)} source(s), {len(settings.pipelines)} pipeline(s))")
 
 
@@ -25,8 +44,8 @@ def show(
     config: ConfigOption = None,
     as_json: bool = typer.Option(False, "--json", help="JSON instead of YAML."),
 ) -> None:
-    """Print the resolved configuration (YAML + env + secret files) with secrets masked."""
-    data = load_or_exit(config).masked_dump()
+    """Print the resolved configuration (YAML + env + secret files, derived names filled in) with secrets masked."""
+    data = load_or_exit(config, check_names=False).masked_dump()
     if as_json:
         typer.echo(json.dumps(data, indent=2))
     else:

@@ -194,3 +194,36 @@ def test_readme_configuration_reference_is_in_sync() -> None:
     end = readme.index("<!-- end of generated reference -->")
     table = readme[start:end].split("\n", 1)[1].strip()
     assert table == reference_markdown(), "regenerate: cdc-pipeline config reference (README section)"
+
+
+def test_cli_show_masks_a_password_in_the_url_query(tmp_path: Path) -> None:
+    """Issue 22, defect 3: ``?password=`` of a libpq URI was printed in clear."""
+    text = MINIMAL.replace("${SRC_PW}", "pw").replace(
+        "postgresql://writer:urlsecret@db:5432/app", "postgresql://u:SECRET1@h/db?sslmode=require&password=SECRET2"
+    )
+    res = CliRunner().invoke(app, ["config", "show", "-c", str(write(tmp_path, text))])
+    assert res.exit_code == 0, res.output
+    assert "SECRET1" not in res.output and "SECRET2" not in res.output
+    assert "postgresql://u:**********@h/db?sslmode=require&password=**********" in res.output
+
+
+def test_masked_dump_masks_passwords_under_any_key(tmp_path: Path) -> None:
+    """A URL or conninfo may sit under a key that is not a secret's (a registry URL, a property)."""
+    text = MINIMAL.replace("${SRC_PW}", "pw") + (
+        "kafka:\n  client_properties: {sasl.oauthbearer.config: 'scope=x password=prop-secret'}\n"
+    )
+    text = text.replace(
+        "    tables: [public.orders]",
+        "    tables: [public.orders]\n    format: avro\n"
+        "    schema_registry: {url: 'http://reg:reg-secret@registry:8080/apis/ccompat/v7'}",
+    )
+    dumped = json.dumps(load_settings(write(tmp_path, text), {}).masked_dump())
+    assert "prop-secret" not in dumped and "reg-secret" not in dumped
+    assert "http://reg:**********@registry:8080/apis/ccompat/v7" in dumped
+
+
+def test_a_rejected_value_is_shown_masked(tmp_path: Path) -> None:
+    text = MINIMAL.replace("${SRC_PW}", "pw") + "connect:\n  url: 'ftp://u:connect-secret@h'\n"
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, text), {})
+    assert "connect.url" in str(err.value) and "connect-secret" not in str(err.value)

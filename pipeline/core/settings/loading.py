@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from pipeline.core.settings.masking import SECRET_KEY
+from pipeline.core.settings.masking import SECRET_KEY, mask_text
 from pipeline.core.settings.root import CONFIG_ENV, ENV_NESTING, ENV_PREFIX, Settings
 
 
@@ -76,8 +76,9 @@ def interpolate(text: str, environ: Mapping[str, str]) -> str:
 def read_yaml(path: Path, environ: Mapping[str, str]) -> dict[str, Any]:
     """Parse the YAML config at ``path`` after interpolation.
 
-    Raises :class:`ConfigError` for an unreadable file, a syntax error (with line and column)
-    or a top level that is not a mapping of string keys (``?`` alone is ``{None: None}``).
+    Raises :class:`ConfigError` for an unreadable file, a syntax error (with line and column),
+    an empty file (or comments only) or a top level that is not a mapping of string keys (``?``
+    alone is ``{None: None}``).
     """
     try:
         raw = path.read_text(encoding="utf-8")
@@ -92,7 +93,7 @@ def read_yaml(path: Path, environ: Mapping[str, str]) -> dict[str, Any]:
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
         raise ConfigError([f"{where}: YAML syntax error: {problem}"]) from exc
     if data is None:
-        return {}
+        raise ConfigError([f"{path}: the file is empty (expected the sections kafka, sources, pipelines, ...)"])
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: the top level must be a mapping of keys (kafka, sources, pipelines, ...)"])
     odd = [key for key in data if not isinstance(key, str)]
@@ -106,10 +107,11 @@ def read_yaml(path: Path, environ: Mapping[str, str]) -> dict[str, Any]:
 def apply_env_overrides(doc: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
     """Merge ``CDC_A__B__C=value`` variables into ``doc`` (a new dict is returned).
 
-    A path part addressing a list is an index (``0``) or the ``name`` of an entry (an entry
-    with that name is created when missing). Values are parsed as YAML scalars. ``CDC_CONFIG``
-    and variables without ``__`` that name no top-level section are ignored. Raises
-    :class:`ConfigError` when a part cannot be applied (e.g. an index past the end).
+    A path part addressing a list is an index (``0``) or the ``name`` of an existing entry
+    (case-insensitive). Values are parsed as YAML scalars. ``CDC_CONFIG`` and variables without
+    ``__`` that name no top-level section are ignored. Raises :class:`ConfigError` naming every
+    variable that cannot be applied (an index past the end, a name no entry has: a typo in an
+    override must not be ignored, nor create a half-defined entry).
     """
     out: dict[str, Any] = _deep_copy(doc)
     problems: list[str] = []
@@ -126,8 +128,8 @@ def apply_env_overrides(doc: dict[str, Any], environ: Mapping[str, str]) -> dict
             value = environ[var]
         try:
             _set_path(out, parts, value)
-        except (IndexError, TypeError) as exc:
-            problems.append(f"{var}: {exc}")
+        except (IndexError, KeyError, TypeError) as exc:
+            problems.append(f"{var}: {exc.args[0] if exc.args else exc}")
     if problems:
         raise ConfigError(problems)
     return out
@@ -168,11 +170,15 @@ def _list_index(items: list[Any], part: str) -> int:
         if index >= len(items):
             raise IndexError(f"index {index} is past the end of a list of {len(items)}")
         return index
+    names: list[str] = []
     for i, item in enumerate(items):
-        if isinstance(item, dict) and str(item.get("name", "")).lower() == part:
-            return i
-    items.append({"name": part})
-    return len(items) - 1
+        if isinstance(item, dict):
+            name = str(item.get("name", ""))
+            names.append(name)
+            if name.lower() == part:
+                return i
+    known = ", ".join(repr(n) for n in names if n) or "none"
+    raise KeyError(f"no list entry is named {part!r} (names: {known}; or address it by index)")
 
 
 def format_validation_error(exc: ValidationError) -> list[str]:
@@ -187,13 +193,13 @@ def format_validation_error(exc: ValidationError) -> list[str]:
         elif kind == "extra_forbidden":
             lines.append(f"{loc}: unknown key (check its spelling; see config/schema.json)")
         elif kind == "value_error":
-            text = msg.removeprefix("Value error, ")
-            # Errors raised by whole-document checks already carry their own key path.
-            lines.append(text if re.match(r"^\w+\[\d+\]", text) else f"{loc}: {text}")
+            # Errors raised by whole-document checks carry their own key path, one line each.
+            for text in msg.removeprefix("Value error, ").split("\n"):
+                lines.append(text if re.match(r"^\w+\[\d+\]", text) else f"{loc}: {text}")
         else:
             got = err.get("input")
             secret = any(isinstance(part, str) and SECRET_KEY.search(part) for part in err["loc"])
-            shown = "" if secret or isinstance(got, dict | list) else f", got {got!r}"
+            shown = "" if secret or isinstance(got, dict | list) else f", got {mask_text(repr(got))}"
             lines.append(f"{loc}: {msg.lower()}{shown}")
     return lines
 
@@ -208,6 +214,26 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
+def load_document(path: Path | str | None = None, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The merged configuration document before validation: the YAML file (``path``, default
+    ``$CDC_CONFIG``; none: an empty document) after interpolation, with the environment
+    overrides applied. Raises :class:`ConfigError` as :func:`read_yaml` and
+    :func:`apply_env_overrides` do."""
+    env = os.environ if environ is None else environ
+    chosen = path if path is not None else env.get(CONFIG_ENV)
+    doc = read_yaml(Path(chosen), env) if chosen else {}
+    return apply_env_overrides(doc, env)
+
+
+def settings_from_document(doc: Mapping[str, Any]) -> Settings:
+    """Validate a merged document (:func:`load_document`) into a frozen :class:`Settings`.
+    Raises :class:`ConfigError` listing every model problem."""
+    try:
+        return Settings(**doc)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
 def load_settings(path: Path | str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Load, merge and validate the configuration.
 
@@ -215,11 +241,4 @@ def load_settings(path: Path | str | None = None, environ: Mapping[str, str] | N
     defaults apply. Returns a frozen :class:`Settings`. Raises :class:`ConfigError` listing
     every problem.
     """
-    env = os.environ if environ is None else environ
-    chosen = path if path is not None else env.get(CONFIG_ENV)
-    doc = read_yaml(Path(chosen), env) if chosen else {}
-    doc = apply_env_overrides(doc, env)
-    try:
-        return Settings(**doc)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc)) from None
+    return settings_from_document(load_document(path, environ))

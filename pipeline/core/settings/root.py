@@ -62,31 +62,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_references(self) -> Self:
-        names = [s.name for s in self.sources]
-        _check_unique("sources", names)
-        _check_unique("pipelines", [p.name for p in self.pipelines])
+        problems = _unique("sources", [s.name for s in self.sources])
+        problems += _unique("pipelines", [p.name for p in self.pipelines])
         by_name = {s.name: s for s in self.sources}
         for i, pipe in enumerate(self.pipelines):
-            src = by_name.get(pipe.source)
-            if src is None:
-                raise ValueError(
-                    f"pipelines[{i}].source: unknown source {pipe.source!r} (defined: {', '.join(names) or 'none'})"
-                )
-            for table in pipe.tables or []:
-                if table not in src.tables:
-                    raise ValueError(
-                        f"pipelines[{i}].tables: {table!r} is not captured by source {src.name!r} "
-                        "(add it to the source's tables)"
-                    )
-            for key, mine, theirs, where in (
-                ("value_format", pipe.value_format, src.format, "format"),
-                ("key_format", pipe.key_format, src.resolved_key_format, "key_format"),
-            ):
-                if mine is not None and mine != theirs:
-                    raise ValueError(
-                        f"pipelines[{i}].{key}: {mine!r} but source {src.name!r} produces {theirs!r} "
-                        f"(set the source's {where} to {mine!r}, or drop {key} to follow the source)"
-                    )
+            problems += _pipeline_references(i, pipe, by_name)
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     def source(self, name: str) -> SourceSettings:
@@ -111,14 +93,53 @@ class Settings(BaseSettings):
         raise KeyError(name)
 
     def masked_dump(self) -> dict[str, Any]:
-        """The resolved configuration as plain data with every secret masked; safe to print or log."""
-        data: dict[str, Any] = mask_tree(self.model_dump(mode="json", by_alias=True, exclude_none=False))
-        return data
+        """The resolved configuration as plain data with every secret masked; safe to print or log.
+
+        Names left to their defaults are shown as derived (``topic_prefix``, ``slot_name``,
+        ``publication_name``, ``connector_name`` of sources; ``consumer_group`` and ``dlq.topic``
+        of pipelines), so the dump says what the pipeline will actually use.
+        """
+        data: dict[str, Any] = self.model_dump(mode="json", by_alias=True, exclude_none=False)
+        for src, out in zip(self.sources, data["sources"], strict=True):
+            out["topic_prefix"] = src.resolved_topic_prefix
+            out["slot_name"] = src.resolved_slot_name
+            out["publication_name"] = src.resolved_publication_name
+            out["connector_name"] = src.resolved_connector_name
+        for pipe, out in zip(self.pipelines, data["pipelines"], strict=True):
+            out["consumer_group"] = pipe.resolved_consumer_group
+            out["dlq"]["topic"] = pipe.resolved_dlq_topic
+        masked: dict[str, Any] = mask_tree(data)
+        return masked
 
 
-def _check_unique(key: str, names: list[str]) -> None:
+def _unique(key: str, names: list[str]) -> list[str]:
     seen: set[str] = set()
+    problems: list[str] = []
     for i, name in enumerate(names):
         if name in seen:
-            raise ValueError(f"{key}[{i}].name: duplicate name {name!r} (names must be unique)")
+            problems.append(f"{key}[{i}].name: duplicate name {name!r} (names must be unique)")
         seen.add(name)
+    return problems
+
+
+def _pipeline_references(i: int, pipe: PipelineSettings, by_name: dict[str, SourceSettings]) -> list[str]:
+    """Problems of ``pipelines[i]``'s references to its source: the name, tables and formats."""
+    src = by_name.get(pipe.source)
+    if src is None:
+        names = ", ".join(by_name) or "none"
+        return [f"pipelines[{i}].source: unknown source {pipe.source!r} (defined: {names})"]
+    problems = [
+        f"pipelines[{i}].tables: {table!r} is not captured by source {src.name!r} (add it to the source's tables)"
+        for table in pipe.tables or []
+        if table not in src.tables
+    ]
+    for key, mine, theirs, where in (
+        ("value_format", pipe.value_format, src.format, "format"),
+        ("key_format", pipe.key_format, src.resolved_key_format, "key_format"),
+    ):
+        if mine is not None and mine != theirs:
+            problems.append(
+                f"pipelines[{i}].{key}: {mine!r} but source {src.name!r} produces {theirs!r} "
+                f"(set the source's {where} to {mine!r}, or drop {key} to follow the source)"
+            )
+    return problems
