@@ -21,6 +21,8 @@ from confluent_kafka import Consumer, Producer
 from connectors.debezium import heartbeat_table, signal_table, topic_pattern
 from pipeline.checks.naming import require_unique_target_names
 from pipeline.control.plane import ControlPlane
+from pipeline.core import metrics
+from pipeline.core.errors import PoisonMessageError
 from pipeline.core.events import ChangeEvent, Skip, TableId
 from pipeline.core.health import HealthServer
 from pipeline.core.logs import get_logger
@@ -30,8 +32,9 @@ from pipeline.dataplane.consumer import Message
 from pipeline.dataplane.dlq import DeadLetterQueue
 from pipeline.dataplane.runner import PipelineRunner
 from pipeline.decode.factory import make_decoder
+from pipeline.transform.hooks import RejectedEventError
 from pipeline.transform.transformer import build_transformer
-from sinks.base import Sink
+from sinks.base import BatchRejectedError, Sink
 from sinks.factory import make_sink
 
 log = get_logger(__name__)
@@ -108,6 +111,10 @@ class Worker:
             self.health.stop()
 
 
+DEAD_LETTER_CLASSES = (PoisonMessageError.__name__, RejectedEventError.__name__, BatchRejectedError.__name__)
+"""error_class values of the dead letters the worker knows it can produce (decode/transform, hooks, target)."""
+
+
 def build_worker(settings: Settings, pipeline: PipelineSettings, *, serve_http: bool = True) -> Worker:
     """Create the Kafka clients, sink, decoder and transforms of one worker of ``pipeline``.
 
@@ -146,6 +153,8 @@ def build_worker(settings: Settings, pipeline: PipelineSettings, *, serve_http: 
         pipeline.target.schema_name,
     )
     health = None
+    # counters at 0 from the start, so the first dead letter or retry is an increase
+    metrics.precreate_worker_series(pipeline.name, DEAD_LETTER_CLASSES)
     if serve_http and settings.metrics.enabled:
         health = HealthServer(settings.metrics.host, settings.metrics.port, runner.readiness)
     return Worker(runner, sink, producer, health)

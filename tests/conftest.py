@@ -21,6 +21,7 @@ from hypothesis import settings as hypothesis_settings
 
 from pipeline.localstack import LocalStack, LocalStackSettings
 from pipeline.localstack.services import drop_database_slots
+from tests.containers import ContainerStack, docker_engine_available
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,7 +65,23 @@ def stack_settings() -> LocalStackSettings:
 
 @pytest.fixture(scope="session")
 def local_stack(stack_settings: LocalStackSettings) -> Iterator[LocalStack]:
-    """The real stack, started once per session (idempotent if already running)."""
+    """The real stack, started once per session (idempotent if already running).
+
+    ``CDC_TEST_STACK=containers`` runs the same services from official images through
+    testcontainers instead (tests/containers.py; needs a Docker engine, always removed at the
+    end); the default, ``local``, runs them as local processes.
+    """
+    kind = os.environ.get("CDC_TEST_STACK", "local") or "local"
+    if kind == "containers":
+        if not docker_engine_available():
+            pytest.fail("CDC_TEST_STACK=containers needs a Docker engine (docker.from_env().ping() failed)")
+        containers = ContainerStack(stack_settings, report=lambda line: print(f"[containers] {line}"))
+        containers.up()
+        yield containers  # type: ignore[misc]  # same settings and services; data folders excepted
+        containers.down()
+        return
+    if kind != "local":
+        pytest.fail(f"CDC_TEST_STACK={kind!r}: expected 'local' (default) or 'containers'")
     stack = LocalStack(stack_settings, report=lambda line: print(f"[local stack] {line}"))
     stack.up()
     yield stack

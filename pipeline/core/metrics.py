@@ -403,6 +403,30 @@ CONTROL_LEASE_ACQUIRED = Counter(
     registry=REGISTRY,
 )
 
+# --------------------------------------------------------------------------- series created at 0
+
+WORKER_RETRY_KINDS = ("decode", "sink", "dlq", "assign")
+"""The ``kind`` values of cdc_retries_total (pipeline.dataplane.runner retries these calls)."""
+
+
+def precreate_worker_series(pipeline: str, error_classes: Iterable[str] = ()) -> None:
+    """Export the worker's counters of ``pipeline`` at 0 before anything happens.
+
+    A Prometheus counter child exists only from its first ``labels()`` call, and ``increase()``
+    needs two samples: a series born at 1 hides the first dead letter or retry from rules and
+    dashboards. This creates ``cdc_messages_consumed_total``, ``cdc_batches_total``, each
+    ``cdc_retries_total{kind}`` of :data:`WORKER_RETRY_KINDS` and ``cdc_dlq_messages_total`` for
+    each of ``error_classes`` (the exception class names a dead letter can carry), at 0. A class
+    never seen before still starts at 1: the alert rules cover that case themselves.
+    """
+    MESSAGES_CONSUMED.labels(pipeline)
+    BATCHES.labels(pipeline)
+    for kind in WORKER_RETRY_KINDS:
+        RETRIES.labels(pipeline, kind)
+    for error_class in error_classes:
+        DLQ_MESSAGES.labels(pipeline, error_class)
+
+
 # --------------------------------------------------------------------------- catalogue
 
 

@@ -35,6 +35,9 @@ REQUIRED_ALERTS = {
     "PipelineDown",
     "ControlPlaneNoActiveReplica",
     "ControlPlaneSplitBrain",
+    "VerificationFailed",
+    "VerificationStale",
+    "SnapshotFailed",
 }
 PROMETHEUS_OWN = {"up"}  # series Prometheus itself records per scrape target
 
@@ -117,7 +120,14 @@ def test_required_alerts_exist_with_severity_and_runbook() -> None:
     for rule in rules():
         assert rule["labels"]["severity"] in ("info", "warning", "critical"), rule["alert"]
         assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule["alert"]
-        assert rule["annotations"]["runbook_url"] == f"README.md#{rule['alert'].lower()}"
+        assert rule["annotations"]["runbook_url"] == runbook_url(rule["alert"])
+
+
+def runbook_url(alert: str) -> str:
+    """The runbook link of every rule: the external label ``runbook_base_url`` (README.md when
+    unset) and the alert's README anchor."""
+    base = "{{ with $externalLabels.runbook_base_url }}{{ . }}{{ else }}README.md{{ end }}"
+    return f"{base}#{alert.lower()}"
 
 
 def test_migration_lag_critical_is_replication_lag_above_60_seconds() -> None:
@@ -232,3 +242,51 @@ def test_control_plane_rules_aggregate_the_replica_away() -> None:
                 aggregations = enclosing_aggregations(expr, match.start())
                 assert aggregations, f"{rule['alert']}: {name} is not aggregated over replicas"
                 assert "instance" not in aggregations[-1], f"{rule['alert']}: keeps instance"
+
+
+_COUNTER_FUNCTION = re.compile(r"\b(increase|rate|irate)\s*\(\s*([a-zA-Z_:][\w:]*_total)\b")
+
+
+def test_counter_rules_also_fire_on_a_series_born_above_zero() -> None:
+    """A counter exists only from its first increment (and a restarted worker starts a new
+    series): increase() over a series that appears at 1 is 0. Every rule on a counter must
+    also select the counter's new series: ``x > 0 unless x offset <window>``."""
+    counter_rules = 0
+    for rule in rules():
+        expr = " ".join(rule["expr"].split())
+        for match in _COUNTER_FUNCTION.finditer(expr):
+            counter_rules += 1
+            name = match.group(2)
+            window = re.search(rf"{name}\[(\w+)\]", expr)
+            assert window, rule["alert"]
+            born = rf"{name} > 0 unless {name} offset {window.group(1)}"
+            assert born in expr, f"{rule['alert']}: {name} needs `{born}`"
+    assert counter_rules >= 1
+
+
+def test_rule_tests_catch_a_dlq_rule_blind_to_new_series(tmp_path: Path) -> None:
+    """Without the new-series clause the first-dead-letter cases fail (issue 22, defect 4)."""
+    text = (PROM / "alerts.yml").read_text(encoding="utf-8")
+    clause = "\n          or sum by (pipeline, error_class) (cdc_dlq_messages_total > 0 unless cdc_dlq_messages_total offset 10m)"
+    assert clause in text
+    (tmp_path / "alerts.yml").write_text(text.replace(clause, ""), encoding="utf-8")
+    shutil.copy(PROM / "alerts_test.yml", tmp_path / "alerts_test.yml")
+    proc = run("test", "rules", "alerts_test.yml", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "the first dead letter of a worker fires" in proc.stdout + proc.stderr
+
+
+def test_no_rule_selects_on_the_scrape_job() -> None:
+    """Scrape jobs are named differently in compose, plain Prometheus and the Prometheus
+    Operator (issue 22, defect 5): no rule may depend on the ``job`` label's value."""
+    for rule in rules():
+        assert not re.search(r"\bjob\s*(=|!=|=~|!~)", rule["expr"]), rule["alert"]
+
+
+def test_runbook_base_url_is_documented() -> None:
+    """The external label that makes runbook links absolute is set (commented) in the shipped
+    Prometheus configs and explained in the README's runbook section."""
+    for path in (PROM / "prometheus.yml", REPO / "deploy" / "compose" / "prometheus.yml"):
+        assert "runbook_base_url" in path.read_text(encoding="utf-8"), path
+    runbook = DOC.read_text(encoding="utf-8").split("## Alert runbook", 1)[1].split("\n## ", 1)[0]
+    assert "runbook_base_url" in runbook

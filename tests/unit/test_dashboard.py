@@ -244,3 +244,173 @@ def test_provisioning_files() -> None:
     sources = yaml.safe_load((PROVISIONING / "datasources" / "prometheus.yml").read_text(encoding="utf-8"))
     (source,) = sources["datasources"]
     assert source["type"] == "prometheus" and source["access"] == "proxy" and source["url"]
+
+
+# --------------------------------------------------------------------------- on-call row, verification, snapshots
+
+
+def _panel(title: str) -> dict[str, Any]:
+    (panel,) = [p for p in _panels(dashboard()["panels"]) if p["title"] == title]
+    return panel
+
+
+def _promtool_eval(
+    tmp_path: Path, expr: str, cases: dict[str, tuple[list[tuple[str, str]], list[tuple[str, float]]]]
+) -> None:
+    """Evaluate ``expr`` (Grafana variables replaced) at 10m of each case: input series
+    ``(series, values)`` -> expected ``(labels, value)`` samples, through `promtool test rules`."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool not found: apt-get install -y prometheus (see deploy/local/install-system-packages.sh)")
+    concrete = expr.replace("$__rate_interval", "5m").replace("$source", ".*").replace("$pipeline", ".*")
+    rules = {"groups": [{"name": "g", "rules": [{"record": "panel", "expr": concrete}]}]}
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules), encoding="utf-8")
+    tests = [
+        {
+            "name": name,
+            "interval": "1m",
+            "input_series": [{"series": s, "values": v} for s, v in series],
+            "promql_expr_test": [
+                {
+                    "expr": "panel",
+                    "eval_time": "10m",
+                    "exp_samples": [{"labels": f"panel{labels}", "value": value} for labels, value in expected],
+                }
+            ],
+        }
+        for name, (series, expected) in cases.items()
+    ]
+    doc = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": tests}
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(doc), encoding="utf-8")
+    proc = subprocess.run(
+        [promtool, "test", "rules", "tests.yml"], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _mapped(panel: dict[str, Any], value: float) -> tuple[str, str] | None:
+    """``(text, color)`` of the first range/value mapping that matches ``value``, else None."""
+    for mapping in panel["fieldConfig"]["defaults"].get("mappings", []):
+        options = mapping["options"]
+        if mapping["type"] == "range" and options["from"] <= value <= options["to"]:
+            return options["result"]["text"], options["result"].get("color", "")
+        if mapping["type"] == "value" and str(int(value)) in options:
+            return options[str(int(value))]["text"], options[str(int(value))].get("color", "")
+    return None
+
+
+def test_first_row_is_what_on_call_reads_first() -> None:
+    """Issue 22: heartbeat lag per pipeline, the cutover gate, time to slot loss, DLQ rate and
+    apply rate, as stats right below the first row header."""
+    panels = dashboard()["panels"]
+    assert panels[0]["type"] == "row" and panels[0]["title"] == "On call"
+    first = [p for p in panels if p["type"] != "row" and p["gridPos"]["y"] == panels[0]["gridPos"]["y"] + 1]
+    expected = {
+        "Heartbeat lag": "cdc_heartbeat_age_seconds",
+        "Cutover gate": "cdc_cutover_ready",
+        "Time to slot loss": "cdc_replication_slot_seconds_until_lost",
+        "DLQ rate": "cdc_dlq_messages_total",
+        "Apply rate": "cdc_events_applied_total",
+    }
+    assert [p["title"] for p in sorted(first, key=lambda p: p["gridPos"]["x"])] == list(expected)
+    for panel in first:
+        assert panel["type"] == "stat", panel["title"]
+        names = {n for t in panel["targets"] for n in promql_metric_names(t["expr"])}
+        assert expected[panel["title"]] in names, panel["title"]
+    assert "pipeline" in first[0]["targets"][0]["expr"] and first[0]["targets"][0]["legendFormat"] == "{{pipeline}}"
+
+
+def test_counter_panels_show_zero_not_no_data() -> None:
+    for panel in _panels(dashboard()["panels"]):
+        if any("_total" in t["expr"] for t in panel.get("targets", [])):
+            assert panel["fieldConfig"]["defaults"].get("noValue") == "0", panel["title"]
+
+
+def test_rate_stats_show_zero_per_pipeline_without_traffic(tmp_path: Path) -> None:
+    """With no dead letter and nothing applied yet, the stats show 0 for each running pipeline
+    (from cdc_ready), not "No data"; with traffic, the per-minute / per-second rate."""
+    ready = [
+        ('cdc_ready{pipeline="a",instance="w1:9108"}', "1x10"),
+        ('cdc_ready{pipeline="b",instance="w2:9108"}', "1x10"),
+    ]
+    dlq = _panel("DLQ rate")["targets"][0]["expr"]
+    _promtool_eval(
+        tmp_path,
+        dlq,
+        {
+            "no dead letters": (ready, [('{pipeline="a"}', 0), ('{pipeline="b"}', 0)]),
+            "two a minute in a": (
+                [*ready, ('cdc_dlq_messages_total{pipeline="a",error_class="X",instance="w1:9108"}', "0+2x10")],
+                [('{pipeline="a"}', 2), ('{pipeline="b"}', 0)],
+            ),
+        },
+    )
+    applied = _panel("Apply rate")["targets"][0]["expr"]
+    _promtool_eval(
+        tmp_path,
+        applied,
+        {
+            "idle": (ready, [('{pipeline="a"}', 0), ('{pipeline="b"}', 0)]),
+            "one a second in b": (
+                [*ready, ('cdc_events_applied_total{pipeline="b",table="t",op="c",instance="w2:9108"}', "0+60x10")],
+                [('{pipeline="a"}', 0), ('{pipeline="b"}', 1)],
+            ),
+        },
+    )
+
+
+def test_time_to_slot_loss_shows_unlimited_retention_in_a_warning_colour(tmp_path: Path) -> None:
+    """Unlimited retention (max_slot_wal_keep_size = -1) is a risk, not "no risk": the stat maps
+    it to orange; a limited slot without WAL traffic (+Inf) is green; 30 minutes is red."""
+    for title in ("Time to slot loss",):
+        for panel in [p for p in _panels(dashboard()["panels"]) if p["title"] == title]:
+            expr = panel["targets"][0]["expr"]
+            _promtool_eval(
+                tmp_path,
+                expr,
+                {
+                    "limited, 30 minutes left": (
+                        [
+                            ('cdc_replication_slot_seconds_until_lost{source="app",slot="s1"}', "1800x10"),
+                            ('cdc_source_slot_wal_unlimited{source="app"}', "0x10"),
+                        ],
+                        [('{source="app",slot="s1"}', 1800)],
+                    ),
+                    "unlimited": (
+                        [
+                            ('cdc_replication_slot_seconds_until_lost{source="app",slot="s1"}', " ".join(["Inf"] * 11)),
+                            ('cdc_source_slot_wal_unlimited{source="app"}', "1x10"),
+                        ],
+                        [('{source="app",slot="s1"}', -1)],
+                    ),
+                    "limited, no WAL written": (
+                        [
+                            ('cdc_replication_slot_seconds_until_lost{source="app",slot="s1"}', " ".join(["Inf"] * 11)),
+                            ('cdc_source_slot_wal_unlimited{source="app"}', "0x10"),
+                        ],
+                        [('{source="app",slot="s1"}', 1e9)],
+                    ),
+                },
+            )
+            assert _mapped(panel, -1) == ("UNLIMITED retention", "orange")
+            assert _mapped(panel, 1e9) == ("no loss expected", "green")
+            assert _mapped(panel, 1800) is None
+            steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+            assert _threshold_color(steps, 1800) == "red"
+
+
+def test_verification_and_snapshot_panels() -> None:
+    verification = _panel("Verification result")
+    assert promql_metric_names(verification["targets"][0]["expr"]) == {"cdc_verify_ok"}
+    assert _mapped(verification, 0) == ("MISMATCH", "red") and _mapped(verification, 1) == ("match", "green")
+    since = _panel("Since last verification")
+    assert promql_metric_names(since["targets"][0]["expr"]) == {"cdc_verify_last_run_timestamp_seconds"}
+    assert since["fieldConfig"]["defaults"]["unit"] == "s"
+    progress = _panel("Snapshot progress")
+    assert promql_metric_names(progress["targets"][0]["expr"]) == {"cdc_snapshot_progress_ratio"}
+    assert progress["fieldConfig"]["defaults"]["unit"] == "percentunit"
+    state = _panel("Snapshot state")
+    assert promql_metric_names(state["targets"][0]["expr"]) == {"cdc_snapshot_table_state"}
+    assert ("failed", "red") in {_mapped(state, v) for v in range(1, 8)}
+    used = {n for _, e in dashboard_exprs() for n in promql_metric_names(e)}
+    assert {"cdc_verify_mismatched_chunks", "cdc_verify_rows", "cdc_snapshot_rows", "cdc_snapshot_requests"} <= used
