@@ -79,7 +79,7 @@ def confirm_or_exit(yes: bool, question: str) -> None:
         return
     if not sys.stdin.isatty():
         fail(["not confirmed: stdin is not a terminal, pass --yes to proceed"])
-    if not typer.confirm(question, default=False):
+    if not typer.confirm(question, default=False, err=True):
         fail(["aborted: nothing changed"], 1)
 
 

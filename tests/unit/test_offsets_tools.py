@@ -180,3 +180,35 @@ def test_a_failed_kafka_commit_is_reported_not_raised(target: Target) -> None:
     warning = commit_to_kafka(admin, "g", [OffsetChange("p.public.a", 0, 40, 3)], ROWS)
     assert warning is not None and "'g'" in warning and "GROUP_SUBSCRIBED_TO_TOPIC" in warning
     assert commit_to_kafka(admin, "g", [OffsetChange("p.public.gone", 0, 12, None)], ROWS) is None  # nothing known
+
+
+def test_cli_argument_errors_exit_2_before_any_connection(tmp_path: Path) -> None:
+    from typer.testing import CliRunner  # noqa: PLC0415
+
+    from pipeline.cli import app  # noqa: PLC0415
+
+    cfg = tmp_path / "two.yaml"
+    cfg.write_text(
+        "kafka: {bootstrap_servers: '127.0.0.1:1'}\n"
+        "sources: [{name: s, host: h, database: d, user: u, tables: [public.a]}]\n"
+        "pipelines: [{name: p1, source: s, target: {url: 'sqlite:///x.db'}},"
+        " {name: p2, source: s, target: {url: 'sqlite:///y.db'}}]\n",
+        encoding="utf-8",
+    )
+    runner = CliRunner()
+    cases = {
+        ("offsets", "reset"): "exactly one of --to-beginning",
+        ("offsets", "reset", "--to-beginning", "--to-offset", "3"): "exactly one of",
+        ("offsets", "reset", "--to-offset", "3"): "--to-offset needs --topic",
+        ("offsets", "reset", "--to-beginning", "--partition", "1"): "--partition needs --topic",
+        ("offsets", "show"): "--pipeline is required (defined: p1, p2)",
+        ("offsets", "show", "-p", "nope"): "no pipeline 'nope'",
+        ("dlq", "replay", "-p", "p1"): "give --offset N (repeatable) or --all",
+        ("dlq", "replay", "-p", "p1", "--all", "--offset", "1"): "give --offset N",
+        ("dlq", "replay", "-p", "p1", "--offset", "x"): "is not OFFSET or PARTITION:OFFSET",
+        ("dlq", "show", "-p", "p1", "1:"): "is not OFFSET or PARTITION:OFFSET",
+    }
+    for args, message in cases.items():
+        result = runner.invoke(app, [*args, "-c", str(cfg)])
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output, (args, result.output)
