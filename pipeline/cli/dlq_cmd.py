@@ -108,8 +108,9 @@ def render_detail(topic: str, letter: DeadLetterRecord) -> str:
     d = letter.detail()
     lines = [f"{topic} {letter.partition}:{letter.offset}  ({d['timestamp'] or 'no timestamp'})", "Headers:"]
     lines += [f"  {k}: {v}" for k, v in d["headers"]] or ["  (none)"]
-    lines += ["Key:", f"  {d['key']}", "Value:"]
-    lines += ["  " + line for line in str(d["value"]).splitlines()] or ["  "]
+    for name in ("key", "value"):
+        lines.append(f"{name.capitalize()}:")
+        lines += ["  " + line for line in ("(null)" if d[name] is None else d[name]).splitlines()] or ["  "]
     return "\n".join(lines)
 
 
