@@ -220,3 +220,9 @@ class Target(Sink, Protocol):
     def verification(self, statement_timeout_s: float = 600.0) -> TargetVerification:
         """A :class:`TargetVerification` whose queries stop after ``statement_timeout_s`` seconds
         (where the backend supports a statement timeout); the caller closes it."""
+
+    def set_offsets(self, group: str, offsets: Mapping[TopicPartition, int | None]) -> int:
+        """Overwrite stored offsets of ``group`` in ONE transaction (``cdc-pipeline offsets reset``):
+        an int stores that next offset, None deletes the partition's row (its workers then start
+        from the beginning); partitions not in ``offsets`` are left alone. Returns rows written
+        or deleted. Only safe while no worker of the group runs (the caller checks)."""

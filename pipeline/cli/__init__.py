@@ -15,9 +15,11 @@ from pipeline.cli import (
     config_cmd,
     connectors_cmd,
     demo_cmd,
+    dlq_cmd,
     lag_cmd,
     local_cmd,
     monitor_cmd,
+    offsets_cmd,
     run_cmd,
     snapshot_cmd,
     source_cmd,
@@ -43,6 +45,8 @@ app.command(name="lag")(lag_cmd.lag)
 app.command(name="demo")(demo_cmd.demo)
 app.command(name="verify")(verify_cmd.verify)
 app.add_typer(snapshot_cmd.app, name="snapshot")
+app.add_typer(offsets_cmd.app, name="offsets")
+app.add_typer(dlq_cmd.app, name="dlq")
 
 
 @app.callback()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,7 +12,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from pipeline.core.events import TableId
-from sinks.base import TransientSinkError
+from sinks.base import TopicPartition, TransientSinkError
 from sinks.postgres.sink import PostgresSink
 from sinks.postgres.verification import PostgresVerification
 
@@ -82,3 +83,23 @@ class PostgresTarget(PostgresSink):
         """Close both sessions."""
         self._close_reader()
         super().close()
+
+    def set_offsets(self, group: str, offsets: Mapping[TopicPartition, int | None]) -> int:
+        """Store (int) or delete (None) ``group``'s offset of each partition of ``offsets`` in one
+        transaction on the write session (see :meth:`sinks.base.Target.set_offsets`); rows changed.
+        Raises TransientSinkError when the target is unreachable."""
+        stored = {tp: o for tp, o in offsets.items() if o is not None}
+        dropped = [tp for tp, o in offsets.items() if o is None]
+        with self._transaction() as conn:
+            self._ensure_control(conn)
+            self._store_offsets(conn, group, stored)
+            deleted = 0
+            for topic, partition in dropped:
+                cur = conn.execute(
+                    sql.SQL("DELETE FROM {} WHERE consumer_group = %s AND topic = %s AND kafka_partition = %s").format(
+                        self._ctl("offsets")
+                    ),
+                    (group, topic, partition),
+                )
+                deleted += cur.rowcount
+        return len(stored) + deleted

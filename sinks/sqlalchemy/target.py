@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
 from pipeline.core.events import TableId
-from sinks.base import TransientSinkError
+from sinks.base import TopicPartition, TransientSinkError
 from sinks.sqlalchemy import ddl
 from sinks.sqlalchemy.sink import SqlAlchemySink, is_transient
 from sinks.sqlalchemy.verification import SqlAlchemyVerification
@@ -44,3 +45,19 @@ class SqlAlchemyTarget(SqlAlchemySink):
         """A verification session on the target's engine (see :class:`sinks.base.TargetVerification`);
         ``statement_timeout_s`` is not applied (no portable statement timeout)."""
         return SqlAlchemyVerification(self.engine, self.dialect, self._control_schema)
+
+    def set_offsets(self, group: str, offsets: Mapping[TopicPartition, int | None]) -> int:
+        """Store (int) or delete (None) ``group``'s offset of each partition of ``offsets`` in one
+        transaction (see :meth:`sinks.base.Target.set_offsets`); rows changed. Raises
+        TransientSinkError when the target is unreachable."""
+        self._ensure_control()
+        stored = {tp: o for tp, o in offsets.items() if o is not None}
+        dropped = [tp for tp, o in offsets.items() if o is None]
+        t = self._control.offsets
+        deleted = 0
+        with self._transaction() as conn:
+            self._store_offsets(conn, group, stored)
+            for topic, partition in dropped:
+                where = (t.c.consumer_group == group) & (t.c.topic == topic) & (t.c.kafka_partition == partition)
+                deleted += int(conn.execute(sa.delete(t).where(where)).rowcount)
+        return len(stored) + deleted
