@@ -32,6 +32,8 @@ if ! have_java21; then
   fi
 fi
 command -v mvn >/dev/null 2>&1 || need+=(maven)
+# Go builds helm for the deploy checks (`make tools`); the image usually has a recent one in /usr/local/go.
+command -v go >/dev/null 2>&1 || [ -x /usr/local/go/bin/go ] || need+=(golang-go)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 
 if [ ${#need[@]} -eq 0 ]; then
