@@ -119,8 +119,10 @@ class CompareColumn:
 class ChecksumPlan:
     """What a verifier checksums for one table: source and target table, compared columns, the
     key (empty: keyless, the target keyed by ``__cdc_row_id``), ``collate_c`` (key comparisons
-    under the "C" collation because the two sides' key collations differ) and ``target_exists``
-    (False before the sink created the table: the target side is then empty)."""
+    under the "C" collation because the two sides' key collations differ), ``target_exists``
+    (False before the sink created the table: the target side is then empty) and
+    ``numeric_text_exact`` (``numeric`` columns compared by their text, display scale included:
+    ``1.50`` differs from ``1.5``; by value otherwise)."""
 
     table: TableId
     target: TableId
@@ -128,6 +130,7 @@ class ChecksumPlan:
     key: tuple[CompareColumn, ...]
     collate_c: bool = False
     target_exists: bool = True
+    numeric_text_exact: bool = False
 
     @property
     def keyless(self) -> bool:
