@@ -67,9 +67,7 @@ def _run(args: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout_s, env=env, cwd=REPO, check=False)
 
 
-@pytest.mark.timeout(120)
-def test_lag_against_an_unreachable_broker_prints_one_error_naming_the_host(tmp_path: Path) -> None:
-    kafka, connect, pg = _closed_port(), _closed_port(), _closed_port()
+def _config(tmp_path: Path, kafka: int, connect: int, pg: int) -> Path:
     cfg = tmp_path / "cdc.yaml"
     cfg.write_text(
         textwrap.dedent(
@@ -86,6 +84,13 @@ def test_lag_against_an_unreachable_broker_prints_one_error_naming_the_host(tmp_
             """
         )
     )
+    return cfg
+
+
+@pytest.mark.timeout(120)
+def test_lag_against_an_unreachable_broker_prints_one_error_naming_the_host(tmp_path: Path) -> None:
+    kafka, connect, pg = _closed_port(), _closed_port(), _closed_port()
+    cfg = _config(tmp_path, kafka, connect, pg)
     cli = [
         sys.executable,
         "-m",
@@ -108,6 +113,17 @@ def test_lag_against_an_unreachable_broker_prints_one_error_naming_the_host(tmp_
         f"  kafka: cannot reach Kafka at 127.0.0.1:{kafka}: Failed to get metadata: Local: Broker transport failure"
     ]
     assert "Traceback" not in done.stderr + done.stdout
+
+
+@pytest.mark.timeout(60)
+def test_snapshot_status_with_the_source_down_logs_one_json_error_naming_the_host(tmp_path: Path) -> None:
+    pg = _closed_port()
+    cfg = _config(tmp_path, _closed_port(), _closed_port(), pg)
+    done = _run([sys.executable, "-m", "pipeline.cli", "snapshot", "status", "-c", str(cfg)], 45)
+    assert done.returncode == 1
+    [record] = _json_lines(done.stderr)
+    assert record["level"] == "error" and record["host"] == f"127.0.0.1:{pg}"
+    assert str(record["event"]).startswith(f"cannot reach source app (PostgreSQL) at 127.0.0.1:{pg}: ")
 
 
 @pytest.mark.timeout(60)
