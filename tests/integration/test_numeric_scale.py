@@ -56,26 +56,76 @@ def _capture(bootstrap: str, group: str, topic: str, count: int) -> list[tuple[i
     return [got[o] for o in sorted(got)]
 
 
-@pytest.mark.timeout(300)
-def test_debezium_strips_the_scale_of_unconstrained_numeric_and_exact_verify_sees_it(
-    local_stack: LocalStack, databases: Databases, unique: Callable[[str], str]
-) -> None:
-    s = local_stack.settings
-    prefix = unique("num")
+def _snapshot_messages(
+    stack: LocalStack, databases: Databases, prefix: str, group: str, extra: dict[str, str]
+) -> list[tuple[int, bytes | None, bytes]]:
+    """Create ``public.n`` with :data:`SOURCE_TEXT`, run a connector with ``extra`` over it and
+    return its snapshot messages ``(offset, key, value)``."""
+    s = stack.settings
     connector = prefix.replace("_", "-")
     with psycopg.connect(databases.source_dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE public.n (id int PRIMARY KEY, v numeric)")
         for i, text in enumerate(SOURCE_TEXT, 1):
             conn.execute("INSERT INTO public.n VALUES (%s, %s::numeric)", (i, text))
-    config = raw_connector_config(local_stack, databases.name, prefix, "public.n", {"decimal.handling.mode": "precise"})
+    config = raw_connector_config(stack, databases.name, prefix, "public.n", extra)
     resp = httpx.put(f"{s.connect_url}/connectors/{connector}/config", json=config, timeout=30)
     assert resp.status_code in (200, 201), resp.text
     try:
         wait_connector_running(s.connect_url, connector)
-        captured = _capture(s.bootstrap_servers, unique("g"), f"{prefix}.public.n", len(SOURCE_TEXT))
+        captured = _capture(s.bootstrap_servers, group, f"{prefix}.public.n", len(SOURCE_TEXT))
     finally:
         httpx.delete(f"{s.connect_url}/connectors/{connector}", timeout=30)
     assert len(captured) == len(SOURCE_TEXT)
+    return captured
+
+
+def _pipeline(stack: LocalStack, databases: Databases) -> PipelineSettings:
+    s = stack.settings
+    return PipelineSettings.model_validate(
+        {
+            "name": "num",
+            "source": "src",
+            "target": {"url": f"postgresql://postgres@{s.host}:{s.target_pg_port}/{databases.name}",
+                       "password": "postgres", "schema": "public", "control_schema": "cdc_ctl"},
+        }
+    )  # fmt: skip
+
+
+@pytest.mark.timeout(300)
+def test_decimal_string_mode_keeps_the_scale_end_to_end(
+    local_stack: LocalStack, databases: Databases, unique: Callable[[str], str]
+) -> None:
+    """The workaround (docs/targets.md): ``connector_overrides: {decimal.handling.mode: string}``.
+    Debezium then sends the decimal text, and with ``column.propagate.source.type`` (which
+    :mod:`connectors.debezium` sets) the decoder reads it as an exact Decimal: 1.50, 2.000 and
+    0.10 arrive, and are stored, as themselves."""
+    prefix = unique("nums")
+    extra = {"decimal.handling.mode": "string", "column.propagate.source.type": ".*"}
+    captured = _snapshot_messages(local_stack, databases, prefix, unique("g"), extra)
+    assert [json.loads(v)["payload"]["after"]["v"] for _, _, v in captured] == SOURCE_TEXT
+    decoder = Decoder(DecoderConfig(topic_prefix=prefix))
+    events = [decoder.decode(f"{prefix}.public.n", 0, offset, key, value) for offset, key, value in captured]
+    changes = [e for e in events if isinstance(e, ChangeEvent)]
+    assert [str(e.after["v"]) for e in changes if e.after is not None] == SOURCE_TEXT
+    target = make_target(_pipeline(local_stack, databases))
+    try:
+        target.apply(reduce_events(changes, "public"), "g", {})
+    finally:
+        target.close()
+    with psycopg.connect(databases.target_dsn) as tconn:
+        stored = tconn.execute(
+            "SELECT v::text, format_type(atttypid, atttypmod) FROM public.n, pg_attribute"
+            " WHERE attrelid = 'public.n'::regclass AND attname = 'v' ORDER BY id"
+        ).fetchall()
+    assert stored == [(t, "numeric") for t in SOURCE_TEXT]  # fmt: skip
+
+
+@pytest.mark.timeout(300)
+def test_debezium_strips_the_scale_of_unconstrained_numeric_and_exact_verify_sees_it(
+    local_stack: LocalStack, databases: Databases, unique: Callable[[str], str]
+) -> None:
+    prefix = unique("num")
+    captured = _snapshot_messages(local_stack, databases, prefix, unique("g"), {"decimal.handling.mode": "precise"})
 
     # The captured messages: what Debezium put on the wire for column v.
     wire: list[dict[str, Any]] = []
@@ -98,14 +148,7 @@ def test_debezium_strips_the_scale_of_unconstrained_numeric_and_exact_verify_see
     assert all(isinstance(d, Decimal) for d in decoded)
 
     # ... and so do the sink's COPY and the target's numeric column.
-    pipe = PipelineSettings.model_validate(
-        {
-            "name": "num",
-            "source": "src",
-            "target": {"url": f"postgresql://postgres@{s.host}:{s.target_pg_port}/{databases.name}",
-                       "password": "postgres", "schema": "public", "control_schema": "cdc_ctl"},
-        }
-    )  # fmt: skip
+    pipe = _pipeline(local_stack, databases)
     target = make_target(pipe)
     try:
         target.apply(reduce_events([e for e in events if isinstance(e, ChangeEvent)], "public"), "g", {})
