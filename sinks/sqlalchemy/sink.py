@@ -518,13 +518,14 @@ class SqlAlchemySink:
         keys = list(shape.key_columns)
         t = shape.clause([*keys, *VERSION_COLUMNS])
         chunk = max(1, min(_STALE_CHUNK, _STALE_BINDS // (2 * len(keys))))
+        # The key as the upsert writes it: the row's values of the target's key columns (the
+        # event's key names may differ from the target's, e.g. after a rename transform).
+        probe = [up for up in ups if all(k in up.row for k in keys)]
         stale: set[str] = set()
-        for start in range(0, len(ups), chunk):
-            part = ups[start : start + chunk]
+        for start in range(0, len(probe), chunk):
+            part = probe[start : start + chunk]
             binds = {
-                f"k{j}_{n}": adapt(up.key_values[k], self._dialect)
-                for j, up in enumerate(part)
-                for n, k in enumerate(keys)
+                f"k{j}_{n}": adapt(up.row[k], self._dialect) for j, up in enumerate(part) for n, k in enumerate(keys)
             }
             stmt = dml.stored_versions(t, keys, VERSION_COLUMNS, len(part))
             for i, commit, lsn in conn.execute(stmt, binds).all():

@@ -378,3 +378,17 @@ def test_a_replayed_batch_reports_every_row_stale_and_none_applied(backend: Back
     late = backend.apply(target, ev(Op.UPDATE, (25, 25), 4, row(4, "before the truncate")))
     assert (late.upserted, late.stale) == (0, {backend.items: frozenset({"[4]"})})
     assert backend.rows() == []
+
+
+def test_a_batch_starting_with_a_truncate_then_keyed_changes_applies(backend: Backend) -> None:
+    """A truncate event carries no key (Debezium sends it without one), so a batch whose first
+    event of a table is a truncate reduces that table's later changes without key values; the
+    stale-row accounting must still read the keys from the rows it writes."""
+    target = backend.target()
+    backend.apply(target, ev(Op.CREATE, (1, 1), 1, row(1, "old")))
+    batch = [ev(Op.TRUNCATE, (5, 5), None, key_columns=()), ev(Op.CREATE, (6, 6), 2, row(2, "new"))]
+    backend.apply(target, *batch)
+    assert backend.rows() == [(2, "new", None)]
+    again = backend.apply(target, *batch)
+    assert (again.upserted, again.stale_rows) == (0, 1)
+    assert backend.rows() == [(2, "new", None)]
