@@ -25,7 +25,7 @@ from pipeline.core import metrics
 from pipeline.core.errors import PoisonMessageError
 from pipeline.core.events import ChangeEvent, Skip, TableId
 from pipeline.core.health import HealthServer
-from pipeline.core.logs import get_logger
+from pipeline.core.logs import get_logger, kafka_logging
 from pipeline.core.settings.models import PipelineSettings, SourceSettings
 from pipeline.core.settings.root import Settings
 from pipeline.dataplane.consumer import Message
@@ -124,8 +124,8 @@ def build_worker(settings: Settings, pipeline: PipelineSettings, *, serve_http: 
     require_unique_target_names(settings)
     source = settings.source(pipeline.source)
     client_id = f"cdc-pipeline-{pipeline.name}-{socket.gethostname()}"
-    consumer = Consumer(consumer_config(settings, pipeline, client_id))
-    producer = Producer(producer_config(settings, client_id))
+    consumer = Consumer(kafka_logging(consumer_config(settings, pipeline, client_id)))
+    producer = Producer(kafka_logging(producer_config(settings, client_id)))
     sink = make_sink(pipeline)
     decoder = make_decoder(source, pipeline)  # JSON or Avro (Schema Registry) per the settings
     transformer = build_transformer(pipeline.transforms, pipeline.mask_salt)

@@ -57,12 +57,23 @@ class BatchRejectedError(Exception):
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
     """What a committed ``apply`` wrote: rows upserted and deleted (after the version guard),
-    tables truncated, and the commit wall-clock time (seconds since the epoch)."""
+    tables truncated, the commit wall-clock time (seconds since the epoch), and ``stale``: per
+    target table, the keys (``Upsert.key`` / ``Delete.key`` of the batch) of the rows that had
+    no effect because the target already held them at a position at least as new (the version
+    guard; a replay), a newer tombstone or the truncate watermark covered them. A delete is
+    stale when the key's tombstone was already at or past its position. Tables without stale
+    rows are absent."""
 
     upserted: int
     deleted: int
     truncated: int
     committed_at: float
+    stale: Mapping[TableId, frozenset[str]] = field(default_factory=dict)
+
+    @property
+    def stale_rows(self) -> int:
+        """Number of rows of the batch that were stale (all tables)."""
+        return sum(len(keys) for keys in self.stale.values())
 
 
 class Sink(Protocol):
@@ -108,8 +119,10 @@ class CompareColumn:
 class ChecksumPlan:
     """What a verifier checksums for one table: source and target table, compared columns, the
     key (empty: keyless, the target keyed by ``__cdc_row_id``), ``collate_c`` (key comparisons
-    under the "C" collation because the two sides' key collations differ) and ``target_exists``
-    (False before the sink created the table: the target side is then empty)."""
+    under the "C" collation because the two sides' key collations differ), ``target_exists``
+    (False before the sink created the table: the target side is then empty) and
+    ``numeric_text_exact`` (``numeric`` columns compared by their text, display scale included:
+    ``1.50`` differs from ``1.5``; by value otherwise)."""
 
     table: TableId
     target: TableId
@@ -117,6 +130,7 @@ class ChecksumPlan:
     key: tuple[CompareColumn, ...]
     collate_c: bool = False
     target_exists: bool = True
+    numeric_text_exact: bool = False
 
     @property
     def keyless(self) -> bool:

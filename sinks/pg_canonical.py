@@ -51,12 +51,13 @@ def canonical_kind(typname: str) -> Kind:
     return _KINDS.get(typname, Kind.TEXT)
 
 
-def canonical_expr(column: sql.Composable, kind: Kind, native: bool = True) -> sql.Composable:
+def canonical_expr(column: sql.Composable, kind: Kind, native: bool = True, exact: bool = False) -> sql.Composable:
     """SQL giving the canonical text of ``column`` (an identifier).
 
     ``native`` is True when the column has the kind's own type on this side; False when it
     holds the value in another type (e.g. the target stored it as text): it is then cast
-    through ``text`` first.
+    through ``text`` first. ``exact``: a numeric keeps its display scale (``1.50``, not
+    ``trim_scale``'s ``1.5``).
     """
     value: sql.Composable = column
     if kind is Kind.TEXT:
@@ -64,7 +65,7 @@ def canonical_expr(column: sql.Composable, kind: Kind, native: bool = True) -> s
     if not native:
         value = sql.SQL("({})::text::{}").format(value, sql.SQL(_CASTS[kind]))
     if kind is Kind.NUMERIC:
-        return sql.SQL("trim_scale({})::text").format(value)
+        return sql.SQL("({})::text" if exact else "trim_scale({})::text").format(value)
     if kind is Kind.JSON:
         return sql.SQL("({})::jsonb::text").format(value)
     if kind is Kind.TIMETZ:
@@ -105,6 +106,7 @@ def row_text(plan: ChecksumPlan, side: str) -> sql.Composable:
             sql.Identifier(c.source if side == "source" else c.target),
             canonical_kind(c.typname),
             native=(side == "source" or c.same_type),
+            exact=plan.numeric_text_exact,
         )
         for c in plan.columns
     ]

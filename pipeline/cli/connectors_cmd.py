@@ -32,7 +32,7 @@ from connectors.connect_client import (
     settled,
 )
 from connectors.debezium import ConnectorConfigError, build_connector_config
-from pipeline.cli.common import ConfigOption, load_or_exit
+from pipeline.cli.common import ConfigOption, fail_unreachable, load_or_exit
 from pipeline.cli.source_cmd import SourceOption, echo_check, select_sources
 from pipeline.core.settings.models import SourceSettings
 from pipeline.core.settings.root import Settings
@@ -253,6 +253,8 @@ def status(
                     _err(f"{name}: not found (create it with: cdc-pipeline connectors apply)")
                 continue
             except ConnectError as exc:
+                if exc.status_code is None and not as_json:  # Connect itself does not answer
+                    fail_unreachable("Kafka Connect", settings.connect.url, exc)
                 code = 1
                 if as_json:
                     report.append({"name": name, "error": str(exc), "healthy": False})

@@ -41,10 +41,11 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # OffsetSpec:
 from connectors.debezium import topic_pattern
 from connectors.source_prep import check_publication, redactor
 from connectors.source_prep import conninfo as source_conninfo
-from pipeline.cli.common import ConfigOption, fail, load_or_exit
+from pipeline.cli.common import ConfigOption, fail, load_or_exit, unreachable
 from pipeline.control.monitor.heartbeat import heartbeat_target_table
 from pipeline.control.monitor.slot_model import SlotReport, WalRateWindow, evaluate_slot, heartbeat_age_seconds
 from pipeline.control.monitor.source_sql import connect_read_only, read_server_sample, view_columns
+from pipeline.core.logs import kafka_logging
 from pipeline.core.offsets import partition_lag
 from pipeline.core.settings.models import PipelineSettings, SourceSettings
 from pipeline.core.settings.root import Settings
@@ -225,11 +226,11 @@ def collect_consumer_lag(
     returns the lines and the errors met (Kafka unreachable, target unreachable...)."""
     errors: list[str] = []
     conf: dict[str, str | int | float | bool] = {**settings.kafka.client_config()}
-    admin = admin or AdminClient(conf)
+    admin = admin or AdminClient(kafka_logging(conf))
     try:
         metadata = admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
-        return [], [f"kafka: cannot list topics: {exc}"]
+        return [], [f"kafka: {unreachable('Kafka', settings.kafka.bootstrap_servers, exc)}"]
     lines: list[PartitionLagLine] = []
     for pipe in pipelines:
         source = settings.source(pipe.source)

@@ -24,7 +24,7 @@ from typing import Annotated, Any
 import psycopg
 import typer
 
-from pipeline.cli.common import ConfigOption, fail, load_or_exit
+from pipeline.cli.common import ConfigOption, fail, fail_unreachable, load_or_exit
 from pipeline.cli.source_cmd import SourceOption, select_sources
 from pipeline.control.snapshot.model import Condition, RequestState, SnapshotKind, SnapshotRequest, SnapshotSettings
 from pipeline.control.snapshot.sql import NothingToSignalError, SnapshotQueue
@@ -228,6 +228,8 @@ def status(
         queue = SnapshotQueue(src)
         try:
             requests = queue.recent(limit)
+        except psycopg.OperationalError as exc:  # the source does not answer
+            fail_unreachable(f"source {src.name} (PostgreSQL)", f"{src.host}:{src.port}", exc)
         except psycopg.Error as exc:
             fail([f"{src.name}: snapshot queue: {type(exc).__name__}: {str(exc).strip()}"], code=1)
         finally:

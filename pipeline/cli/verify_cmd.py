@@ -54,6 +54,14 @@ WaitOption = Annotated[
 UnverifiableOption = Annotated[
     bool, typer.Option("--allow-unverifiable", help="Tables that cannot be verified do not fail the command.")
 ]
+ExactNumericOption = Annotated[
+    bool,
+    typer.Option(
+        "--exact-numeric",
+        help="Compare numeric columns by their text, display scale included (1.50 differs from 1.5); "
+        "default: verify.numeric_text_exact.",
+    ),
+]
 StoreOption = Annotated[
     bool, typer.Option("--store/--no-store", help="Store the result in the target for cdc_cutover_ready.")
 ]
@@ -63,8 +71,12 @@ def _say(line: str, json_out: bool) -> None:
     typer.echo(line, err=json_out)
 
 
-def _settings(settings: Settings, chunk_size: int | None, max_wait_s: float | None) -> VerifySettings:
+def _settings(
+    settings: Settings, chunk_size: int | None, max_wait_s: float | None, exact_numeric: bool = False
+) -> VerifySettings:
     cfg = VerifySettings.from_config(settings.verify)
+    if exact_numeric:
+        cfg = dataclasses.replace(cfg, numeric_text_exact=True)
     if chunk_size is not None:
         cfg = dataclasses.replace(cfg, chunk_size=chunk_size)
     if max_wait_s is not None:
@@ -122,6 +134,7 @@ def verify(
     max_wait_s: WaitOption = None,
     allow_unverifiable: UnverifiableOption = False,
     store: StoreOption = True,
+    exact_numeric: ExactNumericOption = False,
 ) -> None:
     """Verify that the pipeline's target equals its source (counts + checksums of key-ordered chunks)."""
     settings = load_or_exit(config)
@@ -129,7 +142,7 @@ def verify(
         chosen = settings.pipeline(pipeline)
     except KeyError as exc:
         fail([f"--pipeline: {exc.args[0]} (defined: {', '.join(p.name for p in settings.pipelines) or 'none'})"])
-    cfg = _settings(settings, chunk_size, max_wait_s)
+    cfg = _settings(settings, chunk_size, max_wait_s, exact_numeric)
     try:
         final, doc = _verify_and_repair(settings, chosen, table, cfg, (repair, store, json_out, allow_unverifiable))
     except KeyError as exc:

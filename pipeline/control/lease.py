@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # re-exported without __all__
 
 from pipeline.core import metrics
-from pipeline.core.logs import get_logger
+from pipeline.core.logs import get_logger, kafka_logging
 
 log = get_logger(__name__)
 
@@ -48,7 +48,7 @@ def ensure_lease_topic(
 
     Raises KafkaException when the broker refuses for another reason than "already exists".
     """
-    admin = AdminClient(dict(client_config))
+    admin = AdminClient(kafka_logging(client_config))
     futures = admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=-1)], request_timeout=timeout_s)
     try:
         futures[topic].result(timeout_s)
@@ -95,16 +95,18 @@ class KafkaLease:
         """
         ensure_lease_topic(self._client_config, self.topic)
         self._consumer = Consumer(
-            {
-                **self._client_config,
-                "group.id": self.group,
-                "client.id": f"cdc-control-{self.replica}",
-                "enable.auto.commit": False,
-                "partition.assignment.strategy": "range",
-                "session.timeout.ms": self._session_timeout_ms,
-                "heartbeat.interval.ms": max(500, self._session_timeout_ms // 5),
-                "max.poll.interval.ms": 300_000,
-            }
+            kafka_logging(
+                {
+                    **self._client_config,
+                    "group.id": self.group,
+                    "client.id": f"cdc-control-{self.replica}",
+                    "enable.auto.commit": False,
+                    "partition.assignment.strategy": "range",
+                    "session.timeout.ms": self._session_timeout_ms,
+                    "heartbeat.interval.ms": max(500, self._session_timeout_ms // 5),
+                    "max.poll.interval.ms": 300_000,
+                }
+            )
         )
         self._consumer.subscribe([self.topic], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked)
         log.info("lease joined", lease=self.name, group=self.group, replica=self.replica)

@@ -31,7 +31,14 @@ MESSAGES_CONSUMED = Counter(
 )
 EVENTS_APPLIED = Counter(
     "cdc_events_applied_total",
-    "Change events applied to the target, by target table and op.",
+    "Change events applied to the target, by target table and op (stale events excluded: see cdc_events_stale_total).",
+    ["pipeline", "table", "op"],
+    registry=REGISTRY,
+)
+EVENTS_STALE = Counter(
+    "cdc_events_stale_total",
+    "Change events the target already held at the same or a newer position (replays, duplicates), so the version"
+    " guard, a tombstone or the truncate watermark made them no-ops; by target table and op.",
     ["pipeline", "table", "op"],
     registry=REGISTRY,
 )

@@ -25,7 +25,7 @@ from pipeline.core.retry import Backoff
 from pipeline.core.settings.models import PipelineSettings
 from pipeline.dataplane.consumer import Consumer, Message
 from pipeline.dataplane.dlq import DeadLetter, DeadLetterQueue, DlqLimiter
-from pipeline.dataplane.progress import Progress, RunnerStats, observe_latency, record_batch
+from pipeline.dataplane.progress import Applied, Progress, RunnerStats, observe_latency, record_batch
 from pipeline.dataplane.reduce import reduce_events
 from pipeline.dataplane.steps import (
     TP,
@@ -87,6 +87,7 @@ class PipelineRunner:
         self._stop = False
         self._in_backoff = False
         self._inflight: dict[tuple[str | None, int | None, int | None], Message] = {}
+        self._applied = Applied()
         self._progress = Progress(self._name)
         self.stats = RunnerStats()
         self.on_batch: Callable[[RunnerStats], None] | None = None
@@ -205,14 +206,13 @@ class PipelineRunner:
         """Classify, dead-letter, apply with offsets, commit: the numbered order of the module doc."""
         t0 = time.monotonic()
         self._inflight = {(m.topic(), m.partition(), m.offset()): m for m in batch.messages}
+        self._applied = Applied()
         sorted_ = self._classify(batch)
         self._send_dead_letters(sorted_.dead)  # 1
         apply_isolating(sorted_.events, dict(batch.next_offsets), self._apply, self._reject)  # 2
         self._commit_kafka(batch.next_offsets)  # 3
         self._progress.committed(batch.next_offsets, batch.messages)
-        record_batch(
-            self._name, self.stats, len(batch.messages), sorted_.events, sorted_.skipped, time.monotonic() - t0
-        )
+        record_batch(self._name, self.stats, len(batch.messages), self._applied, sorted_.skipped, time.monotonic() - t0)
         if self.on_batch is not None:
             self.on_batch(self.stats)
         self._progress.update_lag(self._consumer, self._assignment, force=True)
@@ -262,6 +262,7 @@ class PipelineRunner:
         result = self._retry("sink", lambda: self._sink.apply(reduced, self._group, offsets))
         metrics.ROWS_WRITTEN.labels(self._name, "upsert").inc(result.upserted)
         metrics.ROWS_WRITTEN.labels(self._name, "delete").inc(result.deleted)
+        self._applied.add(events, self._default_schema, result)
         observe_latency(self._name, reduced, result.committed_at)
 
     def _commit_kafka(self, offsets: dict[TP, int]) -> None:

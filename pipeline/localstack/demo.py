@@ -134,8 +134,10 @@ class Phase:
 
     @property
     def snapshotted(self) -> float:
-        """Rows the worker applied from snapshot reads (op ``r``)."""
-        return total(self.samples, "cdc_events_applied_total", op="r")
+        """Snapshot reads (op ``r``) the worker processed: applied, or stale (already there)."""
+        return total(self.samples, "cdc_events_applied_total", op="r") + total(
+            self.samples, "cdc_events_stale_total", op="r"
+        )
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ import httpx
 import psycopg
 from confluent_kafka.admin import AdminClient
 
+from pipeline.core.logs import kafka_logging
 from pipeline.localstack import procs
 from pipeline.localstack.config import PG_PASSWORD, PG_SUPERUSER, LocalStackSettings
 from pipeline.localstack.jars import JarCache, ToolMissingError, java_binary
@@ -374,7 +375,7 @@ class KafkaBroker:
         """Ready when the broker answers a metadata request."""
         if procs.running_pid(self._pid_file, str(self.dir)) is None:
             return Health(False, False, "stopped")
-        admin = AdminClient({"bootstrap.servers": self.endpoint, "log_level": 0, "socket.timeout.ms": 2000})
+        admin = AdminClient(kafka_logging({"bootstrap.servers": self.endpoint, "socket.timeout.ms": 2000}))
         try:
             meta = admin.list_topics(timeout=3)
         except Exception as exc:  # any client error means "not ready yet"

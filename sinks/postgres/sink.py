@@ -218,6 +218,7 @@ class PostgresSink:
         Raises TransientSinkError (retry) or BatchRejectedError (bad data for this target).
         """
         upserted = deleted = truncated = 0
+        stale: dict[TableId, frozenset[str]] = {}
         with self._transaction() as conn:
             self._ensure_control(conn)
             for changes in batch.tables.values():
@@ -225,12 +226,15 @@ class PostgresSink:
                 if changes.truncate is not None:
                     truncated += self._truncate(conn, changes.table, changes.truncate)
                 watermark = self._truncate_watermark(conn, changes.table)
+                skipped: set[str] = set()
                 if changes.upserts:
-                    upserted += self._upsert(conn, shape, changes, watermark)
+                    upserted += self._upsert(conn, shape, changes, watermark, skipped)
                 if changes.deletes:
-                    deleted += self._delete(conn, shape, changes)
+                    deleted += self._delete(conn, shape, changes, skipped)
+                if skipped:
+                    stale[changes.table] = frozenset(skipped)
             self._store_offsets(conn, group, offsets)
-        return ApplyResult(upserted, deleted, truncated, time.time())
+        return ApplyResult(upserted, deleted, truncated, time.time(), stale)
 
     # -- DDL
 
@@ -354,7 +358,10 @@ class PostgresSink:
 
     # -- upsert
 
-    def _upsert(self, conn: Conn, shape: TableShape, changes: TableChanges, watermark: Position | None) -> int:
+    def _upsert(
+        self, conn: Conn, shape: TableShape, changes: TableChanges, watermark: Position | None, stale: set[str]
+    ) -> int:
+        """Upsert the batch's rows of one table; returns rows written, adds the stale keys to ``stale``."""
         groups: dict[frozenset[str], list[Upsert]] = defaultdict(list)
         for up in changes.upserts.values():
             groups[up.unavailable].append(up)
@@ -362,7 +369,9 @@ class PostgresSink:
         total = 0
         for unavailable, ups in groups.items():
             columns = [c for c in shape.columns if c not in unavailable and not c.startswith(ddl.OWN_PREFIX)]
-            total += self._upsert_group(conn, shape, columns, ups, watermark, has_tombstones)
+            written, skipped = self._upsert_group(conn, shape, columns, ups, watermark, has_tombstones)
+            total += written
+            stale.update(skipped)
         return total
 
     def _upsert_group(
@@ -373,7 +382,8 @@ class PostgresSink:
         ups: list[Upsert],
         watermark: Position | None,
         has_tombstones: bool,
-    ) -> int:
+    ) -> tuple[int, set[str]]:
+        """Write one group of upserts: ``(rows written, keys of the stale rows)``."""
         table = shape.table
         interval_cols = {c for c, t in shape.columns.items() if t == "interval"}
         extra = [c for c in ups[0].row if c not in shape.columns] if ups else []
@@ -428,19 +438,28 @@ class PostgresSink:
                 "ON CONFLICT ({}) DO UPDATE SET {} WHERE (tgt.__cdc_commit_lsn, tgt.__cdc_lsn)"
                 " < (EXCLUDED.__cdc_commit_lsn, EXCLUDED.__cdc_lsn)"
             ).format(keys, set_list)
+        # INSERT ... ON CONFLICT returns only the rows it inserted or updated (PostgreSQL docs,
+        # INSERT "Outputs"): the staged rows it did not return were stale.
+        ident = [ROW_ID] if shape.keyless else list(shape.key_columns)
+        returning = sql.SQL(", ").join(map(sql.Identifier, ident))
+        same = sql.SQL(" AND ").join(sql.SQL("w.{c} = s.{c}").format(c=sql.Identifier(c)) for c in ident)
         cur = conn.execute(
-            sql.SQL("INSERT INTO {} AS tgt ({}) SELECT {} FROM {} s{} {}").format(
-                qualified(table), cols, s_cols, stg, where, conflict
-            )
+            sql.SQL(
+                "WITH w AS (INSERT INTO {} AS tgt ({}) SELECT {} FROM {} s{} {} RETURNING {})"
+                " SELECT s.__cdc_key FROM {} s WHERE NOT EXISTS (SELECT 1 FROM w WHERE {})"
+            ).format(qualified(table), cols, s_cols, stg, where, conflict, returning, stg, same)
         )
+        skipped = {str(r[0]) for r in cur.fetchall()}
         conn.execute(sql.SQL("DROP TABLE {}").format(stg))
-        return max(cur.rowcount, 0)
+        return len(ups) - len(skipped), skipped
 
     # -- delete
 
-    def _delete(self, conn: Conn, shape: TableShape, changes: TableChanges) -> int:
+    def _delete(self, conn: Conn, shape: TableShape, changes: TableChanges, stale: set[str]) -> int:
+        """Guarded deletes and tombstones of one table; returns rows deleted, adds to ``stale`` the
+        keys whose tombstone was already at or past the delete (nothing to do: a replay)."""
         if shape.keyless:
-            return self._delete_keyless(conn, shape, list(changes.deletes.values()))
+            return self._delete_keyless(conn, shape, list(changes.deletes.values()), stale)
         table = shape.table
         keys = list(shape.key_columns)
         stg = sql.Identifier("cdc_stg_delete")
@@ -464,20 +483,23 @@ class PostgresSink:
                 " AND (t.__cdc_commit_lsn, t.__cdc_lsn) < (d.__cdc_commit_lsn, d.__cdc_lsn)"
             ).format(qualified(table), stg, match)
         )
-        conn.execute(
+        stones = conn.execute(
             sql.SQL(
                 "INSERT INTO {} AS tb (table_name, row_key, commit_lsn, lsn)"
                 " SELECT %s, __cdc_key, __cdc_commit_lsn, __cdc_lsn FROM {}"
                 " ON CONFLICT (table_name, row_key) DO UPDATE SET commit_lsn = EXCLUDED.commit_lsn,"
                 " lsn = EXCLUDED.lsn, deleted_at = now()"
-                " WHERE (tb.commit_lsn, tb.lsn) < (EXCLUDED.commit_lsn, EXCLUDED.lsn)"
+                " WHERE (tb.commit_lsn, tb.lsn) < (EXCLUDED.commit_lsn, EXCLUDED.lsn) RETURNING tb.row_key"
             ).format(self._ctl("tombstones"), stg),
             (str(table),),
         )
+        # A row older than the delete exists only under an older tombstone (or none), so a delete
+        # whose tombstone did not move also deleted nothing: stale.
+        stale.update(set(changes.deletes) - {str(r[0]) for r in stones.fetchall()})
         conn.execute(sql.SQL("DROP TABLE {}").format(stg))
         return max(cur.rowcount, 0)
 
-    def _delete_keyless(self, conn: Conn, shape: TableShape, deletes: list[Delete]) -> int:
+    def _delete_keyless(self, conn: Conn, shape: TableShape, deletes: list[Delete], stale: set[str]) -> int:
         """Delete one row equal to each ``before`` image, once per delete event (by its marker),
         and tombstone the removed row's id so a replayed insert of it is skipped."""
         table = shape.table
@@ -489,6 +511,7 @@ class PostgresSink:
                 (str(table), d.key),
             ).fetchone()
             if seen:
+                stale.add(d.key)
                 continue
             cols = [c for c in d.key_values if c in shape.columns]
             # Literals, no parameters: a '%' in a column name must not read as a placeholder.

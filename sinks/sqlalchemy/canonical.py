@@ -7,7 +7,8 @@ timestamps without zone, JSON and arrays as text, booleans as 0/1), and the rule
 :func:`sinks.sqlalchemy.types.adapt` did:
 
 - ``numeric``: the decimal without trailing zeros, in positional notation (Debezium drops
-  trailing zeros of unconstrained NUMERIC); ``NaN`` stays ``NaN``;
+  trailing zeros of unconstrained NUMERIC); ``NaN`` stays ``NaN``; with the exact option
+  (typname :data:`NUMERIC_TEXT`) the decimal with its scale as stored (``1.50``);
 - ``timestamptz``/``timetz``: moved to UTC, no zone; all times with 6 fractional digits;
 - ``json``/``jsonb``: parsed and re-serialised with sorted keys; arrays (``_<type>``): the
   JSON list the sink wrote (source values serialised the way the sink serialises them);
@@ -109,6 +110,11 @@ def _numeric(value: Any) -> str:
     return "0" if text in ("-0", "0") else text
 
 
+def _numeric_text(value: Any) -> str:
+    d = _decimal(value)
+    return str(value) if d is None or not d.is_finite() else format(d, "f")
+
+
 def _bool(value: Any) -> str:
     truth = value in ("1", "t", "true") if isinstance(value, str) else bool(value)
     return "true" if truth else "false"
@@ -139,6 +145,7 @@ def _other(value: Any) -> str:
 
 _BY_TYPE: dict[str, Callable[[Any], str]] = {
     "numeric": _numeric,
+    "numeric:text": _numeric_text,
     **dict.fromkeys(_INTS, lambda v: str(int(v))),
     **dict.fromkeys(_FLOATS, lambda v: repr(float(v))),
     "bool": _bool,
@@ -151,6 +158,16 @@ _BY_TYPE: dict[str, Callable[[Any], str]] = {
     "uuid": lambda v: str(uuid.UUID(str(v))),
     "interval": _interval,
 }
+
+
+NUMERIC_TEXT = "numeric:text"
+"""The pseudo type name that compares a ``numeric`` column by its text (display scale kept)."""
+
+
+def compared_types(typnames: Iterable[str], numeric_text_exact: bool) -> list[str]:
+    """The type names :func:`row_text` is given: ``numeric`` becomes :data:`NUMERIC_TEXT` when
+    ``numeric_text_exact``."""
+    return [NUMERIC_TEXT if numeric_text_exact and t == "numeric" else t for t in typnames]
 
 
 def canonical_value(value: Any, typname: str) -> str | None:

@@ -117,6 +117,34 @@ def replacing_upsert(dialect: str, table: sa.TableClause, columns: Sequence[str]
     return stmt.on_duplicate_key_update([(c, new[c]) for c in data])  # type: ignore[no-any-return,attr-defined]
 
 
+def stored_versions(
+    table: sa.TableClause, key_columns: Sequence[str], version_columns: tuple[str, str], rows: int
+) -> sa.Select[Any]:
+    """``SELECT i, commit, lsn`` of the stored rows whose key is one of ``rows`` incoming keys,
+    ``i`` being the incoming row's index: bind ``k{j}_{n}`` is key column ``n`` of incoming row
+    ``j``. The index comes from a ``CASE`` over the same binds, so rows are matched to keys by
+    the database's own equality (collation, type coercion), never by Python values; the
+    ``IN`` list lets the primary key index find them. For counting stale rows before an
+    upsert: MariaDB's affected-rows figure of a multi-row ``ON DUPLICATE KEY UPDATE`` (1 per
+    insert, 2 per update, 0 per unchanged row) cannot say which rows were skipped."""
+    t = table.c
+    keys: list[list[sa.BindParameter[Any]]] = [
+        [sa.bindparam(f"k{j}_{n}") for n in range(len(key_columns))] for j in range(rows)
+    ]
+    if len(key_columns) == 1:
+        member = t[key_columns[0]].in_([k[0] for k in keys])
+    else:
+        member = sa.tuple_(*(t[c] for c in key_columns)).in_([sa.tuple_(*k) for k in keys])
+    index = sa.case(
+        *(
+            (sa.and_(*(t[c] == k[n] for n, c in enumerate(key_columns))), sa.literal_column(str(j)))
+            for j, k in enumerate(keys)
+        )
+    )
+    commit, lsn = version_columns
+    return sa.select(index.label("i"), t[commit], t[lsn]).where(member)
+
+
 def compile_sql(statement: sa.ClauseElement, dialect: str) -> str:
     """The SQL text of ``statement`` for ``dialect`` (for tests and debugging)."""
     d: sa.engine.Dialect = sqlite.dialect() if dialect == SQLITE else mysql.dialect()

@@ -70,6 +70,10 @@ _STALE_SHAPE_SQLITE_TEXT = ("no such table", "no such column", "has no column na
 DEFAULT_STALL_TIMEOUT_S = 120.0
 _MYSQL_SQL_MODE = "STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION"
 _IN_CHUNK = 500
+# Incoming rows per stale-row query, and its bind budget (each key value is bound twice; SQLite
+# allows 32766 variables since 3.32, older builds 999).
+_STALE_CHUNK = 200
+_STALE_BINDS = 900
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -295,18 +299,22 @@ class SqlAlchemySink:
         self._ensure_control()
         shapes = {table: self._shape_for(changes) for table, changes in batch.tables.items()}
         upserted = deleted = truncated = 0
+        stale: dict[TableId, frozenset[str]] = {}
         with self._transaction() as conn:
             for table, changes in batch.tables.items():
                 shape = shapes[table]
                 if changes.truncate is not None:
                     truncated += self._truncate(conn, shape, changes.truncate)
                 watermark = self._truncate_watermark(conn, table)
+                skipped: set[str] = set()
                 if changes.upserts:
-                    upserted += self._upsert(conn, shape, changes, watermark)
+                    upserted += self._upsert(conn, shape, changes, watermark, skipped)
                 if changes.deletes:
-                    deleted += self._delete(conn, shape, changes)
+                    deleted += self._delete(conn, shape, changes, skipped)
+                if skipped:
+                    stale[table] = frozenset(skipped)
             self._store_offsets(conn, group, offsets)
-        return ApplyResult(upserted, deleted, truncated, time.time())
+        return ApplyResult(upserted, deleted, truncated, time.time(), stale)
 
     # -- DDL
 
@@ -442,16 +450,28 @@ class SqlAlchemySink:
 
     # -- upsert
 
-    def _upsert(self, conn: Connection, shape: TableShape, changes: TableChanges, watermark: Position | None) -> int:
+    def _upsert(
+        self, conn: Connection, shape: TableShape, changes: TableChanges, watermark: Position | None, stale: set[str]
+    ) -> int:
+        """Upsert the batch's rows of one table; returns rows written, adds the stale keys to ``stale``.
+
+        Rows the target already holds at a position at least as new are found first
+        (:meth:`_stored_stale`) and not sent; the statement keeps its own version guard.
+        """
         stones = self._tombstones(conn, shape.table, list(changes.upserts))
-        groups: dict[frozenset[str], list[Upsert]] = defaultdict(list)
+        fresh: list[Upsert] = []
         for up in changes.upserts.values():
             stone = stones.get(up.key)
-            if stone is not None and stone >= up.position:
-                continue  # deleted by a newer change: a replayed older insert must not resurrect it
-            if watermark is not None and up.position <= watermark:
-                continue  # older than the newest truncate
-            groups[up.unavailable].append(up)
+            if (stone is not None and stone >= up.position) or (watermark is not None and up.position <= watermark):
+                stale.add(up.key)  # deleted by a newer change, or older than the newest truncate
+            else:
+                fresh.append(up)
+        stored = self._stored_stale(conn, shape, fresh)
+        stale.update(stored)
+        groups: dict[frozenset[str], list[Upsert]] = defaultdict(list)
+        for up in fresh:
+            if up.key not in stored:
+                groups[up.unavailable].append(up)
         total = 0
         for unavailable, ups in groups.items():
             columns = [c for c in shape.columns if c not in unavailable and not c.startswith(ddl.OWN_PREFIX)]
@@ -481,11 +501,46 @@ class SqlAlchemySink:
         _executemany(conn, stmt, rows)
         return len(rows)
 
+    def _stored_stale(self, conn: Connection, shape: TableShape, ups: list[Upsert]) -> set[str]:
+        """Keys of ``ups`` whose stored row is at a position at least as new (keyless tables: whose
+        row id is already stored), read in this transaction. Only the worker owning a key's
+        partition writes it, so the answer holds until the commit; the upsert's guard stays."""
+        if not ups:
+            return set()
+        if shape.keyless:
+            t = shape.clause([ROW_ID])
+            ids = [up.key for up in ups]
+            found: set[str] = set()
+            for i in range(0, len(ids), _IN_CHUNK):
+                rows = conn.execute(sa.select(t.c[ROW_ID]).where(t.c[ROW_ID].in_(ids[i : i + _IN_CHUNK]))).all()
+                found.update(str(r[0]) for r in rows)
+            return found
+        keys = list(shape.key_columns)
+        t = shape.clause([*keys, *VERSION_COLUMNS])
+        chunk = max(1, min(_STALE_CHUNK, _STALE_BINDS // (2 * len(keys))))
+        # The key as the upsert writes it: the row's values of the target's key columns (the
+        # event's key names may differ from the target's, e.g. after a rename transform).
+        probe = [up for up in ups if all(k in up.row for k in keys)]
+        stale: set[str] = set()
+        for start in range(0, len(probe), chunk):
+            part = probe[start : start + chunk]
+            binds = {
+                f"k{j}_{n}": adapt(up.row[k], self._dialect) for j, up in enumerate(part) for n, k in enumerate(keys)
+            }
+            stmt = dml.stored_versions(t, keys, VERSION_COLUMNS, len(part))
+            for i, commit, lsn in conn.execute(stmt, binds).all():
+                up = part[int(i)]
+                if Position(int(commit), int(lsn)) >= up.position:
+                    stale.add(up.key)
+        return stale
+
     # -- delete
 
-    def _delete(self, conn: Connection, shape: TableShape, changes: TableChanges) -> int:
+    def _delete(self, conn: Connection, shape: TableShape, changes: TableChanges, stale: set[str]) -> int:
+        """Guarded deletes and tombstones of one table; returns rows deleted, adds to ``stale`` the
+        keys whose tombstone was already at or past the delete (nothing to do: a replay)."""
         if shape.keyless:
-            return self._delete_keyless(conn, shape, list(changes.deletes.values()))
+            return self._delete_keyless(conn, shape, list(changes.deletes.values()), stale)
         keys = list(shape.key_columns)
         t = shape.clause([*keys, *VERSION_COLUMNS])
         match = [t.c[k] == sa.bindparam(f"k{i}") for i, k in enumerate(keys)]
@@ -493,6 +548,10 @@ class SqlAlchemySink:
             sa.bindparam("vc"), sa.bindparam("vl")
         )
         deletes = list(changes.deletes.values())
+        # A row older than the delete exists only under an older tombstone (or none), so a delete
+        # whose tombstone is already at or past it deletes nothing and leaves the tombstone: stale.
+        stones = self._tombstones(conn, shape.table, [d.key for d in deletes])
+        stale.update(d.key for d in deletes if d.key in stones and stones[d.key] >= d.position)
         rows = [
             {
                 **{f"k{i}": adapt(d.key_values[k], self._dialect) for i, k in enumerate(keys)},
@@ -520,7 +579,7 @@ class SqlAlchemySink:
         now = _utcnow()
         conn.execute(stmt, [dml.params([str(table), ddl.row_hash(k), k, p.commit_lsn, p.lsn, now]) for k, p in stones])
 
-    def _delete_keyless(self, conn: Connection, shape: TableShape, deletes: list[Delete]) -> int:
+    def _delete_keyless(self, conn: Connection, shape: TableShape, deletes: list[Delete], stale: set[str]) -> int:
         """Delete one row equal to each ``before`` image, once per delete event (by its marker),
         and tombstone the removed row's id so a replayed insert of it is skipped."""
         table = shape.table
@@ -531,6 +590,7 @@ class SqlAlchemySink:
                 sa.select(sa.literal(1)).where(tb.c.table_name == str(table), tb.c.row_hash == ddl.row_hash(d.key))
             ).first()
             if seen:
+                stale.add(d.key)
                 continue
             cols = [c for c in d.key_values if c in shape.columns]
             t = shape.clause([*cols, *VERSION_COLUMNS, ROW_ID])

@@ -69,7 +69,7 @@ class PythonSourceSide:
         rows = self.conn.execute(
             sql.SQL("SELECT {} FROM {}{}").format(self._select(), qualified(self.plan.table), where), params
         ).fetchall()
-        types = [c.typname for c in self.plan.columns]
+        types = canonical.compared_types((c.typname for c in self.plan.columns), self.plan.numeric_text_exact)
         return [canonical.row_text(values(r), types) for r in rows]
 
     def chunk(self, key_range: KeyRange) -> Checksum:
@@ -115,7 +115,7 @@ class SqlAlchemyTargetSide:
         query = sa.select(*(t.c[c.target] for c in self.plan.columns))
         if key_range is not None:
             query = self.in_range(query, t, key_range)
-        types = [c.typname for c in self.plan.columns]
+        types = canonical.compared_types((c.typname for c in self.plan.columns), self.plan.numeric_text_exact)
         with _errors(), self.engine.connect() as conn:
             return [canonical.row_text(tuple(r), types) for r in conn.execute(query)]
 

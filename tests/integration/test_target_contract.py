@@ -339,3 +339,56 @@ def test_column_dropped_by_hand_stops_instead_of_coming_back_empty(backend: Back
     with pytest.raises(TargetSchemaError, match="dropped"):
         backend.apply(fresh, ev(Op.UPDATE, (3, 3), 1, row(1, "c")))
     assert not backend.has_table(backend.items)  # not re-created behind the operator's back
+
+
+def test_a_replayed_batch_reports_every_row_stale_and_none_applied(backend: Backend) -> None:
+    """Issue 22, defect 6: rows the version guard, a tombstone or the truncate watermark turned
+    into no-ops are reported in ``ApplyResult.stale`` (per table, by row key), never as written."""
+    target = backend.target()
+    kw: dict[str, Any] = {"table": HISTORY, "columns": HISTORY_COLUMNS, "key_columns": ()}
+    history = TableId(backend.schema, "history")
+    backend.apply(target, *(ev(Op.CREATE, (i, i), i, row(i, f"n{i}", "1.00")) for i in range(1, 5)))
+    batch = [
+        ev(Op.UPDATE, (10, 10), 1, row(1, "u1")),
+        ev(Op.DELETE, (11, 11), 2),
+        ev(Op.CREATE, (12, 12), 9, row(9, "new")),
+        ev(Op.CREATE, (13, 13), None, {"aid": 1, "delta": 5}, **kw),
+        ev(Op.DELETE, (14, 14), None, None, before={"aid": 1, "delta": 5}, **kw),
+    ]
+    first = backend.apply(target, *batch, offsets={("t", 0): 5})
+    assert (first.upserted, first.deleted, first.stale) == (3, 2, {})
+    again = backend.apply(target, *batch, offsets={("t", 0): 5})
+    assert (again.upserted, again.deleted) == (0, 0)
+    assert again.stale == {
+        backend.items: frozenset({"[1]", "[2]", "[9]"}),
+        history: frozenset({"13:13", "d:14:14"}),
+    }
+    assert again.stale_rows == 5
+    # A mixed batch: an older change (version guard), a replayed insert of the deleted row
+    # (tombstone), a newer change: only the last one is written.
+    mixed = backend.apply(
+        target,
+        ev(Op.UPDATE, (2, 2), 3, row(3, "older")),
+        ev(Op.CREATE, (1, 1), 2, row(2, "resurrected?")),
+        ev(Op.UPDATE, (20, 20), 4, row(4, "newer")),
+    )
+    assert (mixed.upserted, mixed.stale) == (1, {backend.items: frozenset({"[3]", "[2]"})})
+    # Older than the truncate watermark: stale.
+    backend.apply(target, ev(Op.TRUNCATE, (30, 30), None))
+    late = backend.apply(target, ev(Op.UPDATE, (25, 25), 4, row(4, "before the truncate")))
+    assert (late.upserted, late.stale) == (0, {backend.items: frozenset({"[4]"})})
+    assert backend.rows() == []
+
+
+def test_a_batch_starting_with_a_truncate_then_keyed_changes_applies(backend: Backend) -> None:
+    """A truncate event carries no key (Debezium sends it without one), so a batch whose first
+    event of a table is a truncate reduces that table's later changes without key values; the
+    stale-row accounting must still read the keys from the rows it writes."""
+    target = backend.target()
+    backend.apply(target, ev(Op.CREATE, (1, 1), 1, row(1, "old")))
+    batch = [ev(Op.TRUNCATE, (5, 5), None, key_columns=()), ev(Op.CREATE, (6, 6), 2, row(2, "new"))]
+    backend.apply(target, *batch)
+    assert backend.rows() == [(2, "new", None)]
+    again = backend.apply(target, *batch)
+    assert (again.upserted, again.stale_rows) == (0, 1)
+    assert backend.rows() == [(2, "new", None)]

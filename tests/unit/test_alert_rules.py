@@ -51,6 +51,7 @@ WORKER_METRICS = {
     "cdc_messages_consumed_total",
     "cdc_messages_skipped_total",
     "cdc_events_applied_total",
+    "cdc_events_stale_total",
     "cdc_rows_written_total",
     "cdc_batches_total",
     "cdc_batch_messages",

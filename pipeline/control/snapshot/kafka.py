@@ -17,7 +17,7 @@ from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 from pipeline.control.snapshot.lag import UNKNOWN_NO_OFFSETS, ConsumerLag, lag_per_partition
 from pipeline.control.snapshot.model import Notification
 from pipeline.control.snapshot.notifications import parse_notification
-from pipeline.core.logs import get_logger
+from pipeline.core.logs import get_logger, kafka_logging
 
 log = get_logger(__name__)
 
@@ -34,7 +34,7 @@ class KafkaConsumerLike(Protocol):
 
 
 def _new_consumer(config: dict[str, Any]) -> KafkaConsumerLike:
-    return cast(KafkaConsumerLike, Consumer(config))
+    return cast(KafkaConsumerLike, Consumer(kafka_logging(config)))
 
 
 class NotificationReader:

@@ -70,8 +70,10 @@ def topic_regex(source: SourceSettings) -> str:
 
 
 def applied_reads(settings: Settings, source: SourceSettings) -> Callable[[str], float | None]:
-    """Snapshot reads (op ``r``) this process applied per source table, from
-    ``cdc_events_applied_total`` of the first pipeline of ``source`` (routed target table)."""
+    """Snapshot reads (op ``r``) this process processed per source table, from
+    ``cdc_events_applied_total`` plus ``cdc_events_stale_total`` (reads of rows the target already
+    held at a newer position count too: they are done) of the first pipeline of ``source``
+    (routed target table)."""
     pipes = pipelines_of(settings, source)
     if not pipes:
         return lambda _table: None
@@ -85,9 +87,12 @@ def applied_reads(settings: Settings, source: SourceSettings) -> Callable[[str],
         ref = TableRef.parse(table)
         tid = TableId(ref.schema, ref.table)
         target = transformer.target_for(tid) or TableId(pipe.target.schema_name, ref.table)
-        return metrics.REGISTRY.get_sample_value(
-            "cdc_events_applied_total", {"pipeline": pipe.name, "table": str(target), "op": "r"}
-        )
+        labels = {"pipeline": pipe.name, "table": str(target), "op": "r"}
+        counts = [
+            metrics.REGISTRY.get_sample_value(n, labels) for n in ("cdc_events_applied_total", "cdc_events_stale_total")
+        ]
+        found = [c for c in counts if c is not None]
+        return sum(found) if found else None
 
     return read
 

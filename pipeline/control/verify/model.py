@@ -28,6 +28,7 @@ class VerifySettings:
       below the former for the latter (seconds); keep the lag threshold above the connector's
       ``heartbeat_interval_ms`` (an idle source's heartbeat ages by that much between beats).
     - ``cutover_interval_s``: seconds between :class:`CutoverMonitor` polls.
+    - ``numeric_text_exact``: compare ``numeric`` columns by text, display scale included.
     """
 
     @classmethod
@@ -44,6 +45,7 @@ class VerifySettings:
     cutover_hold_s: float = 60.0
     cutover_interval_s: float = 15.0
     schedule_interval_s: float | None = None
+    numeric_text_exact: bool = False
 
 
 class Status(StrEnum):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -56,8 +57,10 @@ def verify_table(
     pipeline: PipelineSettings,
     table: TableId,
     chunk_size: int,
+    numeric_text_exact: bool = False,
 ) -> tuple[TableResult, list[Pending]]:
-    """Plan and compare one table; its result and the chunks that differed (to recheck)."""
+    """Plan and compare one table; its result and the chunks that differed (to recheck).
+    ``numeric_text_exact``: numeric columns compare by text (display scale), not by value."""
     t0 = time.monotonic()
     try:
         plan = plan_table(sconn, verification, pipeline, table)
@@ -78,6 +81,8 @@ def verify_table(
     if plan.problem is not None:
         result.status, result.reason = Status.ERROR, plan.problem
         return result, []
+    if numeric_text_exact:
+        plan = replace(plan, checks=replace(plan.checks, numeric_text_exact=True))
     src, tgt = verification.sides(sconn, plan.checks)
     if plan.keyless:
         diffs = compare_keyless(src, tgt, chunk_size, result)
@@ -120,7 +125,9 @@ def verify_pipeline(
         try:
             with connect_source(source, "verify", cfg.statement_timeout_s) as sconn:
                 for table in selected:
-                    result, diffs = verify_table(sconn, verification, pipeline, table, cfg.chunk_size)
+                    result, diffs = verify_table(
+                        sconn, verification, pipeline, table, cfg.chunk_size, cfg.numeric_text_exact
+                    )
                     results.append(result)
                     pending.extend(diffs)
                 last = recheck(pending, catch, cfg.recheck_attempts, first)

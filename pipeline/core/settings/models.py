@@ -409,6 +409,11 @@ class VerifyConfig(_Model):
     schedule_interval_s: float | None = Field(
         None, gt=0, description="Verify every pipeline this often from the control plane (seconds); off when unset."
     )
+    numeric_text_exact: bool = Field(
+        False,
+        description="Compare numeric columns by their text, display scale included (1.50 differs from 1.5), instead"
+        " of by value. Debezium drops the trailing zeros of unconstrained numeric (docs/targets.md).",
+    )
 
 
 class MetricsSettings(_Model):
