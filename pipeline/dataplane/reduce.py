@@ -34,6 +34,9 @@ def reduce_events(events: Iterable[ChangeEvent], default_schema: str) -> Reduced
             batch.tables[target] = changes
         elif event.columns is not None:
             changes.columns = event.columns
+        if not changes.key_columns and event.key_columns and not changes.upserts and not changes.deletes:
+            # A truncate carries no key: the table's key comes from its first row change.
+            changes.key_columns = event.key_columns
         changes.events += 1
         changes.max_ts_ms = max(changes.max_ts_ms, event.ts_ms)
         if event.op is Op.TRUNCATE:

@@ -147,3 +147,24 @@ def test_position_rules_from_observed_debezium_values() -> None:
     long_tx = position_from_source((None, 102127000), 102127000, is_read=False)
     assert long_tx > read
     assert position_from_source(None, 5, is_read=False) == Position(5, 5)
+
+
+def test_a_truncate_first_in_the_batch_does_not_make_the_table_keyless() -> None:
+    """Truncate events carry no key: when one was a table's first event in a batch, the rest of
+    the batch was reduced as if the table had no primary key, and a delete of key 2 was lost."""
+    truncate = ChangeEvent(
+        topic="x", partition=0, offset=next(_offsets), table=T, op=Op.TRUNCATE, position=Position(1, 1), ts_ms=1
+    )
+    events = [
+        truncate,
+        event(Op.CREATE, 2, 2, {"v": "a"}, frozenset()),
+        event(Op.UPDATE, 3, 2, {"v": "b"}, frozenset()),
+        event(Op.DELETE, 4, 2, None, frozenset()),
+        event(Op.CREATE, 5, 3, {"v": "c"}, frozenset()),
+    ]
+    (changes,) = reduce_events(events, "public").tables.values()
+    assert changes.key_columns == ("id",)
+    assert not changes.keyless
+    assert changes.truncate == Position(1, 1)
+    assert set(changes.deletes) == {key_text([2])}
+    assert set(changes.upserts) == {key_text([3])}
