@@ -277,7 +277,7 @@ class Recovery:
         steps = [
             f"stop connector {self.name} (PUT /connectors/{self.name}/stop) and wait until STOPPED",
             f"delete its Connect offsets (DELETE /connectors/{self.name}/offsets)",
-            f"drop replication slot {slot} if it exists (it is dead or ahead of nothing now)",
+            f"drop replication slot {slot} if it exists (the connector creates a new one on start)",
             f"source prepare: control tables and publication {self.source.resolved_publication_name}",
         ]
         if self.options.snapshot == "initial":
@@ -314,9 +314,11 @@ class Recovery:
     # -- steps
 
     def _wait_status(self, done: Callable[[ConnectorStatus], bool], what: str, stable_s: float) -> ConnectorStatus:
+        """Wait until ``done`` holds for ``stable_s``; a RUNNING target stops waiting at a failure."""
         time.sleep(min(2.0, self.poll_s * 2))  # Connect may report the previous state briefly
+        settle = done if what != "RUNNING" else (lambda s: done(s) or s.failed)
         status = self.client.wait_for(
-            self.name, done, timeout_s=self.options.timeout_s, interval_s=self.poll_s, stable_s=stable_s
+            self.name, settle, timeout_s=self.options.timeout_s, interval_s=self.poll_s, stable_s=stable_s
         )
         if not done(status):
             trace = failed_trace(status)
