@@ -285,7 +285,7 @@ def status(
                 else:
                     _err(f"{name}: {exc}")
                 continue
-            diagnosis = inspect(src, client, st) if check_source or st.failed else None
+            diagnosis = inspect(src, client, st, read_source=check_source) if check_source or st.failed else None
             code = max(code, 0 if st.healthy and diagnosis is None else 1)
             if as_json:
                 doc = st.to_dict()

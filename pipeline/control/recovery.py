@@ -176,12 +176,13 @@ def read_view(source: SourceSettings) -> SourceView | None:
         return None
 
 
-def inspect(source: SourceSettings, client: ConnectClient, status: ConnectorStatus | None) -> Diagnosis | None:
-    """:func:`diagnose` with the slot read from the source, then the offsets from Connect.
-
-    Either side that cannot be read is left out (the diagnosis uses what is known).
+def inspect(
+    source: SourceSettings, client: ConnectClient, status: ConnectorStatus | None, read_source: bool = True
+) -> Diagnosis | None:
+    """:func:`diagnose` with the slot read from the source (unless not ``read_source``), then the
+    offsets from Connect. Either side that cannot be read is left out (the diagnosis uses what is known).
     """
-    view = read_view(source)
+    view = read_view(source) if read_source else None
     offsets: list[SourceOffset] | None
     try:
         offsets = client.offsets(source.resolved_connector_name)
