@@ -7,6 +7,7 @@ recover`` brings it back: the target verifies clean (repaired) and new rows stre
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -32,7 +33,7 @@ def _client(p: E2EPipeline) -> ConnectClient:
     return ConnectClient(p.settings.connect)
 
 
-def _break_the_slot(p: E2EPipeline) -> None:
+def _break_the_slot(p: E2EPipeline, deletes: bool = True) -> None:
     """Stop the connector, drop its slot, change rows nobody will stream, switch WAL segments,
     then resume: Debezium's task fails on start."""
     src = p.settings.sources[0]
@@ -54,7 +55,8 @@ def _break_the_slot(p: E2EPipeline) -> None:
         time.sleep(0.5)
     p.source("INSERT INTO public.items SELECT g, 'gap ' || g, g FROM generate_series(101, 120) g")
     p.source("UPDATE public.items SET qty = -1 WHERE id <= 10")
-    p.source("DELETE FROM public.items WHERE id BETWEEN 41 AND 50")
+    if deletes:
+        p.source("DELETE FROM public.items WHERE id BETWEEN 41 AND 50")
     for _ in range(2):
         p.source("SELECT pg_switch_wal()")
     with _client(p) as client:
@@ -126,3 +128,42 @@ def test_a_dropped_slot_is_detected_and_recovered(e2e) -> None:  # type: ignore[
     healthy = cli("connectors", "status", "-c", config)
     assert healthy.exit_code == 0, healthy.output
     assert "position lost" not in healthy.output
+
+    # verify off a terminal: plain progress lines, fed by verify_pipeline's on_progress hook.
+    verified = cli("verify", "-c", config)
+    assert verified.exit_code == 0, verified.output
+    pipeline = p.pipeline_name
+    assert re.search(
+        rf"^verify {pipeline}: 1/1 chunks \(100%\) public\.items \(table 1/1\), [\d,]+ rows/s$",
+        verified.stdout,
+        re.MULTILINE,
+    ), verified.stdout
+
+
+def test_incremental_recovery_streams_at_once_and_snapshots_through_the_queue(e2e) -> None:  # type: ignore[no-untyped-def]
+    p: E2EPipeline = e2e(
+        [ITEMS_DDL, "INSERT INTO public.items SELECT g, 'v' || g, g FROM generate_series(1, 100) g"],
+        ["public.items"],
+    )
+    src = p.settings.sources[0]
+    config = str(p.config_path)
+    p.start_worker()
+    p.wait_converged()
+    _break_the_slot(p, deletes=False)
+
+    recovered = cli("connectors", "recover", "-c", config, "--snapshot", "incremental", "--yes", "--timeout", "300")
+    out = recovered.output
+    assert recovered.exit_code == 0, out
+    for line in (
+        "streaming, offset stored",
+        f"configured snapshot.mode={src.snapshot_mode} restored",
+        ": queued for public.items",
+        ": completed",
+        "recovered: every pipeline verifies clean",
+    ):
+        assert line in out, f"{line!r} missing:\n{out}"
+    with _client(p) as client:
+        config_now = client.get_config(src.resolved_connector_name) or {}
+    assert config_now.get("snapshot.mode") == src.snapshot_mode  # no_data was only for the restart
+    p.source("INSERT INTO public.items SELECT g, 'after ' || g, g FROM generate_series(301, 305) g")
+    p.wait_converged(timeout=60)
