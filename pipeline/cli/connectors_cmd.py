@@ -556,7 +556,7 @@ def _run_recovery(recovery: Recovery) -> int:
         report = recovery.run()
     except RecoveryError as exc:
         _err(f"recovery stopped: {exc}")
-        _err("  each step is idempotent: fix the cause and run the same command again")
+        _err("  each step is idempotent: fix the cause and run the same command again, with --force")
         return 1
     except ConnectError as exc:
         _err(f"recovery stopped: {exc}")
