@@ -10,7 +10,10 @@ Endpoints used (Apache Kafka documentation, "Kafka Connect" > "REST API", Kafka 
 - ``POST /connectors/{name}/restart?includeTasks=true&onlyFailed=true`` (KIP-745, 202 with the
   status when tasks are included);
 - ``PUT /connectors/{name}/pause``, ``PUT /connectors/{name}/resume``,
-  ``PUT /connectors/{name}/stop`` (KIP-875, Connect 3.5+), ``DELETE /connectors/{name}``.
+  ``PUT /connectors/{name}/stop`` (KIP-875, Connect 3.5+), ``DELETE /connectors/{name}``;
+- ``GET /connectors?expand=status`` (every connector with its status, KIP-465);
+- ``GET /connectors/{name}/offsets`` and ``DELETE /connectors/{name}/offsets`` (KIP-875,
+  Connect 3.6+; the reset needs the connector STOPPED, else HTTP 400).
 
 Retries: HTTP 409 (the worker group is rebalancing or the leader is unknown), HTTP 503 (the
 worker is starting) and transport errors (connection refused, timeouts) are retried with
@@ -167,6 +170,20 @@ class ConnectorStatus:
             "tasks": [{"id": t.id, "state": t.state, "worker_id": t.worker_id, "trace": t.trace} for t in self.tasks],
             "healthy": self.healthy,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class SourceOffset:
+    """One entry of ``GET /connectors/{name}/offsets``: a source partition and its offset.
+
+    For the Debezium PostgreSQL connector the partition is ``{"server": <topic.prefix>}`` and
+    the offset holds ``lsn``, ``lsn_proc`` (last completely processed), ``lsn_commit``,
+    ``txId``, ``ts_usec`` and, during a snapshot, ``snapshot`` (Debezium PostgreSQL
+    ``PostgresOffsetContext``); values are as stored (LSNs as integers).
+    """
+
+    partition: dict[str, Any]
+    offset: dict[str, Any]
 
 
 @dataclass
@@ -331,6 +348,24 @@ class ConnectClient:
             trace=self.redact(conn["trace"]) if conn.get("trace") else None,
         )
 
+    def statuses(self) -> list[ConnectorStatus]:
+        """``GET /connectors?expand=status``: the status of every connector, sorted by name."""
+        body = self._request("GET", "/connectors", params={"expand": "status"}).json()
+        found = [self._parse_status(entry["status"]) for entry in body.values() if isinstance(entry, dict)]
+        return sorted(found, key=lambda s: s.name)
+
+    def offsets(self, name: str) -> list[SourceOffset]:
+        """``GET /connectors/{name}/offsets`` (KIP-875): the offsets Connect stored for ``name``.
+
+        Empty when it has none (never committed, or reset). Raises ConnectorNotFoundError.
+        """
+        body = self._request("GET", f"/connectors/{_seg(name)}/offsets").json()
+        return [
+            SourceOffset(dict(item.get("partition") or {}), dict(item.get("offset") or {}))
+            for item in body.get("offsets", [])
+            if isinstance(item, dict)
+        ]
+
     # ----------------------------------------------------------------- writes
 
     def validate(self, config: Mapping[str, str], *, name: str | None = None) -> ValidationResult:
@@ -412,6 +447,16 @@ class ConnectClient:
         """``PUT /connectors/{name}/stop`` (KIP-875): tasks are shut down, config and offsets kept."""
         self._request("PUT", f"/connectors/{_seg(name)}/stop")
         log.info("connector stop requested", connector=name)
+
+    def reset_offsets(self, name: str) -> None:
+        """``DELETE /connectors/{name}/offsets`` (KIP-875): forget every offset of ``name``.
+
+        The connector must be STOPPED (Connect answers HTTP 400 otherwise, raised as
+        ConnectError); on its next start a source connector behaves as if new (Debezium: the
+        configured ``snapshot.mode`` decides whether it snapshots).
+        """
+        self._request("DELETE", f"/connectors/{_seg(name)}/offsets")
+        log.info("connector offsets reset", connector=name)
 
     def delete(self, name: str) -> bool:
         """``DELETE /connectors/{name}``; True when it existed. Offsets stay in Connect's topic."""

@@ -45,6 +45,7 @@ from connectors.debezium import (
     publication_tables,
     signal_table,
 )
+from connectors.slots import SlotState, slot_state
 from pipeline.core.logs import get_logger
 from pipeline.core.settings.models import SourceSettings
 
@@ -256,6 +257,14 @@ def _settings(conn: Conn) -> dict[str, str]:
     return {r["name"]: r["setting"] for r in rows}
 
 
+# --------------------------------------------------------------------------- replication slot
+
+
+def recover_command(source: SourceSettings) -> str:
+    """The command that brings back a connector whose slot or WAL position is gone."""
+    return f"cdc-pipeline connectors recover -c FILE --source {source.name}"
+
+
 # --------------------------------------------------------------------------- checks
 
 
@@ -286,13 +295,9 @@ def check(source: SourceSettings, conn: Conn | None = None) -> list[CheckResult]
     results.append(_check_server_version(conn))
     settings = _settings(conn)
     results.append(_check_wal_level(settings))
-    slot = conn.execute(
-        "SELECT slot_name::text AS slot_name, plugin::text AS plugin, slot_type, database::text AS database, active, "
-        "wal_status FROM pg_replication_slots WHERE slot_name = %s",
-        (source.resolved_slot_name,),
-    ).fetchone()
+    slot = slot_state(conn, source.resolved_slot_name)
     results.append(_check_slots(conn, settings, slot is not None))
-    results.append(_check_wal_senders(conn, settings, bool(slot and slot["active"])))
+    results.append(_check_wal_senders(conn, settings, bool(slot and slot.active)))
     results.append(_check_wal_keep_size(settings))
     results.append(_check_slot(source, slot))
     results.append(_check_role(conn, source))
@@ -380,20 +385,22 @@ def _check_wal_keep_size(settings: dict[str, str]) -> CheckResult:
     return CheckResult("max_slot_wal_keep_size", True, f"{value} MB")
 
 
-def _check_slot(source: SourceSettings, slot: dict[str, Any] | None) -> CheckResult:
+def _check_slot(source: SourceSettings, slot: SlotState | None) -> CheckResult:
     name = source.resolved_slot_name
     if slot is None:
         return CheckResult("replication slot", True, f"{name} absent; the connector creates it on first start")
     problems = []
-    if slot["slot_type"] != "logical" or slot["plugin"] != "pgoutput":
-        problems.append(f"it is a {slot['slot_type']} slot of plugin {slot['plugin']!r}, not pgoutput")
-    if slot["database"] != source.database:
-        problems.append(f"it belongs to database {slot['database']!r}")
-    if slot.get("wal_status") == "lost":
+    if slot.slot_type != "logical" or slot.plugin != "pgoutput":
+        problems.append(f"it is a {slot.slot_type} slot of plugin {slot.plugin!r}, not pgoutput")
+    if slot.database != source.database:
+        problems.append(f"it belongs to database {slot.database!r}")
+    if slot.lost:
         problems.append("its WAL was removed (wal_status 'lost'): it can never be streamed again")
-    detail = f"{name}: " + ("active" if slot["active"] else "inactive") + f", wal_status {slot.get('wal_status')}"
+    detail = f"{name}: " + ("active" if slot.active else "inactive") + f", wal_status {slot.wal_status}"
     if not problems:
         return CheckResult("replication slot", True, detail)
+    if slot.lost:
+        return CheckResult("replication slot", False, f"{name}: " + "; ".join(problems), recover_command(source))
     drop = _q(sql.SQL("SELECT pg_drop_replication_slot({});").format(sql.Literal(name)))
     return CheckResult(
         "replication slot",

@@ -1,4 +1,4 @@
-"""``cdc-pipeline connectors apply|status|restart|pause|resume|stop|delete``.
+"""``cdc-pipeline connectors apply|status|list|restart|pause|resume|stop|delete|recover``.
 
 One Debezium PostgreSQL connector per entry of ``sources`` (name ``connector_name``, default
 ``cdc-<name>``), managed through the Kafka Connect REST API of ``connect.url``.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from collections.abc import Callable
 from typing import Annotated
@@ -32,10 +33,22 @@ from connectors.connect_client import (
     settled,
 )
 from connectors.debezium import ConnectorConfigError, build_connector_config
-from pipeline.cli.common import ConfigOption, fail_unreachable, load_or_exit
-from pipeline.cli.source_cmd import SourceOption, echo_check, select_sources
+from pipeline.cli.common import ConfigOption, fail, fail_unreachable, load_or_exit
+from pipeline.cli.snapshot_cmd import one_source
+from pipeline.cli.source_cmd import SourceOption, echo_check, echo_diagnosis, select_sources
+from pipeline.control.recovery import (
+    Diagnosis,
+    RecoverOptions,
+    Recovery,
+    RecoveryError,
+    SnapshotChoice,
+    inspect,
+)
+from pipeline.control.snapshot.model import SnapshotRequest
+from pipeline.control.verify.model import format_result
 from pipeline.core.settings.models import SourceSettings
 from pipeline.core.settings.root import Settings
+from sinks.base import TransientSinkError
 
 app = typer.Typer(
     help="Register and operate the Debezium connectors of the configured sources (Kafka Connect REST).",
@@ -85,7 +98,11 @@ def _echo_trace(trace: str, full: bool) -> None:
         typer.echo(f"      {line}")
 
 
-def _hint_failed(status: ConnectorStatus, src: SourceSettings) -> None:
+def _hint_failed(status: ConnectorStatus, src: SourceSettings, diagnosis: Diagnosis | None = None) -> None:
+    """The fix of a failed connector: ``connectors recover`` when its position is lost, else restart."""
+    if diagnosis is not None:
+        echo_diagnosis(diagnosis, err=True)
+        return
     if status.failed:
         _err(
             f"  fix the cause (see the trace; 'cdc-pipeline source check' helps), then: "
@@ -187,7 +204,7 @@ def apply(
     """Create or update each source's connector; print created, updated or unchanged.
 
     Validates first and prints per-field errors. An unchanged configuration is not sent, so
-    the running tasks are kept. With ``--wait`` (default) waits until the connector is RUNNING
+    the running tasks are kept. With --wait (default) waits until the connector is RUNNING
     with all tasks RUNNING, or something failed (then prints the trace, exit 1).
     """
     settings = load_or_exit(config)
@@ -219,7 +236,7 @@ def apply(
         else:
             status = _await(client, name, settled, timeout)
         echo_status(status)
-        _hint_failed(status, src)
+        _hint_failed(status, src, inspect(src, client, status) if status.failed else None)
         return 0 if status.healthy else 1
 
     _for_each(config, source, one, settings)
@@ -231,10 +248,19 @@ def status(
     source: SourceOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the states as JSON (full traces).")] = False,
     full_trace: Annotated[bool, typer.Option("--full-trace", help="Print whole stack traces.")] = False,
+    check_source: Annotated[
+        bool,
+        typer.Option(
+            "--check-source/--no-check-source",
+            help="Also read the replication slot on the source, to detect a lost position.",
+        ),
+    ] = True,
 ) -> None:
     """Show the connector and task states, and the trace of anything FAILED. Exit 1 unless all are healthy.
 
-    Traces are condensed to their exception and ``Caused by:`` lines unless ``--full-trace``.
+    Traces are condensed to their exception and 'Caused by:' lines unless --full-trace. A
+    connector whose slot or stored position is gone (slot missing, WAL lost, slot re-created)
+    is reported in one line with its fix: cdc-pipeline connectors recover.
     """
     settings = load_or_exit(config)
     sources = select_sources(settings, source)
@@ -261,12 +287,17 @@ def status(
                 else:
                     _err(f"{name}: {exc}")
                 continue
-            code = max(code, 0 if st.healthy else 1)
+            diagnosis = inspect(src, client, st, read_source=check_source) if check_source or st.failed else None
+            code = max(code, 0 if st.healthy and diagnosis is None else 1)
             if as_json:
-                report.append(st.to_dict())
+                doc = st.to_dict()
+                if diagnosis is not None:
+                    doc["position_lost"] = diagnosis.to_dict()
+                    doc["healthy"] = False
+                report.append(doc)
             else:
                 echo_status(st, full_trace)
-                _hint_failed(st, src)
+                _hint_failed(st, src, diagnosis)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     raise typer.Exit(code)
@@ -282,7 +313,7 @@ def restart(
     wait: WaitOption = True,
     timeout: TimeoutOption = 90.0,
 ) -> None:
-    """Restart the connector and its failed tasks (``includeTasks=true&onlyFailed=true``); wait until RUNNING."""
+    """Restart the connector and its failed tasks (includeTasks=true&onlyFailed=true); wait until RUNNING."""
 
     def one(client: ConnectClient, src: SourceSettings) -> int:
         name = src.resolved_connector_name
@@ -292,7 +323,7 @@ def restart(
             return 0
         st = _await(client, name, lambda s: s.healthy, timeout)
         echo_status(st)
-        _hint_failed(st, src)
+        _hint_failed(st, src, inspect(src, client, st) if st.failed else None)
         return 0 if st.healthy else 1
 
     _for_each(config, source, one)
@@ -344,15 +375,46 @@ def resume(
 def stop(
     config: ConfigOption = None, source: SourceOption = None, wait: WaitOption = True, timeout: TimeoutOption = 60.0
 ) -> None:
-    """Stop (Connect 3.5+): shut the tasks down, keep config and offsets; state STOPPED. ``resume`` restarts it."""
+    """Stop (Connect 3.5+): shut the tasks down, keep config and offsets; state STOPPED. 'resume' restarts it."""
     _state_command(
         config, source, "stop", ConnectClient.stop, lambda s: s.state == "STOPPED" and not s.tasks, wait, timeout
     )
 
 
+YesOption = Annotated[
+    bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (needed when not a terminal).")
+]
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Ask ``question`` on a terminal; exit 1 when declined, 2 when stdin is not a terminal and no --yes."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        fail([f"{question} (not a terminal: pass --yes to confirm)"])
+    if not typer.confirm(question, default=False):
+        fail(["aborted, nothing changed"], code=1)
+
+
 @app.command()
-def delete(config: ConfigOption = None, source: SourceOption = None) -> None:
-    """Delete the connector. Its replication slot stays (and retains WAL) until dropped on the source."""
+def delete(
+    config: ConfigOption = None,
+    source: SourceOption = None,
+    all_sources: Annotated[
+        bool, typer.Option("--all", help="Delete the connector of every configured source (asks first).")
+    ] = False,
+    yes: YesOption = False,
+) -> None:
+    """Delete the connector. Its replication slot stays (and retains WAL) until dropped on the source.
+
+    Without --source, --all is required, and the deletion is confirmed first (--yes when not a terminal).
+    """
+    settings = load_or_exit(config)
+    if source is None:
+        if not all_sources:
+            fail(["name the connector's source with --source S, or pass --all to delete every configured connector"])
+        names = ", ".join(s.resolved_connector_name for s in select_sources(settings, None))
+        confirm(f"delete connectors {names}?", yes)
 
     def one(client: ConnectClient, src: SourceSettings) -> int:
         name = src.resolved_connector_name
@@ -366,4 +428,147 @@ def delete(config: ConfigOption = None, source: SourceOption = None) -> None:
             )
         return 0
 
-    _for_each(config, source, one)
+    _for_each(config, source, one, settings)
+
+
+def _tasks_text(status: ConnectorStatus) -> str:
+    if not status.tasks:
+        return "no tasks"
+    states = sorted({t.state for t in status.tasks})
+    running = sum(1 for t in status.tasks if t.state == "RUNNING")
+    return f"{running}/{len(status.tasks)} running" + ("" if states == ["RUNNING"] else f" ({', '.join(states)})")
+
+
+@app.command(name="list")
+def list_connectors(
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the connectors as JSON.")] = False,
+) -> None:
+    """List every connector on the Kafka Connect cluster: name, state, tasks, and the configured
+    source it belongs to ('-' for connectors this configuration does not define)."""
+    settings = load_or_exit(config)
+    owners = {s.resolved_connector_name: s.name for s in settings.sources}
+    try:
+        with _client(settings) as client:
+            found = client.statuses()
+    except ConnectError as exc:
+        fail([f"{settings.connect.url}: {exc}"], code=1)
+    if as_json:
+        typer.echo(json.dumps([{**st.to_dict(), "source": owners.get(st.name)} for st in found], indent=2))
+        raise typer.Exit(0)
+    if not found:
+        typer.echo("no connectors")
+        raise typer.Exit(0)
+    width = max(len(st.name) for st in found)
+    typer.echo(f"{'NAME':<{width}}  {'STATE':<10}  {'TASKS':<24}  SOURCE")
+    for st in found:
+        typer.echo(f"{st.name:<{width}}  {st.state:<10}  {_tasks_text(st):<24}  {owners.get(st.name, '-')}")
+    raise typer.Exit(0)
+
+
+def _snapshot_echo() -> Callable[[list[SnapshotRequest]], None]:
+    """An ``on_poll`` callback printing each request's state and tables done when they change."""
+    shown: dict[object, str] = {}
+
+    def show(found: list[SnapshotRequest]) -> None:
+        for r in found:
+            done = sum(1 for t in r.tables if r.table_progress(t).state.terminal)
+            line = f"snapshot request {r.id}: {r.state.value}, {done}/{len(r.tables)} table(s) done"
+            if shown.get(r.id) != line:
+                shown[r.id] = line
+                typer.echo(line)
+
+    return show
+
+
+def _diagnose_or_exit(client: ConnectClient, src: SourceSettings, force: bool) -> None:
+    """Print what is wrong with the connector's position; exit when recovery would not help."""
+    name = src.resolved_connector_name
+    try:
+        status: ConnectorStatus | None = client.status(name)
+    except ConnectorNotFoundError:
+        fail([f"{name}: not found (create it with: cdc-pipeline connectors apply)"], code=1)
+    diagnosis = inspect(src, client, status)
+    if diagnosis is None:
+        if not force:
+            fail([f"{name}: no lost position detected (slot and offset agree); --force recovers anyway"], code=1)
+        typer.echo(f"{name}: no lost position detected; recovering anyway (--force)")
+        return
+    typer.echo(f"{name}: {diagnosis.line()}")
+    if not diagnosis.recoverable:
+        fail([f"{name}: {diagnosis.fix}"], code=1)
+
+
+@app.command()
+def recover(
+    config: ConfigOption = None,
+    source: SourceOption = None,
+    snapshot: Annotated[
+        str,
+        typer.Option(
+            "--snapshot",
+            help="initial: the connector snapshots every table on start; incremental: it streams at once and the "
+            "tables are snapshotted through the signal table (see --table).",
+        ),
+    ] = "initial",
+    tables: Annotated[
+        list[str] | None,
+        typer.Option("--table", "-t", help="With --snapshot incremental: only this table ('schema.table'); repeat."),
+    ] = None,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Repair what the final verification finds (see verify --repair).")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Recover even when no lost position is detected.")] = False,
+    yes: YesOption = False,
+    timeout: TimeoutOption = 900.0,
+) -> None:
+    """Bring back a connector whose replication slot or WAL position is gone.
+
+    Stops the connector, deletes its Kafka Connect offsets, drops the dead slot, runs source
+    prepare, resumes it with a fresh snapshot, then verifies every pipeline of the source. Each
+    step is printed; the plan is confirmed first (--yes when not a terminal). Exit 0 when the
+    pipelines verify clean, 1 when a step failed or verification did not.
+    """
+    if snapshot not in ("initial", "incremental"):
+        fail([f"--snapshot: use initial or incremental, not {snapshot!r}"])
+    settings = load_or_exit(config)
+    src = one_source(settings, source)
+    mode: SnapshotChoice = "initial" if snapshot == "initial" else "incremental"
+    options = RecoverOptions(snapshot=mode, tables=tuple(tables or ()), repair=repair, timeout_s=timeout)
+    with _client(settings) as client:
+        plan = Recovery(settings, src, client, options, typer.echo)
+        problems = plan.problems()
+        if problems:
+            fail(problems)
+        try:
+            _diagnose_or_exit(client, src, force)
+        except ConnectError as exc:
+            fail([f"{src.resolved_connector_name}: {exc}"], code=1)
+        typer.echo("recovery plan:")
+        for number, step in enumerate(plan.plan(), start=1):
+            typer.echo(f"  {number}. {step}")
+        confirm(f"recover connector {src.resolved_connector_name}?", yes)
+        code = _run_recovery(plan)
+    raise typer.Exit(code)
+
+
+def _run_recovery(recovery: Recovery) -> int:
+    recovery.on_snapshot = _snapshot_echo()
+    try:
+        report = recovery.run()
+    except RecoveryError as exc:
+        _err(f"recovery stopped: {exc}")
+        _err("  each step is idempotent: fix the cause and run the same command again, with --force")
+        return 1
+    except ConnectError as exc:
+        _err(f"recovery stopped: {exc}")
+        return 1
+    except (psycopg.Error, TransientSinkError) as exc:
+        _err(f"recovery stopped: {type(exc).__name__}: {recovery.source.name}: {str(exc).strip()[:300]}")
+        return 1
+    if not report.verified:
+        typer.echo("no pipeline reads this source: nothing verified")
+    for result in report.verified.values():
+        typer.echo(format_result(result, False))
+    typer.echo("recovered: every pipeline verifies clean" if report.ok else "recovered, but verification failed")
+    return 0 if report.ok else 1

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import threading
 import uuid
+from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import Annotated, Any
 
@@ -25,9 +27,11 @@ import psycopg
 import typer
 
 from pipeline.cli.common import ConfigOption, fail, fail_unreachable, load_or_exit
+from pipeline.cli.progress import ProgressView, make_console
 from pipeline.cli.source_cmd import SourceOption, select_sources
 from pipeline.control.snapshot.model import Condition, RequestState, SnapshotKind, SnapshotRequest, SnapshotSettings
-from pipeline.control.snapshot.sql import NothingToSignalError, SnapshotQueue
+from pipeline.control.snapshot.progress import request_progress, table_state
+from pipeline.control.snapshot.sql import NothingToSignalError, SnapshotQueue, estimated_rows
 from pipeline.control.snapshot.wiring import build_coordinator
 from pipeline.core.logs import configure_logging, get_logger
 from pipeline.core.settings.models import SourceSettings
@@ -93,6 +97,39 @@ def _echo_request(request: SnapshotRequest) -> None:
         typer.echo(f"    {request.detail}")
 
 
+def snapshot_progress(
+    view: ProgressView, estimates: Mapping[str, float | None]
+) -> Callable[[list[SnapshotRequest]], None]:
+    """An ``on_poll`` callback drawing a request's rows done/estimated on ``view`` (ETA by the view)."""
+
+    def show(found: list[SnapshotRequest]) -> None:
+        for r in found:
+            p = request_progress(r, estimates)
+            done = sum(1 for t in r.tables if table_state(r, t).terminal)
+            view.update(p.rows_done, p.rows_total, f"{r.state.value}, {done}/{len(r.tables)} table(s)")
+
+    return show
+
+
+def wait_with_progress(
+    settings: Settings,
+    src: SourceSettings,
+    request: SnapshotRequest,
+    estimates: Mapping[str, float | None],
+    timeout: float,
+    to_stderr: bool,
+) -> SnapshotRequest:
+    """Follow ``request`` with a coordinator until it ends or ``timeout`` s pass; shows progress."""
+    coordinator = build_coordinator(settings, src)
+    console = make_console(sys.stderr if to_stderr else sys.stdout)
+    try:
+        with ProgressView(f"snapshot {src.name}", "rows", console) as view:
+            found = coordinator.wait_for([request.id], timeout, on_poll=snapshot_progress(view, estimates))
+    finally:
+        coordinator.stop(5.0)
+    return found[0] if found else request
+
+
 @app.command()
 def start(
     tables: TablesArgument,
@@ -119,6 +156,7 @@ def start(
     conditions = _parse_filters(filters or [], tables)
     kind = SnapshotKind.BLOCKING if blocking else SnapshotKind.INCREMENTAL
     queue = SnapshotQueue(src)
+    estimates: dict[str, float | None] = {}
     try:
         try:
             request = queue.enqueue(tables, kind, conditions, surrogate_key, origin="cli")
@@ -126,29 +164,14 @@ def start(
             fail([str(exc)])
         queue.send_next()
         current = queue.get(request.id) or request
+        if wait:
+            estimates = {t: estimated_rows(queue.connection(), t) for t in tables}
     except psycopg.Error as exc:
         fail([f"snapshot queue: {type(exc).__name__}: {str(exc).strip()}"], code=1)
     finally:
         queue.close()
     if wait:
-        coordinator = build_coordinator(settings, src)
-        try:
-
-            def progress(found: list[SnapshotRequest]) -> None:
-                for r in found:
-                    done = sum(1 for p in r.progress.values() if p.state.terminal)
-                    log.info(
-                        "snapshot progress",
-                        request=str(r.id),
-                        state=r.state.value,
-                        tables_done=done,
-                        tables=len(r.tables),
-                    )
-
-            found = coordinator.wait_for([request.id], timeout, on_poll=progress)
-        finally:
-            coordinator.stop(5.0)
-        current = found[0] if found else current
+        current = wait_with_progress(settings, src, current, estimates, timeout, json_out)
     if json_out:
         typer.echo(json.dumps(current.to_dict(), indent=2))
     else:

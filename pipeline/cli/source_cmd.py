@@ -13,8 +13,10 @@ import psycopg
 import typer
 
 from connectors import source_prep
+from connectors.connect_client import ConnectClient, ConnectError, ConnectorStatus, RetryPolicy
 from connectors.debezium import ConnectorConfigError
 from pipeline.cli.common import ConfigOption, fail, load_or_exit
+from pipeline.control.recovery import Diagnosis, inspect
 from pipeline.core.settings.models import SourceSettings
 from pipeline.core.settings.root import Settings
 
@@ -50,6 +52,30 @@ def echo_check(result: source_prep.CheckResult) -> None:
             typer.echo(f"            {line}")
 
 
+def echo_diagnosis(diagnosis: Diagnosis, err: bool = False) -> None:
+    """Print a lost connector position in one line, then its fix."""
+    typer.echo(f"  {diagnosis.line()}", err=err)
+    typer.echo(f"       fix: {diagnosis.fix}", err=err)
+
+
+def position_check(settings: Settings, src: SourceSettings) -> source_prep.CheckResult | None:
+    """The ``connector position`` check: whether the connector's stored offset can still be
+    streamed from this source's slot (Kafka Connect offsets vs ``pg_replication_slots``).
+
+    None when Connect cannot be reached quickly or has no such connector (nothing to check).
+    """
+    quick = RetryPolicy(max_attempts=2, max_elapsed_s=5.0)
+    try:
+        with ConnectClient(settings.connect, retry=quick) as client:
+            status: ConnectorStatus | None = client.status(src.resolved_connector_name)
+            diagnosis = inspect(src, client, status)
+    except ConnectError:
+        return None
+    if diagnosis is None:
+        return source_prep.CheckResult("connector position", True, "the stored offset can be streamed from the slot")
+    return source_prep.CheckResult("connector position", False, diagnosis.line(), diagnosis.fix)
+
+
 def _header(src: SourceSettings) -> str:
     return f"source {src.name} ({src.user}@{src.host}:{src.port}/{src.database})"
 
@@ -59,13 +85,27 @@ def check(
     config: ConfigOption = None,
     source: SourceOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    check_connector: Annotated[
+        bool,
+        typer.Option(
+            "--check-connector/--no-check-connector",
+            help="Also compare the connector's stored offset (Kafka Connect) with the slot.",
+        ),
+    ] = True,
 ) -> None:
-    """Run every check; print PASS/WARN/FAIL with the fix for each failure. Exit 1 when one fails."""
+    """Run every check; print PASS/WARN/FAIL with the fix for each failure. Exit 1 when one fails.
+
+    With Kafka Connect reachable, also checks that the connector's stored position still exists
+    on the source (a missing, lost or re-created slot needs: cdc-pipeline connectors recover).
+    """
     settings = load_or_exit(config)
     failed = False
     report: list[dict[str, object]] = []
     for src in select_sources(settings, source):
         results = source_prep.check(src)
+        position = position_check(settings, src) if check_connector and results[0].ok else None
+        if position is not None:
+            results.append(position)
         failed |= any(not r.ok for r in results)
         if as_json:
             report.append(
@@ -98,7 +138,7 @@ def prepare(
     """Create the control schema, heartbeat and signal tables and the publication (idempotent), then check.
 
     Runs as the source's user, which needs CREATE on the database and ownership of the captured
-    tables (or superuser); with ``--dry-run`` the SQL is printed instead.
+    tables (or superuser); with --dry-run the SQL is printed instead.
     """
     settings = load_or_exit(config)
     failed = False

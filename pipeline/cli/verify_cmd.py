@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
+import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import psycopg
@@ -17,10 +20,11 @@ import sqlalchemy.exc
 import typer
 
 from pipeline.cli.common import ConfigOption, fail, load_or_exit
+from pipeline.cli.progress import ProgressView, make_console
 from pipeline.control.snapshot.model import SnapshotRequest
 from pipeline.control.verify.model import VerifyResult, VerifySettings, export_verify_metrics, format_result
 from pipeline.control.verify.repair import RepairReport, repair_pipeline
-from pipeline.control.verify.run import store_result, verify_pipeline
+from pipeline.control.verify.run import VerifyProgress, store_result, verify_pipeline
 from pipeline.core.settings.models import PipelineSettings
 from pipeline.core.settings.root import Settings
 from sinks.base import Target, TransientSinkError
@@ -65,6 +69,13 @@ ExactNumericOption = Annotated[
 StoreOption = Annotated[
     bool, typer.Option("--store/--no-store", help="Store the result in the target for cdc_cutover_ready.")
 ]
+ProgressOption = Annotated[
+    bool,
+    typer.Option(
+        "--progress/--no-progress",
+        help="Show progress: a bar on a terminal, plain lines otherwise (on stderr with --json).",
+    ),
+]
 
 
 def _say(line: str, json_out: bool) -> None:
@@ -75,12 +86,12 @@ def _settings(
     settings: Settings, chunk_size: int | None, max_wait_s: float | None, exact_numeric: bool = False
 ) -> VerifySettings:
     cfg = VerifySettings.from_config(settings.verify)
-    if exact_numeric:
-        cfg = dataclasses.replace(cfg, numeric_text_exact=True)
     if chunk_size is not None:
         cfg = dataclasses.replace(cfg, chunk_size=chunk_size)
     if max_wait_s is not None:
         cfg = dataclasses.replace(cfg, max_wait_s=max_wait_s)
+    if exact_numeric:
+        cfg = dataclasses.replace(cfg, numeric_text_exact=True)
     return cfg
 
 
@@ -99,29 +110,42 @@ def _verify_and_repair(
     table: list[str] | None,
     cfg: VerifySettings,
     flags: tuple[bool, bool, bool, bool],
+    progress: bool = False,
 ) -> tuple[VerifyResult, dict[str, Any]]:
     """Verify, and with ``repair`` repair and verify again; the final result and the JSON document.
-    ``flags`` are ``(repair, store, json_out, allow_unverifiable)``."""
+    ``flags`` are ``(repair, store, json_out, allow_unverifiable)``; ``progress`` shows progress."""
     repair, store, json_out, allow_unverifiable = flags
     target = make_target(chosen, purpose="verify")
+    shown = (progress, json_out)
     try:
-        first = _run(settings, chosen, table, cfg, store, target)
+        first = _run(settings, chosen, table, cfg, store, target, shown)
         if not (repair and any(t.mismatched for t in first.tables)):
             return first, first.to_dict()
         if not json_out:
             typer.echo(format_result(first, allow_unverifiable))
         _say("repairing mismatched chunks...", json_out)
 
-        def progress(requests: list[SnapshotRequest]) -> None:
+        def repair_progress(requests: list[SnapshotRequest]) -> None:
             states = ", ".join(f"{r.id}: {r.state.value}" for r in requests)
             _say(f"  snapshot requests: {states}", json_out)
 
-        report = repair_pipeline(settings, chosen, first, cfg, on_progress=progress, target=target)
+        report = repair_pipeline(settings, chosen, first, cfg, on_progress=repair_progress, target=target)
         _report_repair(report, json_out)
-        final = _run(settings, chosen, table, cfg, store, target)
+        final = _run(settings, chosen, table, cfg, store, target, shown)
         return final, {**final.to_dict(), "before_repair": first.to_dict(), "repair": report.to_dict()}
     finally:
         target.close()
+
+
+def verify_progress(view: ProgressView, started: float) -> Callable[[VerifyProgress], None]:
+    """An ``on_progress`` callback drawing chunks done/total and rows/s on ``view``."""
+
+    def show(event: VerifyProgress) -> None:
+        elapsed = max(1e-6, time.monotonic() - started)
+        detail = f"{event.table} (table {min(event.tables_done + 1, event.tables_total)}/{event.tables_total})"
+        view.update(event.chunks_done, event.chunks_total, f"{detail}, {event.rows / elapsed:,.0f} rows/s")
+
+    return show
 
 
 def verify(
@@ -134,6 +158,7 @@ def verify(
     max_wait_s: WaitOption = None,
     allow_unverifiable: UnverifiableOption = False,
     store: StoreOption = True,
+    progress: ProgressOption = True,
     exact_numeric: ExactNumericOption = False,
 ) -> None:
     """Verify that the pipeline's target equals its source (counts + checksums of key-ordered chunks)."""
@@ -144,7 +169,9 @@ def verify(
         fail([f"--pipeline: {exc.args[0]} (defined: {', '.join(p.name for p in settings.pipelines) or 'none'})"])
     cfg = _settings(settings, chunk_size, max_wait_s, exact_numeric)
     try:
-        final, doc = _verify_and_repair(settings, chosen, table, cfg, (repair, store, json_out, allow_unverifiable))
+        final, doc = _verify_and_repair(
+            settings, chosen, table, cfg, (repair, store, json_out, allow_unverifiable), progress
+        )
     except KeyError as exc:
         fail([f"--table: {exc.args[0]}"])
     except UnsupportedTargetError as exc:
@@ -165,8 +192,18 @@ def _run(
     cfg: VerifySettings,
     store: bool,
     target: Target,
+    progress: tuple[bool, bool] = (False, False),
 ) -> VerifyResult:
-    result = verify_pipeline(settings, pipeline, tables, cfg, target=target)
+    """Verify once; ``progress`` is ``(show, to_stderr)``."""
+    show, to_stderr = progress
+    if not show:
+        result = verify_pipeline(settings, pipeline, tables, cfg, target=target)
+    else:
+        console = make_console(sys.stderr if to_stderr else sys.stdout)
+        with ProgressView(f"verify {pipeline.name}", "chunks", console) as view:
+            result = verify_pipeline(
+                settings, pipeline, tables, cfg, target=target, on_progress=verify_progress(view, time.monotonic())
+            )
     export_verify_metrics(result)
     if store:  # every backend: cdc_cutover_ready reads them from the target
         store_result(target, result)

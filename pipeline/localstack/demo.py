@@ -29,14 +29,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import httpx
 import psycopg
 import pymysql
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from sqlalchemy.dialects import mysql
 
 from pipeline.localstack import LocalStack
@@ -174,13 +177,80 @@ class Verification:
         return self.pg.returncode == 0 and (self.maria is None or self.maria.returncode == 0)
 
 
-class Demo:
-    """Runs the demo on ``stack``; ``say`` prints progress lines."""
+class ProgressLine(Protocol):
+    """A progress display: ``completed`` of ``total`` (None: unknown)."""
 
-    def __init__(self, stack: LocalStack, options: DemoOptions, say: Callable[[str], None] = print) -> None:
+    def update(self, completed: float, total: float | None, detail: str = "") -> None:
+        """Show the new state."""
+
+
+ProgressFactory = Callable[[str, str], contextlib.AbstractContextManager[ProgressLine]]
+"""``(title, unit) -> context manager yielding a ProgressLine`` (e.g. ``pipeline.cli.progress.ProgressView``)."""
+
+
+class _PlainProgress:
+    """Plain ``title: done/total unit (pct%)`` lines through ``say``, at most every ``interval_s``."""
+
+    def __init__(self, title: str, unit: str, say: Callable[[str], None], interval_s: float = 5.0) -> None:
+        self.title, self.unit, self.say, self.interval_s = title, unit, say, interval_s
+        self._last = 0.0
+
+    def update(self, completed: float, total: float | None, detail: str = "") -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval_s and (total is None or completed < total):
+            return
+        self._last = now
+        pct = f" ({100 * completed / total:.0f}%)" if total else ""
+        self.say(
+            f"   {self.title}: {completed:,.0f}/{total or 0:,.0f} {self.unit}{pct}{' ' + detail if detail else ''}"
+        )
+
+
+class _RichProgress:
+    """A rich bar (a terminal only; colourless under NO_COLOR)."""
+
+    def __init__(self, progress: Progress, title: str) -> None:
+        self.progress = progress
+        self.task = progress.add_task(title, total=None)
+
+    def update(self, completed: float, total: float | None, detail: str = "") -> None:
+        self.progress.update(self.task, completed=completed, total=total)
+
+
+@contextlib.contextmanager
+def default_progress(title: str, unit: str, say: Callable[[str], None] = print) -> Iterator[ProgressLine]:
+    """A rich bar when stdout is a terminal, else plain lines through ``say``."""
+    console = Console(no_color=bool(os.environ.get("NO_COLOR")), highlight=False)
+    if not console.is_terminal:
+        yield _PlainProgress(title, unit, say)
+        return
+    columns = (
+        TextColumn(f"   {title}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        MofNCompleteColumn(),
+        TextColumn(unit),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        yield _RichProgress(progress, title)
+
+
+class Demo:
+    """Runs the demo on ``stack``; ``say`` prints progress lines, ``progress`` draws the snapshot's
+    progress (default: :func:`default_progress`)."""
+
+    def __init__(
+        self,
+        stack: LocalStack,
+        options: DemoOptions,
+        say: Callable[[str], None] = print,
+        progress: ProgressFactory | None = None,
+    ) -> None:
         self.stack = stack
         self.opts = options
         self.say = say
+        self.progress: ProgressFactory = progress or (lambda title, unit: default_progress(title, unit, say))
         self.dir = stack.settings.state / "demo"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.run_id = self._next_run_id()
@@ -435,7 +505,15 @@ class Demo:
             self.say("$ cdc-pipeline run -p pgbench_to_mariadb -c config/examples/pgbench.yaml   (in the background)")
             self.start_mariadb_worker()
         expected = self.counts("source")
-        self._wait(lambda: self.counts("target") == expected, self.opts.catch_up_timeout_s, "the initial snapshot")
+        total = sum(expected.values())
+        with self.progress("initial snapshot", "rows") as line:
+
+            def landed() -> bool:
+                got = self.counts("target")
+                line.update(sum(min(got.get(t, 0), n) for t, n in expected.items()), total)
+                return got == expected
+
+            self._wait(landed, self.opts.catch_up_timeout_s, "the initial snapshot")
         phase = Phase(time.monotonic() - t_snap, scrape(self.opts.metrics_port))
         self.say(f"   initial snapshot: {int(phase.snapshotted):,} rows in {phase.seconds:.1f}s")
         return phase
@@ -557,13 +635,19 @@ def _verify_lines(stdout: str) -> list[str]:
     return lines
 
 
-def run_demo(stack_settings: LocalStackSettings, options: DemoOptions, say: Callable[[str], None] = print) -> int:
-    """Start (or reuse) the local stack and run the demo; returns the exit code."""
+def run_demo(
+    stack_settings: LocalStackSettings,
+    options: DemoOptions,
+    say: Callable[[str], None] = print,
+    progress: ProgressFactory | None = None,
+) -> int:
+    """Start (or reuse) the local stack and run the demo; returns the exit code. ``progress``
+    draws the snapshot wait (default: a rich bar on a terminal, plain lines otherwise)."""
     stack = LocalStack(stack_settings, report=lambda line: say(f"   {line}"))
     say("$ cdc-pipeline local up")
     timings = stack.up()
     say(f"   local stack ready in {timings['total']:.1f}s")
-    demo = Demo(stack, options, say)
+    demo = Demo(stack, options, say, progress)
     try:
         return demo.run()
     finally:

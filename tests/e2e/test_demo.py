@@ -27,6 +27,9 @@ def test_demo_twice_and_with_a_restart_midway(local_stack: LocalStack) -> None:
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
     assert "verification                CLEAN" in first.stdout
     assert re.search(r"rows snapshotted\s+100,0\d\d in", first.stdout)
+    # Off a terminal the snapshot wait prints plain progress lines, the last one complete.
+    progress = re.search(r"^   initial snapshot: ([\d,]+)/\1 rows \(100%\)$", first.stdout, re.MULTILINE)
+    assert progress, first.stdout[:3000]
     assert "pgbench_history" in first.stdout  # the keyless table is verified too
     # The second pipeline, own consumer group on the same topics, into MariaDB: verified clean.
     assert "into MariaDB (pipeline pgbench_to_mariadb" in first.stdout

@@ -335,8 +335,11 @@ def test_validation_errors_per_field_lifecycle_and_no_password_anywhere(
         (["connectors", "resume"], 0, "task 0: RUNNING"),
         (["connectors", "restart", "--all-tasks"], 0, "task 0: RUNNING"),
         (["connectors", "status", "--json"], 0, '"healthy": true'),
-        (["connectors", "delete"], 0, "deleted"),
-        (["connectors", "delete"], 0, "absent"),
+        (["connectors", "list"], 0, env.connector),
+        (["connectors", "delete"], 2, "pass --all"),
+        (["connectors", "delete", "--all"], 2, "pass --yes"),
+        (["connectors", "delete", "--all", "--yes"], 0, "deleted"),
+        (["connectors", "delete", "--source", env.name], 0, "absent"),
         (["connectors", "status"], 1, "not found"),
     ]
     for args, code, expected in steps:

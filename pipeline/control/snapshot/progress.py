@@ -5,6 +5,7 @@ besides setting gauges; the coordinator gathers the inputs."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from pipeline.control.snapshot.model import (
@@ -91,3 +92,47 @@ def export_snapshot_metrics(
     metrics.SNAPSHOT_THROTTLED.labels(source).set(1 if throttled else 0)
     for table, request in latest.items():
         _export_table(source, table, request, estimates.get(table), rows_applied.get(table), now)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestProgress:
+    """How far one request has come, for progress displays: estimated rows done and in total
+    (None when no table's size is known) and their ratio (None when it cannot be told)."""
+
+    rows_done: float
+    rows_total: float | None
+    ratio: float | None
+
+
+def _key_ratio(last_key: str | None, max_key: str | None) -> float | None:
+    """``last/max`` for single-column numeric keys (Debezium's ``last_processed_key`` and
+    ``maximum_key`` notification fields, in text form); None otherwise."""
+    try:
+        last, top = float(last_key or ""), float(max_key or "")
+    except ValueError:
+        return None
+    return min(1.0, max(0.0, last / top)) if top > 0 else None
+
+
+def request_progress(request: SnapshotRequest, estimates: Mapping[str, float | None]) -> RequestProgress:
+    """Rows done out of ``estimates`` (``schema.table`` -> estimated rows) for ``request``: a
+    table whose scan ended counts its scanned rows (or its estimate); a running one counts its
+    estimate times the key ratio of its last notification (numeric keys only)."""
+    done = 0.0
+    total = 0.0
+    known = False
+    for table in request.tables:
+        estimate = estimates.get(table)
+        progress = request.table_progress(table)
+        state = table_state(request, table)
+        if estimate is not None:
+            total += estimate
+            known = True
+        if state.terminal:
+            done += progress.rows_scanned if progress.rows_scanned is not None else (estimate or 0.0)
+        elif estimate is not None and (ratio := _key_ratio(progress.last_key, progress.max_key)) is not None:
+            done += estimate * ratio
+    if request.state.terminal and known:
+        done = max(done, total)
+    rows_total = total if known else None
+    return RequestProgress(done, rows_total, min(1.0, done / total) if known and total > 0 else None)
