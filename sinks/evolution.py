@@ -14,9 +14,9 @@ type text into one. Pure code: no database.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from pipeline.core.events import Column, Position, TableId
 from sinks.base import TargetSchemaError
@@ -178,6 +178,21 @@ def _dropped(data: EvolutionInput, incoming: Mapping[str, Column]) -> list[Colum
         kind: ChangeKind = "dropped" if data.drop_on_target else "dropped_at_source"
         changes.append(ColumnChange(data.table, name, kind, type_text, None))
     return changes
+
+
+def carry_renames(rows: Iterable[dict[str, Any]], renames: Mapping[str, str], target_columns: Iterable[str]) -> None:
+    """Rename hints on rows of an older schema: a row that still carries the old column and
+    not the new one gets the new one too (in place), so an event written before a source
+    ``RENAME COLUMN`` but applied after the target gained the new column still sets it (at its
+    own position, the renamed column held that value)."""
+    present = set(target_columns)
+    pairs = [(old, new) for old, new in renames.items() if new in present]
+    if not pairs:
+        return
+    for row in rows:
+        for old, new in pairs:
+            if old in row and new not in row:
+                row[new] = row[old]
 
 
 def known_update(

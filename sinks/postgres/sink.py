@@ -47,7 +47,7 @@ from pipeline.core.batch import Delete, ReducedBatch, TableChanges, Upsert
 from pipeline.core.events import Column, Position, TableId
 from pipeline.core.logs import get_logger
 from sinks.base import ApplyResult, BatchRejectedError, OffsetMap, TargetSchemaError, TopicPartition, TransientSinkError
-from sinks.evolution import ColumnChange, EvolutionInput, KnownColumn, known_update, plan_changes
+from sinks.evolution import ColumnChange, EvolutionInput, KnownColumn, carry_renames, known_update, plan_changes
 from sinks.postgres import ddl, evolution
 from sinks.postgres.ddl import ROW_ID, VERSION_COLUMNS, TableShape, qualified
 from sinks.postgres.types import parse_pg_type, pg_type
@@ -499,6 +499,9 @@ class PostgresSink:
         # Only the columns an event carries are written: a column it lacks (dropped at the
         # source, or added after the event's schema) keeps its stored value or the default.
         writable = [c for c in shape.columns if not c.startswith(ddl.OWN_PREFIX)]
+        renames = self._renames.get(str(shape.table))
+        if renames:
+            carry_renames((up.row for up in changes.upserts.values()), renames, writable)
         groups: dict[frozenset[str], list[Upsert]] = defaultdict(list)
         for up in changes.upserts.values():
             absent = frozenset(c for c in writable if c not in up.row and c not in shape.key_columns)

@@ -52,7 +52,7 @@ from pipeline.core.batch import Delete, ReducedBatch, TableChanges, Upsert
 from pipeline.core.events import Column, Position, TableId
 from pipeline.core.logs import get_logger
 from sinks.base import ApplyResult, BatchRejectedError, OffsetMap, TargetSchemaError, TopicPartition, TransientSinkError
-from sinks.evolution import ColumnChange, EvolutionInput, KnownColumn, known_update, plan_changes
+from sinks.evolution import ColumnChange, EvolutionInput, KnownColumn, carry_renames, known_update, plan_changes
 from sinks.postgres.types import parse_pg_type, pg_type
 from sinks.sqlalchemy import ddl, dml, evolution
 from sinks.sqlalchemy.ddl import ROW_ID, VERSION_COLUMNS, ControlTables, TableShape
@@ -567,6 +567,9 @@ class SqlAlchemySink:
     def _upsert(self, conn: Connection, shape: TableShape, changes: TableChanges, watermark: Position | None) -> int:
         stones = self._tombstones(conn, shape.table, list(changes.upserts))
         writable = [c for c in shape.columns if not c.startswith(ddl.OWN_PREFIX)]
+        renames = self._renames.get(str(shape.table))
+        if renames:
+            carry_renames((up.row for up in changes.upserts.values()), renames, writable)
         groups: dict[frozenset[str], list[Upsert]] = defaultdict(list)
         for up in changes.upserts.values():
             stone = stones.get(up.key)
