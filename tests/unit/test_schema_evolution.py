@@ -4,16 +4,20 @@ column metadata, and the live include list of the publication check. Pure code, 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from connectors.source_prep import include_patterns
-from pipeline.core.events import Column, Position, TableId
+from pipeline.core.batch import ReducedBatch, TableChanges, Upsert, key_text
+from pipeline.core.events import Column, Op, Position, TableId
 from pipeline.decode.config import DecoderConfig
 from pipeline.decode.plans import Placeholders, value_plan
 from sinks.base import TargetSchemaError
 from sinks.evolution import EvolutionInput, KnownColumn, known_update, plan_changes
 from sinks.postgres.types import parse_pg_type, pg_type
+from sinks.sqlalchemy.sink import SqlAlchemySink
 from sinks.sqltypes import SqlType, fit
 
 T = TableId("public", "users")
@@ -223,3 +227,62 @@ def test_include_patterns_follow_debeziums_splitting() -> None:
         any(p.fullmatch(t) for p in patterns) for t in ("public.users", "public.a,b", "PUBLIC.orders", "public.Users")
     ]
     assert matches == [True, True, True, False]
+
+
+# ----------------------------------------------------------------------------- SQLite sink (a local file)
+
+
+def _batch(table: TableId, columns: tuple[Column, ...], rows: list[dict[str, object]], lsn: int) -> ReducedBatch:
+    changes = TableChanges(table, table, ("id",), columns)
+    for i, row in enumerate(rows):
+        key = key_text([row["id"]])
+        changes.upserts[key] = Upsert(key, {"id": row["id"]}, row, Position(lsn, lsn + i), 0, Op.UPDATE)
+    changes.events = len(rows)
+    return ReducedBatch({table: changes})
+
+
+def test_sqlite_sink_adds_with_default_keeps_dropped_and_renames(tmp_path: Path) -> None:
+    url = sa.engine.make_url(f"sqlite:///{tmp_path / 't.db'}")
+    t = TableId("public", "users")
+    sink = SqlAlchemySink(url, renames={"public.users": {"note": "remark"}})
+    try:
+        v1 = (col("id", "INT4", optional=False), col("name", "VARCHAR", 50), col("note", "TEXT"), col("score", "INT4"))
+        first = [{"id": 1, "name": "a", "note": "n1", "score": 1}, {"id": 2, "name": "b", "note": "n2", "score": 2}]
+        sink.apply(_batch(t, v1, first, 10), "g", {})
+        # status NOT NULL DEFAULT 'active' appears; name dropped; note renamed to remark; id 1 changes.
+        v2 = (
+            col("id", "INT4", optional=False),
+            col("score", "INT4"),
+            col("remark", "TEXT"),
+            col("status", "TEXT", default="active"),
+        )
+        sink.apply(_batch(t, v2, [{"id": 1, "score": 1, "remark": "r1", "status": "busy"}], 20), "g", {})
+        with sink.engine.connect() as conn:
+            rows = conn.exec_driver_sql("SELECT id, name, note, remark, status FROM public__users ORDER BY id").all()
+            changes = conn.exec_driver_sql(
+                "SELECT column_name, change FROM cdc_control__schema_changes ORDER BY id"
+            ).all()
+            dropped = conn.exec_driver_sql(
+                "SELECT column_name FROM cdc_control__known_columns WHERE dropped_at_source IS NOT NULL ORDER BY 1"
+            ).all()
+        # id 2 untouched: remark carried over from note, status holds the default; name kept as it was.
+        assert [tuple(r) for r in rows] == [(1, "a", "n1", "r1", "busy"), (2, "b", "n2", "n2", "active")]
+        assert [tuple(r) for r in changes] == [
+            ("remark", "renamed"),
+            ("status", "added"),
+            ("name", "dropped_at_source"),
+            ("note", "dropped_at_source"),
+        ]
+        assert [r[0] for r in dropped] == ["name", "note"]
+        # An int -> bigint change needs no DDL on SQLite: recorded only.
+        v3 = (col("id", "INT4", optional=False), col("score", "INT8"), col("remark", "TEXT"), col("status", "TEXT"))
+        sink.apply(_batch(t, v3, [{"id": 2, "score": 5_000_000_000, "remark": "r2", "status": "x"}], 30), "g", {})
+        with sink.engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT score FROM public__users WHERE id = 2").scalar() == 5_000_000_000
+            last = conn.exec_driver_sql(
+                "SELECT column_name, change, old_type, new_type FROM cdc_control__schema_changes"
+                " ORDER BY id DESC LIMIT 1"
+            ).one()
+        assert tuple(last) == ("score", "source_type", "integer", "bigint")
+    finally:
+        sink.close()
