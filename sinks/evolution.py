@@ -173,8 +173,8 @@ def _dropped(data: EvolutionInput, incoming: Mapping[str, Column]) -> list[Colum
         if name in incoming or name.startswith(OWN_PREFIX) or name in data.target_keys:
             continue
         known = data.known.get(name)
-        if known is None or known.dropped or not _newer(data, known):
-            continue  # not a column the pipeline wrote (added on the target by hand), or done already
+        if known is None or known.source_type is None or known.dropped or not _newer(data, known):
+            continue  # never seen in the events (added on the target by hand, by a transform), or done already
         kind: ChangeKind = "dropped" if data.drop_on_target else "dropped_at_source"
         changes.append(ColumnChange(data.table, name, kind, type_text, None))
     return changes

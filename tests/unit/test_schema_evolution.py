@@ -178,6 +178,11 @@ def test_new_column_dropped_column_and_rename_hint() -> None:
     ]
 
 
+def test_a_column_never_seen_in_the_events_is_not_dropped() -> None:
+    known = {"by_hand": KnownColumn("by_hand", None, Position(1, 1))}
+    assert plan({"id": "integer", "by_hand": "text"}, [ID], known, drop_on_target=True) == []
+
+
 def test_drop_on_target_option() -> None:
     known = {"note": KnownColumn("note", "text", Position(1, 1))}
     assert plan({"id": "integer", "note": "text"}, [ID], known, drop_on_target=True) == [("note", "dropped")]

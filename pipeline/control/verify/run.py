@@ -75,8 +75,10 @@ def verify_table(
     if plan.not_verifiable is not None:
         result.status, result.reason = Status.NOT_VERIFIABLE, f"transforms change rows: {plan.not_verifiable}"
         return result, []
+    result.not_in_source = plan.target_only
     if plan.problem is not None:
-        result.status, result.reason = Status.ERROR, plan.problem
+        status = Status.SCHEMA_MISMATCH if plan.missing else Status.ERROR
+        result.status, result.reason = status, plan.problem
         return result, []
     src, tgt = verification.sides(sconn, plan.checks)
     if plan.keyless:
