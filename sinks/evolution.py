@@ -74,8 +74,10 @@ class EvolutionInput:
     own type (PostgreSQL type text, what ``known_columns.source_type`` records on every
     backend: :func:`sinks.postgres.types.pg_type` / ``parse_pg_type``); ``renames``: rename
     hints old -> new column name;
-    ``dynamic_types``: the backend does not bound values by the declared type (SQLite), so
-    widenings and type changes are only recorded, never applied nor refused.
+    ``keyless_events``: False when an empty ``key_columns`` says nothing (a batch holding a
+    truncate, whose event has no key schema); ``dynamic_types``: the backend does not bound
+    values by the declared type (SQLite), so widenings and type changes are only recorded,
+    never applied nor refused.
     """
 
     table: TableId
@@ -93,6 +95,7 @@ class EvolutionInput:
     renames: Mapping[str, str] | None = None
     add_columns: bool = True
     dynamic_types: bool = False
+    keyless_events: bool = True
 
 
 def plan_changes(data: EvolutionInput) -> list[ColumnChange]:
@@ -214,7 +217,7 @@ def known_update(
 
 
 def _check_key(data: EvolutionInput) -> None:
-    if tuple(data.key_columns) == data.target_keys:
+    if tuple(data.key_columns) == data.target_keys or (not data.key_columns and not data.keyless_events):
         return
     raise TargetSchemaError(
         f"primary key of {data.table} changed at the source: the target's is"

@@ -326,6 +326,7 @@ class PostgresSink:
                 drop_on_target=self._drop_dropped_columns,
                 renames=self._renames.get(str(shape.table)),
                 add_columns=self._add_columns,
+                keyless_events=changes.truncate is None,
             )
         )
         for change in planned:

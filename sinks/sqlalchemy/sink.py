@@ -389,6 +389,7 @@ class SqlAlchemySink:
                 drop_on_target=self._drop_dropped_columns,
                 renames=self._renames.get(str(shape.table)),
                 add_columns=self._add_columns,
+                keyless_events=changes.truncate is None,
                 dynamic_types=self._dialect == SQLITE,
             )
         )

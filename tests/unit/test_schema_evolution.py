@@ -198,6 +198,12 @@ def test_primary_key_change_is_refused() -> None:
         plan({"id": "integer", "k": "integer"}, [ID, col("k", "INT4")], key_columns=("id", "k"))
 
 
+def test_a_truncate_batch_without_key_schema_is_not_a_key_change() -> None:
+    assert plan({"id": "integer"}, [ID], key_columns=(), keyless_events=False) == []
+    with pytest.raises(TargetSchemaError, match="none: keyless"):
+        plan({"id": "integer"}, [ID], key_columns=())
+
+
 def test_known_update() -> None:
     old = KnownColumn("a", "integer", Position(1, 1))
     assert known_update("a", old, "integer", False, Position(9, 9)) is None
