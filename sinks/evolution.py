@@ -135,7 +135,7 @@ def _existing(data: EvolutionInput, column: Column) -> list[ColumnChange]:
     target_text = data.target_types[column.name]
     new_text = data.type_of(column)
     changes: list[ColumnChange] = []
-    if known is not None and known.dropped:
+    if known is not None and known.dropped and _newer(data, known):
         changes.append(ColumnChange(data.table, column.name, "restored", known.source_type, new_source))
     verdict = fit(data.parse(target_text), data.parse(new_text))
     if data.dynamic_types and verdict in ("widen", "refuse"):
@@ -204,16 +204,19 @@ def known_update(
     """The ``known_columns`` row to write for column ``name`` after a batch, or None when the
     recorded one stands. ``source_type`` is the incoming type text (None when the batch's
     schema lacks the column or carried no schema), ``dropped_now`` True when the batch dropped
-    it at the source. A changed source type is recorded with the batch's ``position``; a column
-    back in the events is no longer dropped."""
+    it at the source. A changed source type or a drop is recorded with the batch's ``position``
+    (events older than it cannot undo it); a column back in newer events is no longer dropped."""
     if old is None:
         return KnownColumn(name, source_type, position, dropped_now)
+    older = old.position is not None and position is not None and position < old.position
+    if older and not dropped_now:
+        return None  # a batch of an older schema never moves what a newer one recorded
     new_type = source_type or old.source_type
     moved = source_type is not None and source_type != old.source_type
     dropped = dropped_now or (old.dropped and source_type is None)
     if not moved and dropped == old.dropped:
         return None
-    return KnownColumn(name, new_type, position if moved else old.position, dropped)
+    return KnownColumn(name, new_type, position if moved or dropped_now else old.position, dropped)
 
 
 def _check_key(data: EvolutionInput) -> None:

@@ -210,9 +210,11 @@ def test_known_update() -> None:
     moved = known_update("a", old, "bigint", False, Position(9, 9))
     assert moved == KnownColumn("a", "bigint", Position(9, 9), False)
     dropped = known_update("a", old, None, True, Position(9, 9))
-    assert dropped == KnownColumn("a", "integer", Position(1, 1), True)
+    assert dropped == KnownColumn("a", "integer", Position(9, 9), True)
+    assert known_update("a", dropped, "integer", False, Position(8, 8)) is None  # a pre-drop event
     back = known_update("a", dropped, "integer", False, Position(10, 10))
-    assert back == KnownColumn("a", "integer", Position(1, 1), False)
+    assert back == KnownColumn("a", "integer", Position(9, 9), False)
+    assert known_update("a", moved, "integer", False, Position(5, 5)) is None  # an older schema moves nothing
 
 
 def test_default_of_the_field_schema_is_converted() -> None:
