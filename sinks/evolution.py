@@ -18,9 +18,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pipeline.core import metrics
+from pipeline.core.batch import TableChanges
 from pipeline.core.events import Column, Position, TableId
+from pipeline.core.logs import get_logger
 from sinks.base import TargetSchemaError
 from sinks.sqltypes import SqlType, fit
+
+log = get_logger("sinks.evolution")
 
 OWN_PREFIX = "__cdc_"
 
@@ -249,3 +254,37 @@ def _narrowing(table: TableId, column: str, old_type: str, new_type: str, target
         f" {new_type} yourself (PostgreSQL: ALTER TABLE ... ALTER COLUMN {column} TYPE {new_type}; MariaDB:"
         " MODIFY COLUMN), then restart the worker (README 'Schema changes on the source')"
     )
+
+
+def newest_position(changes: TableChanges) -> Position | None:
+    """The newest source position among a table's changes in a batch (None: none); what a
+    batch's schema is judged at."""
+    positions = [u.position for u in changes.upserts.values()] + [d.position for d in changes.deletes.values()]
+    if changes.truncate is not None:
+        positions.append(changes.truncate)
+    return max(positions) if positions else None
+
+
+def schema_signature(changes: TableChanges, type_of: Callable[[Column], str]) -> tuple[object, ...]:
+    """What decides whether a batch's row schema needs the slow path (catalog read, planning):
+    column names, types (``type_of``) and defaults, and the key."""
+    cols = tuple((c.name, type_of(c), repr(c.default)) for c in changes.columns or ())
+    return (cols, changes.key_columns)
+
+
+def report_changes(pending: list[tuple[ColumnChange, Position | None]]) -> None:
+    """Log and count (``cdc_schema_changes_total``) the changes of a transaction just committed;
+    empties ``pending``."""
+    for change, position in pending:
+        metrics.SCHEMA_CHANGES.labels(str(change.table), change.kind).inc()
+        log.info(
+            "source schema change applied",
+            table=str(change.table),
+            column=change.name,
+            change=change.kind,
+            old_type=change.old_type,
+            new_type=change.new_type,
+            renamed_from=change.renamed_from,
+            position=str(position) if position else None,
+        )
+    pending.clear()

@@ -1,5 +1,6 @@
-"""PostgreSQL side of source schema evolution: type text -> :class:`~sinks.evolution.SqlType`,
-the DDL of each :class:`~sinks.evolution.ColumnChange`, and the control rows that record them.
+"""PostgreSQL side of source schema evolution: the DDL of each
+:class:`~sinks.evolution.ColumnChange`, and the control rows that record them (``known_columns``,
+``schema_changes``; type texts are parsed by :func:`sinks.postgres.types.parse_pg_type`).
 
 ``ALTER COLUMN ... TYPE`` rewrites the table (and its indexes) under an ACCESS EXCLUSIVE lock
 unless the change is binary-coercible: ``varchar(n)`` -> ``varchar(m>n)``/``text`` and
@@ -15,10 +16,11 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import psycopg
 from psycopg import sql
 
-from pipeline.core.events import TableId
-from sinks.evolution import ColumnChange
+from pipeline.core.events import Position, TableId
+from sinks.evolution import ColumnChange, KnownColumn
 from sinks.postgres.ddl import qualified
 from sinks.postgres.types import pg_type
 
@@ -48,3 +50,73 @@ def change_sql(table: TableId, change: ColumnChange) -> list[sql.Composed]:
     if change.kind == "dropped_at_source":
         return [sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL").format(t, c)]
     return []
+
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+
+def read_known(conn: Conn, known_table: sql.Composable, table: TableId) -> dict[str, KnownColumn]:
+    """The ``known_columns`` rows of ``table`` (``known_table``: the qualified control table)."""
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT column_name, source_type, commit_lsn, lsn, dropped_at_source IS NOT NULL FROM {}"
+            " WHERE table_name = %s"
+        ).format(known_table),
+        (str(table),),
+    ).fetchall()
+    return {
+        str(r[0]): KnownColumn(
+            str(r[0]),
+            r[1],
+            Position(int(r[2]), int(r[3])) if r[2] is not None and r[3] is not None else None,
+            bool(r[4]),
+        )
+        for r in rows
+    }
+
+
+def write_known(conn: Conn, known_table: sql.Composable, table: TableId, rows: list[KnownColumn]) -> None:
+    """Upsert ``rows`` into ``known_columns`` (``dropped_at_source`` set to now() when dropped)."""
+    conn.cursor().executemany(
+        sql.SQL(
+            "INSERT INTO {} (table_name, column_name, source_type, commit_lsn, lsn, dropped_at_source)"
+            " VALUES (%s, %s, %s, %s, %s, CASE WHEN %s THEN now() END) ON CONFLICT (table_name, column_name)"
+            " DO UPDATE SET source_type = EXCLUDED.source_type, commit_lsn = EXCLUDED.commit_lsn,"
+            " lsn = EXCLUDED.lsn, dropped_at_source = EXCLUDED.dropped_at_source"
+        ).format(known_table),
+        [
+            (
+                str(table),
+                r.name,
+                r.source_type,
+                r.position.commit_lsn if r.position else None,
+                r.position.lsn if r.position else None,
+                r.dropped,
+            )
+            for r in rows
+        ],
+    )
+
+
+def record_changes(
+    conn: Conn, changes_table: sql.Composable, applied: list[ColumnChange], position: Position | None
+) -> None:
+    """One ``schema_changes`` row per applied change, at the batch's source ``position``."""
+    conn.cursor().executemany(
+        sql.SQL(
+            "INSERT INTO {} (table_name, column_name, change, old_type, new_type, commit_lsn, lsn)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s)"
+        ).format(changes_table),
+        [
+            (
+                str(c.table),
+                c.name,
+                c.kind,
+                c.old_type,
+                c.new_type,
+                position.commit_lsn if position else None,
+                position.lsn if position else None,
+            )
+            for c in applied
+        ],
+    )

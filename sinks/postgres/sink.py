@@ -42,12 +42,21 @@ import orjson
 import psycopg
 from psycopg import sql
 
-from pipeline.core import metrics
 from pipeline.core.batch import Delete, ReducedBatch, TableChanges, Upsert
 from pipeline.core.events import Column, Position, TableId
 from pipeline.core.logs import get_logger
 from sinks.base import ApplyResult, BatchRejectedError, OffsetMap, TargetSchemaError, TopicPartition, TransientSinkError
-from sinks.evolution import ColumnChange, EvolutionInput, KnownColumn, carry_renames, known_update, plan_changes
+from sinks.evolution import (
+    ColumnChange,
+    EvolutionInput,
+    KnownColumn,
+    carry_renames,
+    known_update,
+    newest_position,
+    plan_changes,
+    report_changes,
+    schema_signature,
+)
 from sinks.postgres import ddl, evolution
 from sinks.postgres.ddl import ROW_ID, VERSION_COLUMNS, TableShape, qualified
 from sinks.postgres.types import parse_pg_type, pg_type
@@ -150,7 +159,7 @@ class PostgresSink:
         except BaseException:
             self._forget_shapes()
             raise
-        self._report_changes()
+        report_changes(self._pending_changes)
 
     def _forget_shapes(self) -> None:
         self._shapes.clear()
@@ -253,7 +262,7 @@ class PostgresSink:
         table = changes.table
         shape = self._shapes.get(table)
         columns = changes.columns
-        signature = _signature(changes)
+        signature = schema_signature(changes, pg_type)
         if shape is not None and (columns is None or self._signatures.get(table) == signature):
             return shape
         ddl.lock_table_ddl(conn, table)
@@ -267,7 +276,7 @@ class PostgresSink:
             )
         if shape is not None and columns is not None:
             self._check_not_dropped(table, shape, [c.name for c in columns], known)
-        position = _newest_position(changes)
+        position = newest_position(changes)
         if shape is None:
             shape = self._create(conn, changes)
             applied: list[ColumnChange] = []
@@ -338,22 +347,7 @@ class PostgresSink:
 
     def _known_columns(self, conn: Conn, table: TableId) -> dict[str, KnownColumn]:
         if table not in self._known:
-            rows = conn.execute(
-                sql.SQL(
-                    "SELECT column_name, source_type, commit_lsn, lsn, dropped_at_source IS NOT NULL FROM {}"
-                    " WHERE table_name = %s"
-                ).format(self._ctl("known_columns")),
-                (str(table),),
-            ).fetchall()
-            self._known[table] = {
-                str(r[0]): KnownColumn(
-                    str(r[0]),
-                    r[1],
-                    Position(int(r[2]), int(r[3])) if r[2] is not None and r[3] is not None else None,
-                    bool(r[4]),
-                )
-                for r in rows
-            }
+            self._known[table] = evolution.read_known(conn, self._ctl("known_columns"), table)
         return self._known[table]
 
     def _remember_columns(
@@ -376,66 +370,11 @@ class PostgresSink:
             if r is not None
         ]
         if rows:
-            self._write_known(conn, shape.table, rows)
+            evolution.write_known(conn, self._ctl("known_columns"), shape.table, rows)
             known.update({r.name: r for r in rows})
-        recorded = applied
-        if recorded:
-            conn.cursor().executemany(
-                sql.SQL(
-                    "INSERT INTO {} (table_name, column_name, change, old_type, new_type, commit_lsn, lsn)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s)"
-                ).format(self._ctl("schema_changes")),
-                [
-                    (
-                        str(c.table),
-                        c.name,
-                        c.kind,
-                        c.old_type,
-                        c.new_type,
-                        position.commit_lsn if position else None,
-                        position.lsn if position else None,
-                    )
-                    for c in recorded
-                ],
-            )
-            self._pending_changes.extend((c, position) for c in recorded)
-
-    def _write_known(self, conn: Conn, table: TableId, rows: list[KnownColumn]) -> None:
-        conn.cursor().executemany(
-            sql.SQL(
-                "INSERT INTO {} (table_name, column_name, source_type, commit_lsn, lsn, dropped_at_source)"
-                " VALUES (%s, %s, %s, %s, %s, CASE WHEN %s THEN now() END) ON CONFLICT (table_name, column_name)"
-                " DO UPDATE SET source_type = EXCLUDED.source_type, commit_lsn = EXCLUDED.commit_lsn,"
-                " lsn = EXCLUDED.lsn, dropped_at_source = EXCLUDED.dropped_at_source"
-            ).format(self._ctl("known_columns")),
-            [
-                (
-                    str(table),
-                    r.name,
-                    r.source_type,
-                    r.position.commit_lsn if r.position else None,
-                    r.position.lsn if r.position else None,
-                    r.dropped,
-                )
-                for r in rows
-            ],
-        )
-
-    def _report_changes(self) -> None:
-        """Log and count the schema changes of the transaction just committed."""
-        for change, position in self._pending_changes:
-            metrics.SCHEMA_CHANGES.labels(str(change.table), change.kind).inc()
-            log.info(
-                "source schema change applied",
-                table=str(change.table),
-                column=change.name,
-                change=change.kind,
-                old_type=change.old_type,
-                new_type=change.new_type,
-                renamed_from=change.renamed_from,
-                position=str(position) if position else None,
-            )
-        self._pending_changes.clear()
+        if applied:
+            evolution.record_changes(conn, self._ctl("schema_changes"), applied, position)
+            self._pending_changes.extend((c, position) for c in applied)
 
     def _check_not_dropped(
         self, table: TableId, shape: TableShape, incoming: list[str], known: dict[str, KnownColumn]
@@ -722,21 +661,6 @@ def _adapt(value: Any, interval: bool) -> Any:
     if isinstance(value, dict):
         return orjson.dumps(value).decode()
     return value
-
-
-def _signature(changes: TableChanges) -> tuple[object, ...]:
-    """What decides whether a batch's row schema needs the slow path (DDL checks): column names,
-    target types and defaults, and the key."""
-    cols = tuple((c.name, pg_type(c), repr(c.default)) for c in changes.columns or ())
-    return (cols, changes.key_columns)
-
-
-def _newest_position(changes: TableChanges) -> Position | None:
-    """The newest source position among a table's changes in the batch (None: none)."""
-    positions = [u.position for u in changes.upserts.values()] + [d.position for d in changes.deletes.values()]
-    if changes.truncate is not None:
-        positions.append(changes.truncate)
-    return max(positions) if positions else None
 
 
 def _first_line(exc: BaseException) -> str:

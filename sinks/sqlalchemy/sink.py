@@ -47,12 +47,21 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
 
-from pipeline.core import metrics
 from pipeline.core.batch import Delete, ReducedBatch, TableChanges, Upsert
 from pipeline.core.events import Column, Position, TableId
 from pipeline.core.logs import get_logger
 from sinks.base import ApplyResult, BatchRejectedError, OffsetMap, TargetSchemaError, TopicPartition, TransientSinkError
-from sinks.evolution import ColumnChange, EvolutionInput, KnownColumn, carry_renames, known_update, plan_changes
+from sinks.evolution import (
+    ColumnChange,
+    EvolutionInput,
+    KnownColumn,
+    carry_renames,
+    known_update,
+    newest_position,
+    plan_changes,
+    report_changes,
+    schema_signature,
+)
 from sinks.postgres.types import parse_pg_type, pg_type
 from sinks.sqlalchemy import ddl, dml, evolution
 from sinks.sqlalchemy.ddl import ROW_ID, VERSION_COLUMNS, ControlTables, TableShape
@@ -325,12 +334,12 @@ class SqlAlchemySink:
         table = changes.table
         shape = self._shapes.get(table)
         columns = changes.columns
-        signature = _signature(changes)
+        signature = schema_signature(changes, pg_type)
         if shape is not None and (columns is None or self._signatures.get(table) == signature):
             return shape
         with self._transaction() as conn:
             shape = self._evolve(conn, changes)
-        self._report_changes()
+        report_changes(self._pending_changes)
         self._shapes[table] = shape
         if columns is not None:
             self._signatures[table] = signature
@@ -349,7 +358,7 @@ class SqlAlchemySink:
                 f" {sorted(known)}); re-create it and replay (see docs/reliability.md), or delete its rows from"
                 f" {self._control_schema}.known_columns to let the pipeline re-create it empty"
             )
-        position = _newest_position(changes)
+        position = newest_position(changes)
         applied: list[ColumnChange] = []
         if shape is None:
             shape = self._create(conn, changes)
@@ -481,22 +490,6 @@ class SqlAlchemySink:
                 ],
             )
             self._pending_changes.extend((c, position) for c in applied)
-
-    def _report_changes(self) -> None:
-        """Log and count the schema changes of the DDL transaction just committed."""
-        for change, position in self._pending_changes:
-            metrics.SCHEMA_CHANGES.labels(str(change.table), change.kind).inc()
-            log.info(
-                "source schema change applied",
-                table=str(change.table),
-                column=change.name,
-                change=change.kind,
-                old_type=change.old_type,
-                new_type=change.new_type,
-                renamed_from=change.renamed_from,
-                position=str(position) if position else None,
-            )
-        self._pending_changes.clear()
 
     def _check_not_dropped(
         self, table: TableId, shape: TableShape, incoming: list[str], known: dict[str, KnownColumn]
@@ -736,21 +729,6 @@ def _executemany(conn: Connection, stmt: sa.ClauseElement, rows: list[dict[str, 
 
 def _utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)  # control tables store UTC without zone
-
-
-def _signature(changes: TableChanges) -> tuple[object, ...]:
-    """What decides whether a batch's row schema needs the DDL transaction: column names,
-    source types and defaults, and the key."""
-    cols = tuple((c.name, pg_type(c), repr(c.default)) for c in changes.columns or ())
-    return (cols, changes.key_columns)
-
-
-def _newest_position(changes: TableChanges) -> Position | None:
-    """The newest source position among a table's changes in the batch (None: none)."""
-    positions = [u.position for u in changes.upserts.values()] + [d.position for d in changes.deletes.values()]
-    if changes.truncate is not None:
-        positions.append(changes.truncate)
-    return max(positions) if positions else None
 
 
 def _first_line(exc: BaseException | None) -> str:
