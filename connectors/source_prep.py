@@ -28,6 +28,7 @@ Every identifier is composed with :mod:`psycopg.sql`; nothing is formatted into 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, LiteralString
@@ -516,16 +517,24 @@ def _check_control_tables(conn: Conn, source: SourceSettings) -> CheckResult:
     return CheckResult("control tables", False, "; ".join(problems), "\n".join(dict.fromkeys(fixes)))
 
 
-def check_publication(source: SourceSettings, conn: Conn) -> CheckResult:
+def check_publication(source: SourceSettings, conn: Conn, live_include: str | None = None) -> CheckResult:
     """Whether the publication exists and covers exactly the captured, heartbeat and signal tables.
 
     Also fails when it is ``FOR ALL TABLES`` or ``FOR TABLES IN SCHEMA``, does not publish all
     of insert/update/delete/truncate, or has a row filter or column list on a table (changes
     would be silently partial). ``fix`` is the SQL :func:`prepare` would run.
+
+    ``live_include`` is the ``table.include.list`` of the connector's *live* configuration
+    (Connect REST ``GET /connectors/{name}/config``), when the caller could read it: a
+    publication table it captures is expected too, so a process started with an older YAML
+    does not flag (nor offer to remove) a table added since by ``connectors apply``.
     """
     name = source.resolved_publication_name
     info = _publication_info(conn, name)
     expected = publication_tables(source)
+    if live_include:
+        patterns = include_patterns(live_include)
+        expected += sorted(t for t in info.tables - set(expected) if any(p.fullmatch(str(t)) for p in patterns))
     steps = _publication_steps(source, info, expected)
     if not info.exists:
         return CheckResult(
@@ -556,6 +565,32 @@ def check_publication(source: SourceSettings, conn: Conn) -> CheckResult:
     else:
         fix = "\n".join(s.sql_text + ";" for s in steps)
     return CheckResult("publication", False, f"{name}: " + "; ".join(problems), fix)
+
+
+def include_patterns(include_list: str) -> list[re.Pattern[str]]:
+    """The entries of a Debezium ``table.include.list`` value as Python patterns (to fullmatch
+    ``schema.table``).
+
+    Debezium splits the value at unescaped commas, turns ``\\,`` back into ``,`` and trims each
+    entry (``io.debezium.util.Strings.RegExSplitter``), then matches each entry, anchored and
+    case-insensitively, against ``<schema>.<table>`` (``io.debezium.function.Predicates``); a
+    leading ``(?-i)`` (what :func:`connectors.debezium.table_regex` writes) makes it
+    case-sensitive. Entries Python's ``re`` cannot compile are left out (the table is then
+    checked against the YAML only).
+    """
+    patterns: list[re.Pattern[str]] = []
+    for entry in re.split(r"(?<!\\),", include_list):
+        text = entry.replace("\\,", ",").strip()
+        if not text:
+            continue
+        flags = re.IGNORECASE
+        if text.startswith("(?-i)"):
+            text, flags = text[5:], re.NOFLAG
+        try:
+            patterns.append(re.compile(text, flags))
+        except re.error:
+            continue
+    return patterns
 
 
 def _count(conn: Conn, query: LiteralString) -> int:

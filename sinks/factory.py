@@ -108,6 +108,8 @@ def make_sink(pipeline: PipelineSettings) -> Sink:
                 add_columns=target.add_columns,
                 application_name=f"cdc-pipeline:{pipeline.name}",
                 stall_timeout_s=target.stall_timeout_s,
+                drop_dropped_columns=target.dropped_columns == "drop",
+                renames=target.rename_columns,
             )
         return SqlAlchemySink(
             target_sqlalchemy_url(target),
@@ -115,6 +117,8 @@ def make_sink(pipeline: PipelineSettings) -> Sink:
             create_tables=target.create_tables,
             add_columns=target.add_columns,
             stall_timeout_s=target.stall_timeout_s,
+            drop_dropped_columns=target.dropped_columns == "drop",
+            renames=target.rename_columns,
         )
     except UnsupportedTargetError as exc:
         raise UnsupportedTargetError(f"pipelines[{pipeline.name}].{exc}") from None
@@ -137,6 +141,8 @@ def make_target(pipeline: PipelineSettings, *, purpose: str = "worker") -> Targe
                 add_columns=target.add_columns,
                 application_name=f"cdc-pipeline:{pipeline.name}:{purpose}",
                 stall_timeout_s=target.stall_timeout_s,
+                drop_dropped_columns=target.dropped_columns == "drop",
+                renames=target.rename_columns,
             )
         return SqlAlchemyTarget(
             target_sqlalchemy_url(target),
@@ -144,6 +150,8 @@ def make_target(pipeline: PipelineSettings, *, purpose: str = "worker") -> Targe
             create_tables=target.create_tables,
             add_columns=target.add_columns,
             stall_timeout_s=target.stall_timeout_s,
+            drop_dropped_columns=target.dropped_columns == "drop",
+            renames=target.rename_columns,
         )
     except UnsupportedTargetError as exc:
         raise UnsupportedTargetError(f"pipelines[{pipeline.name}].{exc}") from None

@@ -119,7 +119,9 @@ class Column:
     the Debezium/Connect semantic name (``io.debezium.time.MicroTimestamp``...), ``parameters``
     the schema parameters, among them ``__debezium.source.column.type``,
     ``__debezium.source.column.length`` and ``__debezium.source.column.scale`` when the
-    connector sets ``column.propagate.source.type``.
+    connector sets ``column.propagate.source.type``. ``default`` is the column's default value
+    (the field schema's ``default``, converted like a row value; None when the schema has
+    none): Debezium sets it when it knows the source column's default.
     """
 
     name: str
@@ -128,6 +130,7 @@ class Column:
     logical: str | None = None
     parameters: dict[str, str] = field(default_factory=dict)
     items: Column | None = None  # element schema of an array
+    default: Any = None
 
     @property
     def source_type(self) -> str | None:

@@ -199,6 +199,13 @@ SLOT_INVALIDATED = Gauge(
     ["source", "slot", "reason"],
     registry=REGISTRY,
 )
+SCHEMA_CHANGES = Counter(
+    "cdc_schema_changes_total",
+    "Source schema changes applied to a target table (added, widened, source_type, dropped_at_source, dropped,"
+    " restored, renamed), counted at commit.",
+    ["table", "change"],
+    registry=REGISTRY,
+)
 PUBLICATION_HEALTHY = Gauge(
     "cdc_publication_healthy",
     "1 when the publication exists and holds exactly the captured, heartbeat and signal tables, all operations.",

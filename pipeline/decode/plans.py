@@ -146,7 +146,7 @@ def _forms_for(schema: Mapping[str, Any], ph: Placeholders, wire: Wire = "json")
 # --------------------------------------------------------------------------- schema plans
 
 
-def _column(field: Mapping[str, Any], name: str) -> Column:
+def _column(field: Mapping[str, Any], name: str, config: DecoderConfig | None = None, wire: Wire = "json") -> Column:
     params = field.get("parameters") or {}
     items = field.get("items")
     return Column(
@@ -156,7 +156,23 @@ def _column(field: Mapping[str, Any], name: str) -> Column:
         logical=field.get("name"),
         parameters={str(k): str(v) for k, v in params.items()},
         items=_column(items, "") if isinstance(items, dict) else None,
+        default=_default(field, name, config, wire) if config is not None else None,
     )
+
+
+def _default(field: Mapping[str, Any], name: str, config: DecoderConfig, wire: Wire) -> Any:
+    """The field schema's ``default`` converted like a row value (Connect JSON/Avro schemas carry
+    it in the wire form of a value), or None when absent or not convertible."""
+    raw = field.get("default")
+    if raw is None:
+        return None
+    try:
+        plan = row_plan([{**field, "field": name}], config.binary_handling_mode, wire)
+        row: dict[str, Any] = {name: raw}
+        apply_row(row, plan)
+    except (BadMessageError, ValueError, TypeError):
+        return None
+    return row[name]
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +249,7 @@ def _value_plan(schema: Any, config: DecoderConfig, placeholders: Placeholders, 
         return _forms_for(field, placeholders, wire)
 
     plan = row_plan(row_fields, config.binary_handling_mode, wire, forms)
-    columns = tuple(_column(f, f["field"]) for f in row_fields)
+    columns = tuple(_column(f, f["field"], config, wire) for f in row_fields)
     return ValuePlan("change", plan, columns)
 
 

@@ -11,6 +11,10 @@ Control tables live in the target's control schema (default ``cdc_control``):
 - ``known_columns(table_name, column_name)``: every column the sink has seen in a target table
   it writes. A column (or table) listed here but gone from the catalog was dropped by hand; the
   sink then stops with :class:`TargetSchemaError` instead of silently re-creating it empty.
+  It also records the source type last seen (``source_type``, at ``commit_lsn``/``lsn``) and
+  ``dropped_at_source`` (when the column left the source's events; see :mod:`sinks.evolution`);
+- ``schema_changes``: every source schema change applied (table, column, change, old and new
+  type, source position, time).
 
 Every target table gets two version columns, ``__cdc_commit_lsn`` and ``__cdc_lsn`` (the
 :class:`pipeline.core.events.Position` of the change that wrote the row); keyless tables get
@@ -58,7 +62,28 @@ def control_ddl(schema: str) -> list[sql.Composed]:
             " table_name text NOT NULL, column_name text NOT NULL, seen_at timestamptz NOT NULL DEFAULT now(),"
             " PRIMARY KEY (table_name, column_name))"
         ).format(s),
+        *[
+            sql.SQL("ALTER TABLE {}.known_columns ADD COLUMN IF NOT EXISTS {} {}").format(
+                s, sql.Identifier(name), sql.SQL(kind)
+            )
+            for name, kind in KNOWN_COLUMN_FIELDS
+        ],
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {}.schema_changes ("
+            " id bigserial PRIMARY KEY, table_name text NOT NULL, column_name text NOT NULL, change text NOT NULL,"
+            " old_type text, new_type text, commit_lsn bigint, lsn bigint,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        ).format(s),
     ]
+
+
+# Columns added to known_columns for schema evolution (sinks.evolution.KnownColumn).
+KNOWN_COLUMN_FIELDS = (
+    ("source_type", "text"),
+    ("commit_lsn", "bigint"),
+    ("lsn", "bigint"),
+    ("dropped_at_source", "timestamptz"),
+)
 
 
 @dataclass

@@ -33,7 +33,7 @@ import socket
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
@@ -43,11 +43,23 @@ import psycopg
 from psycopg import sql
 
 from pipeline.core.batch import Delete, ReducedBatch, TableChanges, Upsert
-from pipeline.core.events import Position, TableId
+from pipeline.core.events import Column, Position, TableId
 from pipeline.core.logs import get_logger
 from sinks.base import ApplyResult, BatchRejectedError, OffsetMap, TargetSchemaError, TopicPartition, TransientSinkError
-from sinks.postgres import ddl
+from sinks.evolution import (
+    ColumnChange,
+    EvolutionInput,
+    KnownColumn,
+    carry_renames,
+    known_update,
+    newest_position,
+    plan_changes,
+    report_changes,
+    schema_signature,
+)
+from sinks.postgres import ddl, evolution
 from sinks.postgres.ddl import ROW_ID, VERSION_COLUMNS, TableShape, qualified
+from sinks.postgres.types import parse_pg_type, pg_type
 
 log = get_logger(__name__)
 
@@ -90,8 +102,14 @@ class PostgresSink:
         add_columns: bool = True,
         application_name: str = "cdc-pipeline",
         stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
+        drop_dropped_columns: bool = False,
+        renames: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         self._conninfo = conninfo
+        self._drop_dropped_columns = drop_dropped_columns
+        self._renames = {t: dict(m) for t, m in (renames or {}).items()}
+        self._signatures: dict[TableId, tuple[object, ...]] = {}
+        self._pending_changes: list[tuple[ColumnChange, Position | None]] = []
         self._stall_timeout_s = stall_timeout_s
         self._control = control_schema
         self._create_tables = create_tables
@@ -99,7 +117,7 @@ class PostgresSink:
         self._application_name = application_name
         self._conn: Conn | None = None
         self._shapes: dict[TableId, TableShape] = {}
-        self._known: dict[TableId, set[str]] = {}
+        self._known: dict[TableId, dict[str, KnownColumn]] = {}
         self._control_ready = False
 
     # ------------------------------------------------------------------ connection
@@ -113,6 +131,7 @@ class PostgresSink:
             except psycopg.OperationalError as exc:
                 raise TransientSinkError(f"cannot connect to the target: {_first_line(exc)}") from exc
             self._shapes.clear()
+            self._signatures.clear()
             self._control_ready = False
         return self._conn
 
@@ -125,8 +144,7 @@ class PostgresSink:
             with guard, conn.transaction():
                 yield conn
         except psycopg.Error as exc:
-            self._shapes.clear()  # DDL may have been rolled back
-            self._known.clear()
+            self._forget_shapes()  # DDL may have been rolled back
             if guard.fired:
                 self._discard_connection()
                 raise TransientSinkError(
@@ -139,9 +157,15 @@ class PostgresSink:
                 raise TransientSinkError(f"target schema changed: {_first_line(exc)}", retry_after_s=0) from exc
             raise BatchRejectedError(f"{type(exc).__name__}: {_first_line(exc)}") from exc
         except BaseException:
-            self._shapes.clear()
-            self._known.clear()
+            self._forget_shapes()
             raise
+        report_changes(self._pending_changes)
+
+    def _forget_shapes(self) -> None:
+        self._shapes.clear()
+        self._known.clear()
+        self._signatures.clear()
+        self._pending_changes.clear()
 
     def _discard_connection(self) -> None:
         if self._conn is not None:
@@ -242,7 +266,8 @@ class PostgresSink:
         table = changes.table
         shape = self._shapes.get(table)
         columns = changes.columns
-        if shape is not None and (columns is None or all(c.name in shape.columns for c in columns)):
+        signature = schema_signature(changes, pg_type)
+        if shape is not None and (columns is None or self._signatures.get(table) == signature):
             return shape
         ddl.lock_table_ddl(conn, table)
         shape = ddl.read_shape(conn, table)
@@ -255,56 +280,112 @@ class PostgresSink:
             )
         if shape is not None and columns is not None:
             self._check_not_dropped(table, shape, [c.name for c in columns], known)
+        position = newest_position(changes)
         if shape is None:
-            if not self._create_tables:
-                raise BatchRejectedError(f"target table {table} does not exist and create_tables is off")
-            if columns is None:
-                raise BatchRejectedError(
-                    f"target table {table} does not exist and the events carry no schema "
-                    "(enable value.converter.schemas.enable or create the table)"
-                )
-            for stmt in ddl.create_table_sql(table, columns, changes.key_columns):
-                conn.execute(stmt)
-            log.info("target table created", table=str(table), columns=len(columns))
-            shape = ddl.read_shape(conn, table)
-            assert shape is not None
+            shape = self._create(conn, changes)
+            applied: list[ColumnChange] = []
         elif columns is not None:
-            new = [c for c in columns if c.name not in shape.columns]
-            if new and self._add_columns:
-                for stmt in ddl.add_columns_sql(table, new):
-                    conn.execute(stmt)
-                log.info("target columns added", table=str(table), columns=[c.name for c in new])
+            applied = self._evolve(conn, shape, changes, known, position)
+            if any(c.kind not in ("source_type", "restored") for c in applied):
                 shape = ddl.read_shape(conn, table)
                 assert shape is not None
-        self._remember_columns(conn, shape, known)
+        else:
+            applied = []
+        self._remember_columns(conn, shape, known, columns, applied, position)
         self._shapes[table] = shape
+        if columns is not None:
+            self._signatures[table] = signature
         return shape
 
-    def _known_columns(self, conn: Conn, table: TableId) -> set[str]:
+    def _create(self, conn: Conn, changes: TableChanges) -> TableShape:
+        table, columns = changes.table, changes.columns
+        if not self._create_tables:
+            raise BatchRejectedError(f"target table {table} does not exist and create_tables is off")
+        if columns is None:
+            raise BatchRejectedError(
+                f"target table {table} does not exist and the events carry no schema "
+                "(enable value.converter.schemas.enable or create the table)"
+            )
+        for stmt in ddl.create_table_sql(table, columns, changes.key_columns):
+            conn.execute(stmt)
+        log.info("target table created", table=str(table), columns=len(columns))
+        shape = ddl.read_shape(conn, table)
+        assert shape is not None
+        return shape
+
+    def _evolve(
+        self,
+        conn: Conn,
+        shape: TableShape,
+        changes: TableChanges,
+        known: dict[str, KnownColumn],
+        position: Position | None,
+    ) -> list[ColumnChange]:
+        """Plan (:func:`sinks.evolution.plan_changes`) and run the batch's schema changes."""
+        assert changes.columns is not None
+        planned = plan_changes(
+            EvolutionInput(
+                table=shape.table,
+                target_types=shape.columns,
+                target_keys=() if shape.keyless else shape.key_columns,
+                columns=changes.columns,
+                key_columns=changes.key_columns,
+                known=known,
+                position=position,
+                type_of=pg_type,
+                parse=parse_pg_type,
+                source_type_of=pg_type,
+                parse_source=parse_pg_type,
+                drop_on_target=self._drop_dropped_columns,
+                renames=self._renames.get(str(shape.table)),
+                add_columns=self._add_columns,
+                keyless_events=changes.truncate is None,
+            )
+        )
+        for change in planned:
+            for stmt in evolution.change_sql(shape.table, change):
+                if change.kind == "dropped_at_source" and shape.columns.get(change.name) is None:
+                    continue
+                conn.execute(stmt)
+        return planned
+
+    def _known_columns(self, conn: Conn, table: TableId) -> dict[str, KnownColumn]:
         if table not in self._known:
-            rows = conn.execute(
-                sql.SQL("SELECT column_name FROM {} WHERE table_name = %s").format(self._ctl("known_columns")),
-                (str(table),),
-            ).fetchall()
-            self._known[table] = {str(r[0]) for r in rows}
+            self._known[table] = evolution.read_known(conn, self._ctl("known_columns"), table)
         return self._known[table]
 
-    def _remember_columns(self, conn: Conn, shape: TableShape, known: set[str]) -> None:
-        new = [c for c in shape.columns if c not in known and not c.startswith(ddl.OWN_PREFIX)]
-        if not new:
-            return
-        conn.cursor().executemany(
-            sql.SQL(
-                "INSERT INTO {} (table_name, column_name) VALUES (%s, %s) ON CONFLICT (table_name, column_name)"
-                " DO NOTHING"
-            ).format(self._ctl("known_columns")),
-            [(str(shape.table), c) for c in new],
-        )
-        known.update(new)
+    def _remember_columns(
+        self,
+        conn: Conn,
+        shape: TableShape,
+        known: dict[str, KnownColumn],
+        columns: tuple[Column, ...] | None,
+        applied: list[ColumnChange],
+        position: Position | None,
+    ) -> None:
+        """Record the target's columns, the source types seen and the changes applied (control
+        tables ``known_columns`` and ``schema_changes``, in the batch's transaction)."""
+        types = {c.name: pg_type(c) for c in columns or ()}
+        dropped = {c.name for c in applied if c.kind in ("dropped_at_source", "dropped")}
+        names = [n for n in shape.columns if not n.startswith(ddl.OWN_PREFIX)]
+        rows = [
+            r
+            for r in (known_update(n, known.get(n), types.get(n), n in dropped, position) for n in [*names, *dropped])
+            if r is not None
+        ]
+        if rows:
+            evolution.write_known(conn, self._ctl("known_columns"), shape.table, rows)
+            known.update({r.name: r for r in rows})
+        if applied:
+            evolution.record_changes(conn, self._ctl("schema_changes"), applied, position)
+            self._pending_changes.extend((c, position) for c in applied)
 
-    def _check_not_dropped(self, table: TableId, shape: TableShape, incoming: list[str], known: set[str]) -> None:
-        """Raise TargetSchemaError when ``incoming`` carries a column the target had and lost."""
-        dropped = sorted(c for c in incoming if c in known and c not in shape.columns)
+    def _check_not_dropped(
+        self, table: TableId, shape: TableShape, incoming: list[str], known: dict[str, KnownColumn]
+    ) -> None:
+        """Raise TargetSchemaError when ``incoming`` carries a column the target had and lost
+        (a column the pipeline itself dropped as "dropped at source" is added again instead)."""
+        dropped = sorted(c for c in incoming if c in known and not known[c].dropped and c not in shape.columns)
         if dropped:
             raise TargetSchemaError(
                 f"target column(s) {dropped} of {table} were dropped behind the pipeline's back; the worker"
@@ -361,10 +442,19 @@ class PostgresSink:
     def _upsert(
         self, conn: Conn, shape: TableShape, changes: TableChanges, watermark: Position | None, stale: set[str]
     ) -> int:
-        """Upsert the batch's rows of one table; returns rows written, adds the stale keys to ``stale``."""
+        """Upsert the batch's rows of one table; returns rows written, adds the stale keys to ``stale``.
+
+        Only the columns an event carries are written: a column it lacks (dropped at the source,
+        or added after the event's schema) keeps its stored value or the default.
+        """
+        writable = [c for c in shape.columns if not c.startswith(ddl.OWN_PREFIX)]
+        renames = self._renames.get(str(shape.table))
+        if renames:
+            carry_renames((up.row for up in changes.upserts.values()), renames, writable)
         groups: dict[frozenset[str], list[Upsert]] = defaultdict(list)
         for up in changes.upserts.values():
-            groups[up.unavailable].append(up)
+            absent = frozenset(c for c in writable if c not in up.row and c not in shape.key_columns)
+            groups[up.unavailable | absent].append(up)
         has_tombstones = self._has_tombstones(conn, shape.table)
         total = 0
         for unavailable, ups in groups.items():
@@ -388,7 +478,7 @@ class PostgresSink:
         interval_cols = {c for c, t in shape.columns.items() if t == "interval"}
         extra = [c for c in ups[0].row if c not in shape.columns] if ups else []
         if extra:
-            self._check_not_dropped(table, shape, extra, self._known.get(table, set()))
+            self._check_not_dropped(table, shape, extra, self._known.get(table, {}))
             raise BatchRejectedError(f"{table}: target has no column(s) {extra} (add them or drop them by transform)")
         stg = sql.Identifier("cdc_stg_upsert")
         all_cols = [*columns, *VERSION_COLUMNS] + ([ROW_ID] if shape.keyless else [])

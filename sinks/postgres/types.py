@@ -14,7 +14,11 @@ and lengths and scales are integers.
 
 from __future__ import annotations
 
+import math
+import re
+
 from pipeline.core.events import Column
+from sinks.sqltypes import SqlType
 
 # Built-in PostgreSQL types without modifiers, by the name Debezium reports (upper case).
 _SIMPLE: dict[str, str] = {
@@ -149,3 +153,60 @@ def _from_source_type(col: Column) -> str | None:
             return f"numeric({length},{scale or 0})"
         return "numeric"
     return None
+
+
+_ALIASES = {
+    "int2": ("int", 2),
+    "smallint": ("int", 2),
+    "int4": ("int", 4),
+    "integer": ("int", 4),
+    "int": ("int", 4),
+    "int8": ("int", 8),
+    "bigint": ("int", 8),
+    "real": ("float", 4),
+    "float4": ("float", 4),
+    "double precision": ("float", 8),
+    "float8": ("float", 8),
+    "text": ("string", math.inf),
+    "character varying": ("string", math.inf),
+    "varchar": ("string", math.inf),
+    "character": ("char", 1),
+    "char": ("char", 1),
+    "bpchar": ("char", 1),
+    "numeric": ("numeric", math.inf),
+    "decimal": ("numeric", math.inf),
+}
+_TIMES = {
+    "timestamp": "timestamp",
+    "timestamp without time zone": "timestamp",
+    "timestamptz": "timestamptz",
+    "timestamp with time zone": "timestamptz",
+    "time": "time",
+    "time without time zone": "time",
+    "timetz": "timetz",
+    "time with time zone": "timetz",
+}
+_MODIFIED = re.compile(r"^([a-z ]+?)\s*\((\d+)(?:\s*,\s*(\d+))?\)\s*([a-z ]*)$")
+
+
+def parse_pg_type(text: str) -> SqlType:
+    """A ``format_type`` text (``character varying(50)``, ``timestamp(3) without time zone``,
+    ``numeric(12,2)``, ``integer[]``) or a :func:`pg_type` text (``varchar(50)``,
+    ``timestamptz``) as a :class:`SqlType`; unknown names keep their own name as family."""
+    t = text.strip().lower()
+    array = t.endswith("[]")
+    if array:
+        t = t.removesuffix("[]").strip()
+    base, size, scale = t, None, None
+    m = _MODIFIED.match(t)
+    if m:
+        base = (m.group(1) + (" " + m.group(4) if m.group(4) else "")).strip()
+        size, scale = int(m.group(2)), int(m.group(3)) if m.group(3) else None
+    if base in _TIMES:
+        return SqlType(_TIMES[base], float(size) if size is not None else 6.0, 0, array)
+    family, default_size = _ALIASES.get(base, (base, math.inf))
+    if family == "numeric":
+        return SqlType("numeric", float(size) if size is not None else math.inf, scale or 0, array)
+    if family in ("string", "char"):
+        return SqlType(family, float(size) if size is not None else default_size, 0, array)
+    return SqlType(family, default_size, 0, array)

@@ -10,9 +10,11 @@ Naming (``target.schema`` / ``target.control_schema`` per dialect):
   ``<schema>__<table>`` and the control tables to ``<control_schema>__offsets`` etc.
 
 Control tables (same meaning as :mod:`sinks.postgres.ddl`): ``offsets``, ``tombstones``,
-``truncations`` and ``known_columns`` (every column the sink has written, so one dropped by hand
-is noticed instead of re-created empty). Tombstones are keyed by ``(table_name, row_hash)`` with ``row_hash`` the
-SHA-256 hex of the canonical key text (stored too, in ``row_key``), because InnoDB keys are
+``truncations``, ``known_columns`` (every column the sink has written, so one dropped by hand
+is noticed instead of re-created empty, with the source type last seen and whether it was
+dropped at the source) and ``schema_changes`` (every source schema change applied).
+Tombstones are keyed by ``(table_name, row_hash)`` with ``row_hash`` the SHA-256 hex of the
+canonical key text (stored too, in ``row_key``), because InnoDB keys are
 limited to 3072 bytes. Text columns of MariaDB tables use the binary, no-pad collation
 (``utf8mb4_nopad_bin``; MySQL 8: ``utf8mb4_0900_bin``) so keys compare like PostgreSQL's:
 case- and trailing-space-sensitive.
@@ -86,6 +88,7 @@ class ControlTables:
     tombstones: sa.Table
     truncations: sa.Table
     known_columns: sa.Table
+    schema_changes: sa.Table
 
     @property
     def metadata(self) -> sa.MetaData:
@@ -134,8 +137,32 @@ def control_tables(control_schema: str, dialect: sa.engine.Dialect) -> ControlTa
             sa.Column("table_name", sa.String(255), primary_key=True),
             sa.Column("column_name", sa.String(255), primary_key=True),
             sa.Column("seen_at", ts, nullable=False),
+            *[sa.Column(name, kind, nullable=True) for name, kind in _known_fields()],
+        ),
+        schema_changes=make(
+            "schema_changes",
+            sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+            sa.Column("table_name", sa.String(255), nullable=False),
+            sa.Column("column_name", sa.String(255), nullable=False),
+            sa.Column("change", sa.String(32), nullable=False),
+            sa.Column("old_type", sa.String(255)),
+            sa.Column("new_type", sa.String(255)),
+            sa.Column("commit_lsn", sa.BigInteger),
+            sa.Column("lsn", sa.BigInteger),
+            sa.Column("applied_at", ts, nullable=False),
         ),
     )
+
+
+def _known_fields() -> list[tuple[str, sa.types.TypeEngine[Any]]]:
+    """Columns of ``known_columns`` for schema evolution (:class:`sinks.evolution.KnownColumn`);
+    added to tables created by older versions by :func:`ensure_control`."""
+    return [
+        ("source_type", sa.String(255)),
+        ("commit_lsn", sa.BigInteger()),
+        ("lsn", sa.BigInteger()),
+        ("dropped_at_source", sa.DateTime(timezone=False)),
+    ]
 
 
 def ensure_schema(conn: Connection, schema: str | None) -> None:
@@ -148,6 +175,15 @@ def ensure_control(conn: Connection, tables: ControlTables) -> None:
     """Create the control schema and tables when missing (idempotent)."""
     ensure_schema(conn, tables.offsets.schema)
     tables.metadata.create_all(conn, checkfirst=True)
+    kc = tables.known_columns
+    present = {str(c["name"]) for c in sa.inspect(conn).get_columns(kc.name, schema=kc.schema)}
+    prep = conn.dialect.identifier_preparer
+    qualified = prep.format_table(kc)
+    for name, kind in _known_fields():
+        if name not in present:
+            conn.exec_driver_sql(
+                f"ALTER TABLE {qualified} ADD COLUMN {prep.quote(name)} {kind.compile(dialect=conn.dialect)}"
+            )
 
 
 @dataclass

@@ -39,7 +39,7 @@ import socket
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -48,10 +48,22 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
 
 from pipeline.core.batch import Delete, ReducedBatch, TableChanges, Upsert
-from pipeline.core.events import Position, TableId
+from pipeline.core.events import Column, Position, TableId
 from pipeline.core.logs import get_logger
 from sinks.base import ApplyResult, BatchRejectedError, OffsetMap, TargetSchemaError, TopicPartition, TransientSinkError
-from sinks.sqlalchemy import ddl, dml
+from sinks.evolution import (
+    ColumnChange,
+    EvolutionInput,
+    KnownColumn,
+    carry_renames,
+    known_update,
+    newest_position,
+    plan_changes,
+    report_changes,
+    schema_signature,
+)
+from sinks.postgres.types import parse_pg_type, pg_type
+from sinks.sqlalchemy import ddl, dml, evolution
 from sinks.sqlalchemy.ddl import ROW_ID, VERSION_COLUMNS, ControlTables, TableShape
 from sinks.sqlalchemy.types import MYSQL, SQLITE, UnsupportedValueError, adapt
 
@@ -163,8 +175,14 @@ class SqlAlchemySink:
         create_tables: bool = True,
         add_columns: bool = True,
         stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
+        drop_dropped_columns: bool = False,
+        renames: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         self._stall_timeout_s = stall_timeout_s
+        self._drop_dropped_columns = drop_dropped_columns
+        self._renames = {t: dict(m) for t, m in (renames or {}).items()}
+        self._signatures: dict[TableId, tuple[object, ...]] = {}
+        self._pending_changes: list[tuple[ColumnChange, Position | None]] = []
         self._engine = make_engine(url, stall_timeout_s)
         self._dialect = ddl.dialect_kind(self._engine.dialect)
         self._control_schema = control_schema
@@ -172,7 +190,7 @@ class SqlAlchemySink:
         self._create_tables = create_tables
         self._add_columns = add_columns
         self._shapes: dict[TableId, TableShape] = {}
-        self._known: dict[TableId, set[str]] = {}
+        self._known: dict[TableId, dict[str, KnownColumn]] = {}
         self._control_ready = False
 
     @property
@@ -217,6 +235,8 @@ class SqlAlchemySink:
         """Drop cached shapes and known columns (DDL may have been rolled back)."""
         self._shapes.clear()
         self._known.clear()
+        self._signatures.clear()
+        self._pending_changes.clear()
 
     def _classify(self, exc: sa.exc.DBAPIError, stalled: bool) -> Exception:
         if stalled:
@@ -322,16 +342,21 @@ class SqlAlchemySink:
         table = changes.table
         shape = self._shapes.get(table)
         columns = changes.columns
-        if shape is not None and (columns is None or all(c.name in shape.columns for c in columns)):
+        signature = schema_signature(changes, pg_type)
+        if shape is not None and (columns is None or self._signatures.get(table) == signature):
             return shape
         with self._transaction() as conn:
             shape = self._evolve(conn, changes)
+        report_changes(self._pending_changes)
         self._shapes[table] = shape
+        if columns is not None:
+            self._signatures[table] = signature
         return shape
 
     def _evolve(self, conn: Connection, changes: TableChanges) -> TableShape:
-        """Read the table's shape, refuse a dropped table or column, create the table or add
-        new columns as configured, and remember the columns written (``known_columns``)."""
+        """Read the table's shape, refuse a dropped table or column, create the table or apply
+        the source's schema changes (:mod:`sinks.evolution`) as configured, and record the
+        columns and changes (``known_columns``, ``schema_changes``)."""
         table, columns = changes.table, changes.columns
         shape = ddl.read_shape(conn, table)
         known = self._known_columns(conn, table)
@@ -341,18 +366,50 @@ class SqlAlchemySink:
                 f" {sorted(known)}); re-create it and replay (see docs/reliability.md), or delete its rows from"
                 f" {self._control_schema}.known_columns to let the pipeline re-create it empty"
             )
+        position = newest_position(changes)
+        applied: list[ColumnChange] = []
         if shape is None:
             shape = self._create(conn, changes)
         elif columns is not None:
             self._check_not_dropped(table, shape, [c.name for c in columns], known)
-            new = [c for c in columns if c.name not in shape.columns]
-            if new and self._add_columns:
-                ddl.add_columns(conn, shape, new)
-                log.info("target columns added", table=str(table), columns=[c.name for c in new])
+            applied = self._plan(conn, shape, changes, known, position)
+            for change in applied:
+                evolution.run_change(conn, shape, change)
+            if any(c.kind not in ("source_type", "restored", "dropped_at_source") for c in applied):
                 shape = ddl.read_shape(conn, table)
                 assert shape is not None
-        self._remember_columns(conn, shape, known)
+        self._remember_columns(conn, shape, known, columns, applied, position)
         return shape
+
+    def _plan(
+        self,
+        conn: Connection,
+        shape: TableShape,
+        changes: TableChanges,
+        known: dict[str, KnownColumn],
+        position: Position | None,
+    ) -> list[ColumnChange]:
+        assert changes.columns is not None
+        return plan_changes(
+            EvolutionInput(
+                table=shape.table,
+                target_types=shape.columns,
+                target_keys=() if shape.keyless else shape.key_columns,
+                columns=changes.columns,
+                key_columns=changes.key_columns,
+                known=known,
+                position=position,
+                type_of=lambda c: evolution.type_text(c, conn.dialect, key=c.name in changes.key_columns),
+                parse=evolution.parse_sa_type,
+                source_type_of=pg_type,
+                parse_source=parse_pg_type,
+                drop_on_target=self._drop_dropped_columns,
+                renames=self._renames.get(str(shape.table)),
+                add_columns=self._add_columns,
+                keyless_events=changes.truncate is None,
+                dynamic_types=self._dialect == SQLITE,
+            )
+        )
 
     def _create(self, conn: Connection, changes: TableChanges) -> TableShape:
         table, columns = changes.table, changes.columns
@@ -369,26 +426,85 @@ class SqlAlchemySink:
         assert shape is not None
         return shape
 
-    def _known_columns(self, conn: Connection, table: TableId) -> set[str]:
+    def _known_columns(self, conn: Connection, table: TableId) -> dict[str, KnownColumn]:
         if table not in self._known:
             kc = self._control.known_columns
-            rows = conn.execute(sa.select(kc.c.column_name).where(kc.c.table_name == str(table))).all()
-            self._known[table] = {str(r[0]) for r in rows}
+            rows = conn.execute(
+                sa.select(kc.c.column_name, kc.c.source_type, kc.c.commit_lsn, kc.c.lsn, kc.c.dropped_at_source).where(
+                    kc.c.table_name == str(table)
+                )
+            ).all()
+            self._known[table] = {
+                str(r[0]): KnownColumn(
+                    str(r[0]),
+                    r[1],
+                    Position(int(r[2]), int(r[3])) if r[2] is not None and r[3] is not None else None,
+                    r[4] is not None,
+                )
+                for r in rows
+            }
         return self._known[table]
 
-    def _remember_columns(self, conn: Connection, shape: TableShape, known: set[str]) -> None:
-        new = [c for c in shape.columns if c not in known and not c.startswith(ddl.OWN_PREFIX)]
-        if not new:
-            return
-        cols = ["table_name", "column_name", "seen_at"]
-        stmt = dml.insert_ignoring_duplicates(self._dialect, self._control.known_columns, cols, cols[:2])
+    def _remember_columns(
+        self,
+        conn: Connection,
+        shape: TableShape,
+        known: dict[str, KnownColumn],
+        columns: tuple[Column, ...] | None,
+        applied: list[ColumnChange],
+        position: Position | None,
+    ) -> None:
+        """Record the target's columns, the source types seen and the changes applied."""
+        types = {c.name: pg_type(c) for c in columns or ()}
+        dropped = {c.name for c in applied if c.kind in ("dropped_at_source", "dropped")}
+        names = [n for n in shape.columns if not n.startswith(ddl.OWN_PREFIX)]
+        rows = [
+            r
+            for r in (known_update(n, known.get(n), types.get(n), n in dropped, position) for n in [*names, *dropped])
+            if r is not None
+        ]
         now = _utcnow()
-        conn.execute(stmt, [dml.params([str(shape.table), c, now]) for c in new])
-        known.update(new)
+        kc = self._control.known_columns
+        for r in rows:
+            values = {
+                "source_type": r.source_type,
+                "commit_lsn": r.position.commit_lsn if r.position else None,
+                "lsn": r.position.lsn if r.position else None,
+                "dropped_at_source": now if r.dropped else None,
+            }
+            where = (kc.c.table_name == str(shape.table), kc.c.column_name == r.name)
+            if r.name in known:
+                conn.execute(sa.update(kc).where(*where).values(**values))
+            else:
+                conn.execute(
+                    sa.insert(kc).values(table_name=str(shape.table), column_name=r.name, seen_at=now, **values)
+                )
+        known.update({r.name: r for r in rows})
+        if applied:
+            conn.execute(
+                sa.insert(self._control.schema_changes),
+                [
+                    {
+                        "table_name": str(c.table),
+                        "column_name": c.name,
+                        "change": c.kind,
+                        "old_type": c.old_type,
+                        "new_type": c.new_type,
+                        "commit_lsn": position.commit_lsn if position else None,
+                        "lsn": position.lsn if position else None,
+                        "applied_at": now,
+                    }
+                    for c in applied
+                ],
+            )
+            self._pending_changes.extend((c, position) for c in applied)
 
-    def _check_not_dropped(self, table: TableId, shape: TableShape, incoming: list[str], known: set[str]) -> None:
-        """Raise TargetSchemaError when ``incoming`` carries a column the target had and lost."""
-        dropped = sorted(c for c in incoming if c in known and c not in shape.columns)
+    def _check_not_dropped(
+        self, table: TableId, shape: TableShape, incoming: list[str], known: dict[str, KnownColumn]
+    ) -> None:
+        """Raise TargetSchemaError when ``incoming`` carries a column the target had and lost
+        (a column the pipeline itself dropped as "dropped at source" is added again instead)."""
+        dropped = sorted(c for c in incoming if c in known and not known[c].dropped and c not in shape.columns)
         if dropped:
             raise TargetSchemaError(
                 f"target column(s) {dropped} of {table} were dropped behind the pipeline's back; the worker"
@@ -459,6 +575,10 @@ class SqlAlchemySink:
         (:meth:`_stored_stale`) and not sent; the statement keeps its own version guard.
         """
         stones = self._tombstones(conn, shape.table, list(changes.upserts))
+        writable = [c for c in shape.columns if not c.startswith(ddl.OWN_PREFIX)]
+        renames = self._renames.get(str(shape.table))
+        if renames:
+            carry_renames((up.row for up in changes.upserts.values()), renames, writable)
         fresh: list[Upsert] = []
         for up in changes.upserts.values():
             stone = stones.get(up.key)
@@ -471,7 +591,9 @@ class SqlAlchemySink:
         groups: dict[frozenset[str], list[Upsert]] = defaultdict(list)
         for up in fresh:
             if up.key not in stored:
-                groups[up.unavailable].append(up)
+                # Only the columns an event carries are written (see sinks.postgres.sink._upsert).
+                absent = frozenset(c for c in writable if c not in up.row and c not in shape.key_columns)
+                groups[up.unavailable | absent].append(up)
         total = 0
         for unavailable, ups in groups.items():
             columns = [c for c in shape.columns if c not in unavailable and not c.startswith(ddl.OWN_PREFIX)]
@@ -481,7 +603,7 @@ class SqlAlchemySink:
     def _upsert_group(self, conn: Connection, shape: TableShape, columns: list[str], ups: list[Upsert]) -> int:
         extra = [c for c in ups[0].row if c not in shape.columns]
         if extra:
-            self._check_not_dropped(shape.table, shape, extra, self._known.get(shape.table, set()))
+            self._check_not_dropped(shape.table, shape, extra, self._known.get(shape.table, {}))
             raise BatchRejectedError(
                 f"{shape.table}: target has no column(s) {extra} (add them or drop them by transform)"
             )

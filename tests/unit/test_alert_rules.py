@@ -46,6 +46,7 @@ PROMETHEUS_OWN = {"up"}  # series Prometheus itself records per scrape target
 # active replica and cdc_control_* from every replica; both export cdc_up.
 WORKER_METRICS = {
     "cdc_ready",
+    "cdc_schema_changes_total",
     "cdc_in_backoff",
     "cdc_assigned_partitions",
     "cdc_messages_consumed_total",

@@ -285,3 +285,13 @@ def test_verification_clean() -> None:
     stored["public.b"] = VerificationRecord("public.b", False, "mismatch", 1, 2, 1, 1, now)
     assert not verification_clean(stored, [a, b])
     assert not verification_clean({}, [])
+
+
+def test_schema_differences_are_reported_apart_from_data() -> None:
+    """Issue 19: a column dropped at the source stays on the target and is reported, not
+    compared; a compared column missing on the target is a schema mismatch."""
+    kept = plan_for([], target_columns(CatalogColumn("user_name", "character varying(100)", "varchar")))
+    assert kept.target_only == ("user_name",) and kept.problem is None and kept.missing == ()
+    assert "user_name" not in [c.target for c in kept.columns]
+    lost = plan_for([], target_columns(drop=("price",)))
+    assert lost.missing == ("price",)

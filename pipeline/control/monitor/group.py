@@ -18,7 +18,7 @@ from pipeline.control.monitor.connector import (
     monitor_retry_policy,
 )
 from pipeline.control.monitor.heartbeat import heartbeat_probes
-from pipeline.control.monitor.slot import SlotMonitor
+from pipeline.control.monitor.slot import LiveIncludeList, SlotMonitor
 from pipeline.control.polling import PollingMonitor
 from pipeline.core.settings.models import SourceSettings
 from pipeline.core.settings.root import Settings
@@ -99,7 +99,8 @@ def build_monitors(
     One :class:`SlotMonitor` per source (with a heartbeat probe per pipeline of that source,
     read through its Target) and, when ``connectors``, one :class:`ConnectorStateMonitor` for
     their connectors (``connect_client`` defaults to a :class:`ReopeningConnectClient` of
-    ``settings.connect``, closed with the group). Failed connectors are restarted only when the
+    ``settings.connect``, closed with the group); each slot monitor then also reads its
+    connector's live ``table.include.list`` for the publication check. Failed connectors are restarted only when the
     caller is the control plane and says so (``restart_connectors``) *and*
     ``monitor.connector_auto_restart`` is on; otherwise states are only reported. An empty group
     when ``monitor.enabled`` is false. Raises KeyError for an unknown source name.
@@ -114,6 +115,7 @@ def build_monitors(
             interval_s=cfg.interval_s,
             wal_rate_window_s=cfg.wal_rate_window_s,
             heartbeats=heartbeat_probes(settings, src),
+            live_include=_live_include(settings, src) if connectors else None,
         )
         for src in chosen
     ]
@@ -124,6 +126,15 @@ def build_monitors(
             )
         )
     return MonitorGroup(monitors)
+
+
+def _live_include(settings: Settings, source: SourceSettings) -> LiveIncludeList:
+    """The reader of ``source``'s live ``table.include.list`` for its publication check."""
+    interval_s = settings.monitor.interval_s
+    return LiveIncludeList(
+        lambda: ConnectClient(settings.connect, retry=monitor_retry_policy(interval_s)),
+        source.resolved_connector_name,
+    )
 
 
 def _connector_monitor(

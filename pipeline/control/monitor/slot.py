@@ -11,8 +11,10 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import ClassVar
 
+import httpx
 import psycopg
 
+from connectors.connect_client import ConnectClient, ConnectError
 from connectors.source_prep import CheckResult, check_publication
 from connectors.source_prep import conninfo as source_conninfo
 from pipeline.control.monitor.export import export_heartbeat_age, export_slot_report
@@ -40,6 +42,40 @@ from pipeline.core.settings.models import SourceSettings
 log = get_logger("pipeline.control.monitor.slot")
 
 
+class LiveIncludeList:
+    """Reads ``table.include.list`` from the connector's live configuration (Connect REST
+    ``GET /connectors/{name}/config``) through a client opened by ``factory`` on first use.
+
+    Calling it returns the value, or the last value read when Connect does not answer (None
+    before any answer, or when the connector does not exist): the publication check then falls
+    back to the process's YAML. Never raises for Connect errors. Thread-safe enough for one
+    monitor thread; :meth:`close` drops the client (reopened on the next call).
+    """
+
+    def __init__(self, factory: Callable[[], ConnectClient], connector: str) -> None:
+        self._factory = factory
+        self._connector = connector
+        self._client: ConnectClient | None = None
+        self._last: str | None = None
+
+    def __call__(self) -> str | None:
+        try:
+            if self._client is None:
+                self._client = self._factory()
+            config = self._client.get_config(self._connector)
+        except (ConnectError, httpx.HTTPError) as exc:
+            log.warning("connector config not readable", connector=self._connector, error=str(exc)[:300])
+            return self._last
+        self._last = config.get("table.include.list") if config is not None else None
+        return self._last
+
+    def close(self) -> None:
+        """Close the client, if one is open."""
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+
 class SlotMonitor(PollingMonitor):
     """Polls one source's slot, WAL rate, publication and its pipelines' heartbeat lag.
 
@@ -54,7 +90,9 @@ class SlotMonitor(PollingMonitor):
     3. ``heartbeat``: each probe's ``ts`` (read through the pipeline's Target) against the
        source's ``now()`` -> ``cdc_heartbeat_age_seconds`` (seconds).
 
-    ``clock`` is a monotonic clock (seconds) for the WAL rate.
+    ``clock`` is a monotonic clock (seconds) for the WAL rate. ``live_include`` reads the
+    connector's live ``table.include.list`` so the publication check accepts tables captured
+    since this process loaded its YAML (see :func:`connectors.source_prep.check_publication`).
     """
 
     kind: ClassVar[str] = "slot"
@@ -68,6 +106,7 @@ class SlotMonitor(PollingMonitor):
         heartbeats: Sequence[HeartbeatProbe] = (),
         connect: Connect | None = None,
         clock: Callable[[], float] = time.monotonic,
+        live_include: LiveIncludeList | None = None,
     ) -> None:
         super().__init__(source.name, interval_s)
         self.source = source
@@ -77,6 +116,7 @@ class SlotMonitor(PollingMonitor):
             lambda: connect_read_only(source_conninfo(source, f"cdc-pipeline monitor {source.name}"))
         )
         self._clock = clock
+        self._live_include = live_include
         self.window = WalRateWindow(wal_rate_window_s)
         self._conn: Conn | None = None
         self._slot_columns: frozenset[str] = frozenset()
@@ -111,6 +151,8 @@ class SlotMonitor(PollingMonitor):
                 conn.close()
             for probe in self.heartbeats:
                 probe.close()
+            if self._live_include is not None:
+                self._live_include.close()
 
     def _failed(self, check: str, exc: Exception) -> None:
         metrics.MONITOR_POLL_ERRORS.labels(self.kind, self.source.name, check).inc()
@@ -175,7 +217,8 @@ class SlotMonitor(PollingMonitor):
 
     def _poll_publication(self) -> None:
         try:
-            result = check_publication(self.source, self._connection())
+            live = self._live_include() if self._live_include is not None else None
+            result = check_publication(self.source, self._connection(), live)
         except psycopg.Error as exc:
             self._failed("publication", exc)
             return

@@ -56,6 +56,7 @@ class Status(StrEnum):
     IN_FLIGHT = "in_flight"
     NOT_VERIFIABLE = "not_verifiable"
     ERROR = "error"
+    SCHEMA_MISMATCH = "schema_mismatch"  # the target lacks a compared column: a schema difference, not data
 
 
 def _json_key(value: tuple[Any, ...] | None) -> list[Any] | None:
@@ -125,6 +126,7 @@ class TableResult:
     keyless: bool = False
     pending_messages: int = 0
     seconds: float = 0.0
+    not_in_source: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -148,6 +150,7 @@ class TableResult:
             "renamed_columns": self.renamed,
             "added_columns": list(self.added),
             "keyless": self.keyless,
+            "not_in_source_columns": list(self.not_in_source),
             "pending_messages": self.pending_messages,
             "seconds": round(self.seconds, 3),
         }
@@ -249,6 +252,10 @@ def format_result(result: VerifyResult, allow_unverifiable: bool = False) -> str
         details += [f"  in flight {c.describe()}" for c in t.in_flight]
         details += [f"  excluded column {name}: {why}" for name, why in sorted(t.excluded.items())]
         details += [f"  renamed column {src} -> {tgt}" for src, tgt in sorted(t.renamed.items())]
+        details += [
+            f"  target column {name}: not in the source (dropped at source, or added on the target); ignored"
+            for name in t.not_in_source
+        ]
         if t.pending_messages:
             details.append(f"  {t.pending_messages} message(s) not applied yet")
         if details:

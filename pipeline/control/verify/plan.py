@@ -27,7 +27,10 @@ class TablePlan:
     compared to why (masked, excluded by a transform); ``added`` lists target columns a
     transform adds (ignored); ``not_verifiable`` is the reason when the comparison would be
     meaningless (row filters, hooks); ``problem`` a compared column missing in the target or a
-    key column not compared.
+    key column not compared. Schema differences, apart from data: ``missing`` lists the target
+    columns a compared source column has no counterpart for (a schema mismatch), ``target_only``
+    the target's columns the source no longer has (dropped at the source, or added on the
+    target; ignored by the comparison).
     """
 
     checks: ChecksumPlan
@@ -36,6 +39,8 @@ class TablePlan:
     renamed: dict[str, str] = field(default_factory=dict)
     not_verifiable: str | None = None
     problem: str | None = None
+    missing: tuple[str, ...] = ()
+    target_only: tuple[str, ...] = ()
 
     @property
     def table(self) -> TableId:
@@ -134,6 +139,9 @@ def build_plan(
     by_target = {c.name: c for c in target_columns if not c.name.startswith(OWN_PREFIX)}
     target_exists = bool(target_columns)
     compared, problems = _compared(report, by_source, by_target, target_exists)
+    missing = tuple(c for c in report.comparable if report.comparable[c] in by_source and c not in by_target)
+    known_targets = set(report.comparable) | set(report.added) | {t for t, _ in report.masked.items()}
+    target_only = tuple(c for c in by_target if c not in known_targets and c not in report.comparable)
     by_name = {c.source: c for c in compared}
     key: list[CompareColumn] = []
     for name in source_key:
@@ -157,6 +165,8 @@ def build_plan(
         renamed={c.source: c.target for c in compared if c.source != c.target},
         not_verifiable="; ".join(reasons) if reasons else None,
         problem="; ".join(problems) if problems else None,
+        missing=missing if target_exists else (),
+        target_only=target_only,
     )
 
 

@@ -172,8 +172,10 @@ def verify_table(
     if plan.not_verifiable is not None:
         result.status, result.reason = Status.NOT_VERIFIABLE, f"transforms change rows: {plan.not_verifiable}"
         return result, []
+    result.not_in_source = plan.target_only
     if plan.problem is not None:
-        result.status, result.reason = Status.ERROR, plan.problem
+        status = Status.SCHEMA_MISMATCH if plan.missing else Status.ERROR
+        result.status, result.reason = status, plan.problem
         return result, []
     if numeric_text_exact:
         plan = replace(plan, checks=replace(plan.checks, numeric_text_exact=True))

@@ -278,6 +278,17 @@ class TargetSettings(_Model):
         description="Seconds one target transaction may take before the connection is dropped and the batch"
         " retried (a frozen target must not hang the worker; SQLite: the busy timeout).",
     )
+    dropped_columns: Literal["keep", "drop"] = Field(
+        "keep",
+        description="A column dropped at the source: 'keep' it on the target (nullable, no longer written, recorded"
+        " as dropped at source and ignored by verify) or 'drop' it on the target too.",
+    )
+    rename_columns: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="Rename hints, target table 'schema.table' -> {old column: new column}: when the new column"
+        " appears while the old one leaves the events (a source RENAME COLUMN), the new target column is filled"
+        " from the old one in the same transaction.",
+    )
 
     @field_serializer("url")
     def _mask_url(self, url: str) -> str:
