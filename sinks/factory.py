@@ -13,9 +13,7 @@ from sqlalchemy.exc import ArgumentError
 
 from pipeline.core.settings.models import PipelineSettings, TargetSettings
 from sinks.base import Sink, Target
-from sinks.postgres.sink import PostgresSink
 from sinks.postgres.target import PostgresTarget
-from sinks.sqlalchemy.sink import SqlAlchemySink
 from sinks.sqlalchemy.target import SqlAlchemyTarget
 
 
@@ -97,36 +95,13 @@ def make_sink(pipeline: PipelineSettings) -> Sink:
 
     Raises UnsupportedTargetError (naming ``pipelines[<name>].target.url``) for other schemes.
     """
-    target = pipeline.target
-    try:
-        kind = target_kind(target)
-        if kind == "postgresql":
-            return PostgresSink(
-                target_conninfo(target),
-                control_schema=target.control_schema,
-                create_tables=target.create_tables,
-                add_columns=target.add_columns,
-                application_name=f"cdc-pipeline:{pipeline.name}",
-                stall_timeout_s=target.stall_timeout_s,
-                drop_dropped_columns=target.dropped_columns == "drop",
-                renames=target.rename_columns,
-            )
-        return SqlAlchemySink(
-            target_sqlalchemy_url(target),
-            control_schema=target.control_schema,
-            create_tables=target.create_tables,
-            add_columns=target.add_columns,
-            stall_timeout_s=target.stall_timeout_s,
-            drop_dropped_columns=target.dropped_columns == "drop",
-            renames=target.rename_columns,
-        )
-    except UnsupportedTargetError as exc:
-        raise UnsupportedTargetError(f"pipelines[{pipeline.name}].{exc}") from None
+    return make_target(pipeline, purpose="worker")
 
 
 def make_target(pipeline: PipelineSettings, *, purpose: str = "worker") -> Target:
-    """The :class:`sinks.base.Target` of ``pipeline.target``, chosen by the URL scheme as
-    :func:`make_sink` does; ``purpose`` goes into the PostgreSQL ``application_name``
+    """The :class:`sinks.base.Target` of ``pipeline.target``, chosen by the URL scheme
+    (``postgresql://`` -> :class:`PostgresTarget`; ``mysql[+pymysql]://``, ``mariadb[+pymysql]://``
+    and ``sqlite:///`` -> :class:`SqlAlchemyTarget`); ``purpose`` goes into the PostgreSQL ``application_name``
     (``cdc-pipeline:<pipeline>:<purpose>``).
 
     Raises UnsupportedTargetError (naming ``pipelines[<name>].target.url``) for other schemes.
