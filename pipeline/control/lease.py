@@ -101,7 +101,9 @@ class KafkaLease:
                     "group.id": self.group,
                     "client.id": f"cdc-control-{self.replica}",
                     "enable.auto.commit": False,
-                    "partition.assignment.strategy": "range",
+                    # Cooperative and sticky: a replica joining or leaving never takes the partition
+                # from the one that holds it (an eager rebalance would revoke it from everyone).
+                "partition.assignment.strategy": "cooperative-sticky",
                     "session.timeout.ms": self._session_timeout_ms,
                     "heartbeat.interval.ms": max(500, self._session_timeout_ms // 5),
                     "max.poll.interval.ms": 300_000,
@@ -134,7 +136,8 @@ class KafkaLease:
         self._consumer = None
         self._set_active(False)
 
-    def _assigned(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+    def _assigned(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        consumer.incremental_assign(partitions)
         if any(p.topic == self.topic for p in partitions) and not self.active:
             self._set_active(True)
             metrics.CONTROL_LEASE_ACQUIRED.labels(self.name, self.replica).inc()

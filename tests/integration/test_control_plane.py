@@ -134,6 +134,11 @@ def test_kill_9_of_the_active_replica_hands_the_lease_to_the_standby(env: Env, c
     assert cli("source", "prepare", "-c", config).exit_code == 0
     a, b = replicas.start(config), replicas.start(config)
     _wait(lambda: _one_active([a, b]), 60, "exactly one active replica", [a, b])
+    # The second replica's join must not take the lease from the first (an eager rebalance
+    # revoked it from everyone, and both replicas exited as having lost it).
+    time.sleep(5)
+    assert all(r.proc.poll() is None for r in (a, b)), "a replica exited after the other joined"
+    assert _one_active([a, b])
     active, standby = (a, b) if a.active else (b, a)
     assert standby.value("cdc_control_active") == 0
     # The standby opens no monitor: it exports no slot series of its own.
