@@ -102,8 +102,8 @@ class KafkaLease:
                     "client.id": f"cdc-control-{self.replica}",
                     "enable.auto.commit": False,
                     # Cooperative and sticky: a replica joining or leaving never takes the partition
-                # from the one that holds it (an eager rebalance would revoke it from everyone).
-                "partition.assignment.strategy": "cooperative-sticky",
+                    # from the one that holds it (an eager rebalance would revoke it from everyone).
+                    "partition.assignment.strategy": "cooperative-sticky",
                     "session.timeout.ms": self._session_timeout_ms,
                     "heartbeat.interval.ms": max(500, self._session_timeout_ms // 5),
                     "max.poll.interval.ms": 300_000,

@@ -161,7 +161,9 @@ def test_debezium_strips_the_scale_of_unconstrained_numeric_and_exact_verify_see
         try:
             with psycopg.connect(databases.source_dsn) as sconn:
                 by_value, value_diffs = verify_table(sconn, verification, pipe, TableId("public", "n"), 100)
-                by_text, text_diffs = verify_table(sconn, verification, pipe, TableId("public", "n"), 100, numeric_text_exact=True)
+                by_text, text_diffs = verify_table(
+                    sconn, verification, pipe, TableId("public", "n"), 100, numeric_text_exact=True
+                )
         finally:
             verification.close()
     finally:
