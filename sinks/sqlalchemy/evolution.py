@@ -109,8 +109,8 @@ def change_statements(shape: TableShape, change: ColumnChange, dialect: sa.engin
     table, name = _qualified(shape, dialect), prep.quote(change.name)
     mysql = dialect_kind(dialect) == MYSQL
     column = change.column
+    default = _default_sql(column.default, dialect) if column is not None and column.default is not None else None
     if change.kind in ("added", "renamed") and column is not None:
-        default = _default_sql(column.default, dialect) if column.default is not None else None
         if column.default is not None and default is None:
             log.warning("column default not rendered", table=str(shape.table), column=change.name)
         if_not_exists = "IF NOT EXISTS " if getattr(dialect, "is_mariadb", False) else ""
@@ -120,7 +120,6 @@ def change_statements(shape: TableShape, change: ColumnChange, dialect: sa.engin
             out.append(f"UPDATE {table} SET {name} = {prep.quote(change.renamed_from)}")
         return out
     if change.kind == "widened" and column is not None and mysql:
-        default = _default_sql(column.default, dialect) if column.default is not None else None
         suffix = f" DEFAULT {default}" if default is not None else ""
         return [f"ALTER TABLE {table} MODIFY COLUMN {name} {type_text(column, dialect)} NULL{suffix}"]
     if change.kind == "dropped":
