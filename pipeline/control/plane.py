@@ -61,7 +61,7 @@ def build_loops(settings: Settings, sources: Sequence[str]) -> Loops:
         for pipeline in settings.pipelines:
             if pipeline.source != name:
                 continue
-            loops.append(CutoverMonitor(settings, pipeline, verify))
+            loops.append(CutoverMonitor(settings, pipeline))
             if settings.verify.schedule_interval_s is not None:
                 loops.append(ScheduledVerification(settings, pipeline, settings.verify.schedule_interval_s, verify))
     return Loops(loops)

@@ -394,6 +394,31 @@ CUTOVER_READY = Gauge(
     ["pipeline"],
     registry=REGISTRY,
 )
+CUTOVER_LAG_GATE = Gauge(
+    "cdc_cutover_lag_ok",
+    "1 while the heartbeat lag is below cutover.max_lag_s (the lag half of the gate, before the hold time).",
+    ["pipeline"],
+    registry=REGISTRY,
+)
+CUTOVER_PHASE = Gauge(
+    "cdc_cutover_phase",
+    "1 for the phase the pipeline's cutover is in (idle, gate, fenced, drained, verified, sequences_synced,"
+    " reverse_started, done, aborted, finished), 0 for the others; from the durable cutover state.",
+    ["pipeline", "phase"],
+    registry=REGISTRY,
+)
+CUTOVER_WRITE_PAUSE = Gauge(
+    "cdc_cutover_write_pause_seconds",
+    "Measured write pause of the last cutover: from the fence until the target was ready for writes (seconds).",
+    ["pipeline"],
+    registry=REGISTRY,
+)
+CUTOVER_PHASE_DURATION = Gauge(
+    "cdc_cutover_phase_duration_seconds",
+    "Seconds the last cutover spent in each phase.",
+    ["pipeline", "phase"],
+    registry=REGISTRY,
+)
 
 
 # --- data-plane backoff and control-plane lease (pipeline.dataplane.runner, pipeline.control.lease)

@@ -9,9 +9,9 @@ import signal
 import time
 
 from pipeline.control.snapshot.model import RequestState, SnapshotKind, TableState
-from pipeline.control.verify.model import VerifySettings
 from pipeline.control.verify.readiness import CutoverMonitor
 from pipeline.core import metrics
+from pipeline.core.settings.models import CutoverConfig
 from tests.e2e.conftest import E2EPipeline, table_rows
 from tests.e2e.helpers_snapshot import (
     apply_config,
@@ -128,7 +128,7 @@ def test_verify_finds_exact_chunks_and_repair_fixes_them(e2e) -> None:  # type: 
     assert target(p, "INSERT INTO public.items VALUES (1000, 'ghost', 0, 0, 0)") == 1
     exit_code, doc, _ = run_verify(p.config_path, "--chunk-size", "50")
     assert exit_code == 1
-    cutover = CutoverMonitor(p.settings, p.settings.pipelines[0], VerifySettings(cutover_hold_s=0))
+    cutover = CutoverMonitor(p.settings, p.settings.pipelines[0], CutoverConfig(max_lag_s=30, stable_s=0))
     cutover.poll_once()  # the stored result is dirty: not ready whatever the lag
     assert not cutover.ready
     assert sample("cdc_cutover_ready", pipeline=p.pipeline_name) == 0

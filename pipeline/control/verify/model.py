@@ -17,17 +17,13 @@ from sinks.base import Checksum, KeyRange, VerificationRecord
 
 @dataclass(frozen=True, slots=True)
 class VerifySettings:
-    """Verifier and cutover settings (to become ``verify:`` in the YAML; defaults until then).
+    """Verifier settings (to become ``verify:`` in the YAML; defaults until then).
 
     - ``chunk_size``: rows per compared chunk (and per bucket of keyless tables).
     - ``max_wait_s``: bound of each catch-up wait (heartbeat, then offsets), seconds.
     - ``recheck_attempts``: catch-up + recompute rounds for differing chunks.
     - ``statement_timeout_s``: PostgreSQL ``statement_timeout`` of verification queries.
     - ``repair_timeout_s``: how long ``--repair`` waits for its snapshots to complete.
-    - ``cutover_max_lag_s``/``cutover_hold_s``: ``cdc_cutover_ready`` needs the heartbeat lag
-      below the former for the latter (seconds); keep the lag threshold above the connector's
-      ``heartbeat_interval_ms`` (an idle source's heartbeat ages by that much between beats).
-    - ``cutover_interval_s``: seconds between :class:`CutoverMonitor` polls.
     - ``numeric_text_exact``: compare ``numeric`` columns by text, display scale included.
     """
 
@@ -41,9 +37,6 @@ class VerifySettings:
     recheck_attempts: int = 2
     statement_timeout_s: float = 600.0
     repair_timeout_s: float = 3600.0
-    cutover_max_lag_s: float = 30.0
-    cutover_hold_s: float = 60.0
-    cutover_interval_s: float = 15.0
     schedule_interval_s: float | None = None
     numeric_text_exact: bool = False
 

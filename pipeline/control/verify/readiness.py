@@ -1,5 +1,5 @@
 """Cutover readiness: ``cdc_cutover_ready`` is 1 only while the heartbeat lag has stayed below
-``cutover_max_lag_s`` for ``cutover_hold_s`` AND the last verification of every table of the
+``cutover.max_lag_s`` for ``cutover.stable_s`` AND the last verification of every table of the
 pipeline (stored in the target's ``verify_results``) was clean."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from typing import ClassVar
 
 from pipeline.control.monitor.heartbeat import heartbeat_target_table
 from pipeline.control.polling import PollingMonitor
-from pipeline.control.verify.model import VerifySettings, export_stored, verification_clean
+from pipeline.control.verify.model import export_stored, verification_clean
 from pipeline.control.verify.plan import pipeline_tables
 from pipeline.control.verify.run import pipeline_target
 from pipeline.control.verify.source import connect_source
 from pipeline.core import metrics
-from pipeline.core.settings.models import PipelineSettings
+from pipeline.core.settings.models import CutoverConfig, PipelineSettings
 from pipeline.core.settings.root import Settings
 
 
@@ -50,19 +50,19 @@ class CutoverReadiness:
 
 class CutoverMonitor(PollingMonitor):
     """Exports ``cdc_cutover_ready{pipeline}`` and the stored ``cdc_verify_*`` results of one
-    pipeline, every ``cutover_interval_s``: lag = source ``now()`` minus the heartbeat ``ts``
+    pipeline, every ``cutover.interval_s``: lag = source ``now()`` minus the heartbeat ``ts``
     applied in the target (as :mod:`pipeline.control.monitor` measures it); verification from the
     target's ``verify_results`` (any backend)."""
 
     kind: ClassVar[str] = "cutover"
 
-    def __init__(self, settings: Settings, pipeline: PipelineSettings, config: VerifySettings | None = None) -> None:
-        self.config = config or VerifySettings()
-        super().__init__(pipeline.name, self.config.cutover_interval_s)
+    def __init__(self, settings: Settings, pipeline: PipelineSettings, config: CutoverConfig | None = None) -> None:
+        self.config = config or settings.cutover
+        super().__init__(pipeline.name, self.config.interval_s)
         self.settings = settings
         self.pipeline = pipeline
         self.source = settings.source(pipeline.source)
-        self.readiness = CutoverReadiness(self.config.cutover_max_lag_s, self.config.cutover_hold_s)
+        self.readiness = CutoverReadiness(self.config.max_lag_s, self.config.stable_s)
         self.tables = pipeline_tables(settings, pipeline)
         self.ready = False
 

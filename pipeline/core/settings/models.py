@@ -283,6 +283,13 @@ class TargetSettings(_Model):
         description="A column dropped at the source: 'keep' it on the target (nullable, no longer written, recorded"
         " as dropped at source and ignored by verify) or 'drop' it on the target too.",
     )
+    versions: Literal["columns", "table"] = Field(
+        "columns",
+        description="Where each row's source position (the version guard) is kept: 'columns' adds __cdc_commit_lsn"
+        " and __cdc_lsn to the target tables (and __cdc_row_id to keyless ones); 'table' keeps positions in the"
+        " control schema, keyed by table and primary key, and never alters a user table (a schema pre-created by a"
+        " migration tool, the old source of a reverse pipeline).",
+    )
     rename_columns: dict[str, dict[str, str]] = Field(
         default_factory=dict,
         description="Rename hints, target table 'schema.table' -> {old column: new column}: when the new column"
@@ -341,6 +348,56 @@ class TransformRule(_Model):
     hook: str | None = Field(None, pattern=r"^[\w.]+:\w+$", description="'module:function' for custom code.")
 
 
+class FenceSettings(_Model):
+    """How ``cutover run`` stops application writes on the source, and how an abort lifts that.
+
+    ``read_only`` (the default) sets ``default_transaction_read_only`` for ``roles`` (``ALTER ROLE
+    ... IN DATABASE``) or, when ``roles`` is empty, for the whole database (``ALTER DATABASE``),
+    then terminates the open sessions of those roles (or of every role but the pipeline's); the
+    replication role and the pipeline's own sessions are never touched. ``command`` runs
+    ``command`` to fence (e.g. pause a PgBouncer pool) and ``unfence_command`` to lift it.
+    """
+
+    method: Literal["read_only", "command"] = Field("read_only", description="read_only or command.")
+    roles: list[str] = Field(
+        default_factory=list,
+        description="Application roles to fence; empty: the whole database (every role but the pipeline's).",
+    )
+    terminate_sessions: bool = Field(True, description="Terminate the fenced roles' open sessions after the fence.")
+    command: list[str] | None = Field(None, description="Fence command (argv) for method 'command'; exit 0 = fenced.")
+    unfence_command: list[str] | None = Field(None, description="Command (argv) that lifts the fence (abort).")
+    timeout_s: float = Field(30.0, gt=0, description="Seconds a fence or unfence step may take.")
+
+    @model_validator(mode="after")
+    def _check_command(self) -> Self:
+        if self.method == "command" and (not self.command or not self.unfence_command):
+            raise ValueError("command and unfence_command: both required when method is 'command'")
+        return self
+
+
+class ReverseSettings(_Model):
+    """The rollback direction started by ``cutover run --reverse``: ``source`` names a 'sources'
+    entry describing the new primary (the old target), ``pipeline`` a 'pipelines' entry applying
+    its changes to the old source (with ``target.versions: table``)."""
+
+    source: str = Field(description="Name of the 'sources' entry of the new primary.")
+    pipeline: str = Field(description="Name of the 'pipelines' entry applying to the old source.")
+
+
+class PipelineCutover(_Model):
+    """Per-pipeline cutover settings: the fence, the sequences and the reverse direction."""
+
+    fence: FenceSettings = Field(default_factory=FenceSettings)
+    sequence_margin: int = Field(
+        1000, ge=0, description="Added to each source sequence's last_value when it is set on the target."
+    )
+    sequences: list[str] = Field(
+        default_factory=list,
+        description="Free-standing sequences 'schema.name' synced too (owned and identity ones are found).",
+    )
+    reverse: ReverseSettings | None = Field(None, description="The rollback direction; required for --reverse.")
+
+
 class PipelineSettings(_Model):
     """One pipeline: change topics of one source, applied to one target by one consumer group."""
 
@@ -368,6 +425,7 @@ class PipelineSettings(_Model):
     shutdown_timeout_s: float = Field(
         30.0, gt=0, description="Seconds a stopping worker may take to finish or abandon its batch; then it exits."
     )
+    cutover: PipelineCutover = Field(default_factory=PipelineCutover)
 
     @property
     def resolved_consumer_group(self) -> str:
@@ -414,9 +472,6 @@ class VerifyConfig(_Model):
     recheck_attempts: int = Field(2, ge=0, description="Re-checks of mismatched chunks (rows in flight).")
     statement_timeout_s: float = Field(600.0, gt=0, description="Statement timeout of checksum queries, seconds.")
     repair_timeout_s: float = Field(3600.0, gt=0, description="Seconds a --repair may take.")
-    cutover_max_lag_s: float = Field(30.0, gt=0, description="cdc_cutover_ready needs lag below this (seconds).")
-    cutover_hold_s: float = Field(60.0, ge=0, description="...for at least this long (seconds).")
-    cutover_interval_s: float = Field(15.0, gt=0, description="Seconds between cutover-readiness checks.")
     schedule_interval_s: float | None = Field(
         None, gt=0, description="Verify every pipeline this often from the control plane (seconds); off when unset."
     )
@@ -425,6 +480,26 @@ class VerifyConfig(_Model):
         description="Compare numeric columns by their text, display scale included (1.50 differs from 1.5), instead"
         " of by value. Debezium drops the trailing zeros of unconstrained numeric (docs/targets.md).",
     )
+
+
+class CutoverConfig(_Model):
+    """The cutover gate (also behind ``cdc_cutover_ready``) and the bounds of ``cutover run``."""
+
+    max_lag_s: float = Field(
+        5.0,
+        gt=0,
+        description="The gate needs the heartbeat lag below this (seconds); keep it above the connector's"
+        " heartbeat_interval_ms.",
+    )
+    stable_s: float = Field(60.0, ge=0, description="...continuously for this long (seconds).")
+    interval_s: float = Field(15.0, gt=0, description="Seconds between cutover-readiness checks (control plane).")
+    verification_max_age_s: float = Field(
+        3600.0, gt=0, description="The gate needs a clean verification of every table at most this old (seconds)."
+    )
+    drain_timeout_s: float = Field(
+        120.0, gt=0, description="Seconds the drain may take to reach the fence LSN; past it the cutover aborts."
+    )
+    final_verify_timeout_s: float = Field(600.0, gt=0, description="Seconds the final verification may take.")
 
 
 class MetricsSettings(_Model):

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from pipeline.core.settings.masking import mask_tree
 from pipeline.core.settings.models import (
     ConnectSettings,
+    CutoverConfig,
     KafkaSettings,
     MetricsSettings,
     MonitorSettings,
@@ -46,6 +47,7 @@ class Settings(BaseSettings):
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    cutover: CutoverConfig = Field(default_factory=CutoverConfig)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @classmethod
@@ -67,6 +69,7 @@ class Settings(BaseSettings):
         by_name = {s.name: s for s in self.sources}
         for i, pipe in enumerate(self.pipelines):
             problems += _pipeline_references(i, pipe, by_name)
+            problems += _reverse_references(i, pipe, by_name, {p.name: p for p in self.pipelines})
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -119,6 +122,27 @@ def _unique(key: str, names: list[str]) -> list[str]:
         if name in seen:
             problems.append(f"{key}[{i}].name: duplicate name {name!r} (names must be unique)")
         seen.add(name)
+    return problems
+
+
+def _reverse_references(
+    i: int, pipe: PipelineSettings, sources: dict[str, SourceSettings], pipelines: dict[str, PipelineSettings]
+) -> list[str]:
+    """Problems of ``pipelines[i].cutover.reverse``: both names must exist and agree."""
+    reverse = pipe.cutover.reverse
+    if reverse is None:
+        return []
+    key = f"pipelines[{i}].cutover.reverse"
+    problems = []
+    if reverse.source not in sources:
+        problems.append(f"{key}.source: unknown source {reverse.source!r} (add the new primary to 'sources')")
+    back = pipelines.get(reverse.pipeline)
+    if back is None or reverse.pipeline == pipe.name:
+        problems.append(f"{key}.pipeline: {reverse.pipeline!r} must name another entry of 'pipelines'")
+    elif back.source != reverse.source:
+        problems.append(f"{key}.pipeline: pipeline {back.name!r} reads {back.source!r}, not {reverse.source!r}")
+    elif back.target.versions != "table":
+        problems.append(f"{key}.pipeline: set target.versions: table on {back.name!r} (it writes the old source)")
     return problems
 
 
