@@ -1,6 +1,7 @@
-"""Prometheus alert rules (deploy/prometheus): `promtool test rules` passes, every alert has a
-firing and a non-firing case, the rules only use exported metrics, each has a runbook
-section, and the rule tests do catch a broken rule. Each rule reads one plane's metrics, and the
+"""Prometheus alert and recording rules (deploy/prometheus): `promtool test rules` passes, every
+alert has a firing and a non-firing case and every record an expression test, the rules only use
+exported metrics (and the records before them), each alert has a runbook section, and the rule
+tests do catch a broken rule. Each rule reads one plane's metrics, and the
 rules on control-plane metrics aggregate `instance` away (one alert whichever replica exports
 the series). promtool missing is a failure, not a skip (`apt-get install -y prometheus`;
 `make setup` installs it)."""
@@ -17,11 +18,12 @@ import pytest
 import yaml
 
 from pipeline.core import metrics
-from tests.unit.test_dashboard import exported_series, promql_metric_names
+from tests.unit.test_dashboard import cutover_phases, exported_series, promql_metric_names
 
 REPO = Path(__file__).resolve().parents[2]
 PROM = REPO / "deploy" / "prometheus"
 DOC = REPO / "README.md"
+TEST_FILES = ("alerts_test.yml", "cutover_test.yml")  # promtool rule tests, all of alerts.yml
 
 REQUIRED_ALERTS = {
     "ReplicationSlotInactive",
@@ -38,7 +40,13 @@ REQUIRED_ALERTS = {
     "VerificationFailed",
     "VerificationStale",
     "SnapshotFailed",
+    "CutoverStuck",
+    "CutoverWritePauseAboveBound",
+    "CutoverAborted",
+    "CutoverRollbackWindowRetainsWal",
+    "CutoverLagGateLost",
 }
+REQUIRED_RECORDS = {"cdc:cutover_lag_seconds", "cdc:cutover_gate_ok", "cdc:cutover_gate_held"}
 PROMETHEUS_OWN = {"up"}  # series Prometheus itself records per scrape target
 
 # Which process exports a metric. Workers (`cdc-pipeline run`) export what they consume and
@@ -94,15 +102,36 @@ def run(*args: str, cwd: Path = PROM) -> subprocess.CompletedProcess[str]:
     return subprocess.run([promtool(), *args], cwd=cwd, capture_output=True, text=True, check=False, timeout=120)
 
 
-def rules() -> list[dict[str, Any]]:
+def all_rules() -> list[dict[str, Any]]:
+    """Every rule of alerts.yml, alerting and recording, in evaluation order."""
     doc = yaml.safe_load((PROM / "alerts.yml").read_text(encoding="utf-8"))
     return [rule for group in doc["groups"] for rule in group["rules"]]
 
 
+def rules() -> list[dict[str, Any]]:
+    """The alerting rules."""
+    return [rule for rule in all_rules() if "alert" in rule]
+
+
+def records() -> dict[str, str]:
+    """Recorded series name -> its expression."""
+    return {rule["record"]: rule["expr"] for rule in all_rules() if "record" in rule}
+
+
+def rule_tests() -> list[dict[str, Any]]:
+    """The test cases of every promtool test file."""
+    cases: list[dict[str, Any]] = []
+    for name in TEST_FILES:
+        doc = yaml.safe_load((PROM / name).read_text(encoding="utf-8"))
+        assert doc["rule_files"] == ["alerts.yml"], name
+        cases.extend(doc["tests"])
+    return cases
+
+
 def test_promtool_rule_tests_pass() -> None:
-    proc = run("test", "rules", "alerts_test.yml")
+    proc = run("test", "rules", *TEST_FILES)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS" in proc.stdout + proc.stderr
+    assert (proc.stdout + proc.stderr).count("SUCCESS") == len(TEST_FILES)
 
 
 def test_rules_and_scrape_config_are_valid() -> None:
@@ -134,14 +163,14 @@ def runbook_url(alert: str) -> str:
 
 def test_migration_lag_critical_is_replication_lag_above_60_seconds() -> None:
     (rule,) = [r for r in rules() if r["alert"] == "MigrationLagCritical"]
-    assert "cdc_heartbeat_age_seconds" in rule["expr"] and rule["expr"].strip().endswith("> 60")
+    first = " ".join(rule["expr"].split()).split(" unless ", 1)[0]
+    assert first == "max by (pipeline, source) (cdc_heartbeat_age_seconds) > 60"
 
 
 def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
-    doc = yaml.safe_load((PROM / "alerts_test.yml").read_text(encoding="utf-8"))
     firing: set[str] = set()
     quiet: set[str] = set()
-    for case in doc["tests"]:
+    for case in rule_tests():
         for check in case.get("alert_rule_test", []):
             (firing if check.get("exp_alerts") else quiet).add(check["alertname"])
     names = {r["alert"] for r in rules()}
@@ -150,12 +179,32 @@ def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
     assert (firing | quiet) <= names, "tests name alerts that do not exist"
 
 
+def test_every_record_has_an_expression_test_with_samples() -> None:
+    tested = {
+        check["expr"] for case in rule_tests() for check in case.get("promql_expr_test", []) if check.get("exp_samples")
+    }
+    assert set(records()) >= REQUIRED_RECORDS, REQUIRED_RECORDS - set(records())
+    assert set(records()) <= tested, set(records()) - tested
+
+
+def test_record_names_follow_the_level_metric_operations_convention() -> None:
+    """https://prometheus.io/docs/practices/rules/#naming: ``level:metric:operations``; ours are
+    all ``cdc:<name>``, never a name a process exports."""
+    for name in records():
+        assert re.fullmatch(r"cdc:[a-z][a-z0-9_]*(:[a-z0-9_]+)?", name), name
+        assert name not in exported_series(), name
+
+
 def test_rules_use_only_exported_metrics() -> None:
+    """Alerts and records select exported series, or series recorded by an earlier rule."""
     allowed = exported_series() | PROMETHEUS_OWN
-    for rule in rules():
+    for rule in all_rules():
+        what = rule.get("alert") or rule["record"]
         names = promql_metric_names(rule["expr"])
-        assert names, rule["alert"]
-        assert names <= allowed, f"{rule['alert']}: {names - allowed}"
+        assert names, what
+        assert names <= allowed, f"{what}: {names - allowed}"
+        if "record" in rule:
+            allowed.add(rule["record"])
 
 
 def test_every_alert_has_a_runbook_section() -> None:
@@ -179,7 +228,11 @@ def test_rule_tests_catch_a_broken_threshold(tmp_path: Path) -> None:
 
 def plane_of(series: str) -> str:
     """``worker``, ``control`` or ``both`` for an exported series name (histograms also by
-    their ``_bucket``/``_sum``/``_count`` series)."""
+    their ``_bucket``/``_sum``/``_count`` series), or a recorded one (the plane of what it reads)."""
+    recorded = records()
+    if series in recorded:
+        planes = {plane_of(n) for n in promql_metric_names(recorded[series]) - PROMETHEUS_OWN} - {"both"}
+        return planes.pop() if len(planes) == 1 else "both"
     histogram = re.sub(r"_(bucket|sum|count)$", "", series)
     if series in WORKER_METRICS or histogram in WORKER_METRICS:
         return "worker"
@@ -197,9 +250,9 @@ def test_every_metric_belongs_to_a_plane() -> None:
 
 
 def test_each_rule_reads_one_plane() -> None:
-    for rule in rules():
+    for rule in all_rules():
         planes = {plane_of(n) for n in promql_metric_names(rule["expr"]) - PROMETHEUS_OWN}
-        assert len(planes - {"both"}) <= 1, f"{rule['alert']} mixes planes: {planes}"
+        assert len(planes - {"both"}) <= 1, f"{rule.get('alert') or rule['record']} mixes planes: {planes}"
 
 
 def enclosing_aggregations(expr: str, position: int) -> list[str]:
@@ -234,16 +287,19 @@ def test_control_plane_rules_aggregate_the_replica_away() -> None:
     """A control-plane series moves from replica to replica at each takeover (and an old
     deployment exports it from several processes): a rule that kept `instance` would fire once
     per replica and restart its `for` at every takeover. tests/unit promtool cases check the
-    behaviour; this checks every rule, also future ones."""
-    for rule in rules():
+    behaviour; this checks every rule, also future ones. A recorded series was aggregated by its
+    recording rule, which this checks like an alert."""
+    recorded = set(records())
+    for rule in all_rules():
+        what = rule.get("alert") or rule["record"]
         expr = " ".join(rule["expr"].split())
-        for name in promql_metric_names(expr) - PROMETHEUS_OWN:
+        for name in promql_metric_names(expr) - PROMETHEUS_OWN - recorded:
             if plane_of(name) != "control":
                 continue
             for match in re.finditer(rf"(?<![\w:]){re.escape(name)}(?![\w:])", expr):
                 aggregations = enclosing_aggregations(expr, match.start())
-                assert aggregations, f"{rule['alert']}: {name} is not aggregated over replicas"
-                assert "instance" not in aggregations[-1], f"{rule['alert']}: keeps instance"
+                assert aggregations, f"{what}: {name} is not aggregated over replicas"
+                assert "instance" not in aggregations[-1], f"{what}: keeps instance"
 
 
 _COUNTER_FUNCTION = re.compile(r"\b(increase|rate|irate)\s*\(\s*([a-zA-Z_:][\w:]*_total)\b")
@@ -292,3 +348,70 @@ def test_runbook_base_url_is_documented() -> None:
         assert "runbook_base_url" in path.read_text(encoding="utf-8"), path
     runbook = DOC.read_text(encoding="utf-8").split("## Alert runbook", 1)[1].split("\n## ", 1)[0]
     assert "runbook_base_url" in runbook
+
+
+# --------------------------------------------------------------------------- cutover rules
+
+
+def phases_named(expr: str) -> set[str]:
+    """Phases an expression selects by ``phase="..."`` or ``phase=~"a|b"``."""
+    return {p for value in re.findall(r'phase=~?"([^"]*)"', expr) for p in value.split("|")}
+
+
+def test_cutover_rules_name_only_known_phases() -> None:
+    known = set(cutover_phases())
+    assert {"fenced", "done", "aborted", "finished"} <= known
+    named: set[str] = set()
+    for rule in all_rules():
+        found = phases_named(rule["expr"])
+        assert found <= known, f"{rule.get('alert') or rule['record']}: unknown phases {found - known}"
+        named |= found
+    assert named, "no rule reads cdc_cutover_phase"
+
+
+def test_cutover_stuck_watches_every_phase_with_writes_fenced() -> None:
+    """From ``fenced`` up to (not including) ``done`` the application cannot write."""
+    phases = cutover_phases()
+    paused = set(phases[phases.index("fenced") : phases.index("done")])
+    (rule,) = [r for r in rules() if r["alert"] == "CutoverStuck"]
+    assert phases_named(rule["expr"]) == paused
+    assert rule["labels"]["severity"] == "critical"
+
+
+def test_cutover_gate_records_the_documented_5_seconds() -> None:
+    recorded = {name: " ".join(expr.split()) for name, expr in records().items()}
+    assert recorded["cdc:cutover_lag_seconds"] == "max by (pipeline) (cdc_heartbeat_age_seconds)"
+    assert recorded["cdc:cutover_gate_ok"] == "cdc:cutover_lag_seconds < bool 5"
+    assert recorded["cdc:cutover_gate_held"].startswith("min_over_time(cdc:cutover_gate_ok[1m])")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "failing_case"),
+    [
+        ("cdc:cutover_lag_seconds < bool 5", "cdc:cutover_lag_seconds < bool 6", 'expr: "cdc:cutover_gate_ok"'),
+        (
+            "max by (pipeline) (cdc_cutover_write_pause_seconds) > 30\n",
+            "max by (pipeline) (cdc_cutover_write_pause_seconds) > 60\n",
+            "a write pause of 42 s",
+        ),
+        (
+            '(cdc_cutover_phase{phase="done"}) == 1\n          )\n        for: 30m',
+            '(cdc_cutover_phase{phase="idle"}) == 1\n          )\n        for: 30m',
+            "the forward slot of a done cutover",
+        ),
+        (
+            '{phase=~"drained|verified|sequences_synced|reverse_started|done|finished"}) == 1\n        for: 2m',
+            '{phase=~"drained"}) == 1\n        for: 2m',
+            "heartbeat lag of a pipeline whose forward connector",
+        ),
+    ],
+)
+def test_cutover_rule_tests_catch_a_broken_rule(tmp_path: Path, old: str, new: str, failing_case: str) -> None:
+    """The cutover promtool tests are not vacuous: each broken rule fails its named case."""
+    text = (PROM / "alerts.yml").read_text(encoding="utf-8")
+    assert text.count(old) == 1, old
+    (tmp_path / "alerts.yml").write_text(text.replace(old, new), encoding="utf-8")
+    shutil.copy(PROM / "cutover_test.yml", tmp_path / "cutover_test.yml")
+    proc = run("test", "rules", "cutover_test.yml", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert failing_case in proc.stdout + proc.stderr

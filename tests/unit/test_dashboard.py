@@ -414,3 +414,99 @@ def test_verification_and_snapshot_panels() -> None:
     assert ("failed", "red") in {_mapped(state, v) for v in range(1, 8)}
     used = {n for _, e in dashboard_exprs() for n in promql_metric_names(e)}
     assert {"cdc_verify_mismatched_chunks", "cdc_verify_rows", "cdc_snapshot_rows", "cdc_snapshot_requests"} <= used
+
+
+# --------------------------------------------------------------------------- layout and the cutover row
+
+
+def test_panels_do_not_overlap() -> None:
+    """No two panels (rows included) share a grid cell."""
+    taken: dict[tuple[int, int], str] = {}
+    for panel in _panels(dashboard()["panels"]):
+        pos = panel["gridPos"]
+        for x in range(pos["x"], pos["x"] + pos["w"]):
+            for y in range(pos["y"], pos["y"] + pos["h"]):
+                assert (x, y) not in taken, f"{panel['title']!r} overlaps {taken[(x, y)]!r} at {(x, y)}"
+                taken[(x, y)] = panel["title"]
+
+
+def cutover_phases() -> list[str]:
+    """The phases of ``cdc_cutover_phase`` in order, from its documentation in pipeline/core/metrics.py."""
+    listed = re.search(r"\(([a-z_, ]+)\)", metrics.CUTOVER_PHASE._documentation)
+    assert listed, metrics.CUTOVER_PHASE._documentation
+    return [p.strip() for p in listed.group(1).split(",")]
+
+
+def _row(title: str) -> list[dict[str, Any]]:
+    """The panels below row ``title`` down to the next row (rows are not collapsed here)."""
+    panels = dashboard()["panels"]
+    (start,) = [i for i, p in enumerate(panels) if p["type"] == "row" and p["title"] == title]
+    found: list[dict[str, Any]] = []
+    for panel in panels[start + 1 :]:
+        if panel["type"] == "row":
+            break
+        found.append(panel)
+    return found
+
+
+def test_cutover_row_shows_gate_phase_and_write_pause() -> None:
+    row = _row("Cutover")
+    used = {n for p in row for t in p["targets"] for n in promql_metric_names(t["expr"])}
+    assert used >= {
+        "cdc_cutover_lag_ok",
+        "cdc_cutover_ready",
+        "cdc_cutover_phase",
+        "cdc_cutover_write_pause_seconds",
+        "cdc_cutover_phase_duration_seconds",
+        "cdc_heartbeat_age_seconds",
+    }
+    lag = _panel("Cutover lag vs the 5 s gate")
+    steps = lag["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert [_threshold_color(steps, v) for v in (4.9, 5)] == ["green", "red"]
+    pause = _panel("Write pause (last cutover)")
+    assert pause["fieldConfig"]["defaults"]["unit"] == "s"
+    steps = pause["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert [_threshold_color(steps, v) for v in (9, 29, 30)] == ["green", "orange", "red"]
+    gate = _panel("Cutover: lag gate and readiness")
+    assert _mapped(gate, 0) == ("closed", "orange") and _mapped(gate, 1) == ("OPEN", "green")
+
+
+def test_cutover_lag_panel_is_the_recorded_lag() -> None:
+    """The panel computes what the recording rule cdc:cutover_lag_seconds records (so it works on
+    a Prometheus without our rules), filtered by the pipeline variable."""
+    groups = yaml.safe_load((REPO / "deploy" / "prometheus" / "alerts.yml").read_text(encoding="utf-8"))["groups"]
+    (record,) = [r["expr"] for g in groups for r in g["rules"] if r.get("record") == "cdc:cutover_lag_seconds"]
+    (target,) = _panel("Cutover lag vs the 5 s gate")["targets"]
+    assert target["expr"].replace('{pipeline=~"$pipeline"}', "") == record
+
+
+def test_cutover_phase_timeline_names_every_phase(tmp_path: Path) -> None:
+    """The state timeline encodes each phase as its index in the documented order, and maps
+    every index back to the phase; the paused phases are red."""
+    phases = cutover_phases()
+    panel = _panel("Cutover phase")
+    assert [(_mapped(panel, i) or ("", ""))[0] for i in range(len(phases))] == phases
+    for phase in phases[phases.index("fenced") : phases.index("done")]:
+        assert _mapped(panel, phases.index(phase)) == (phase, "red"), phase
+    (target,) = panel["targets"]
+
+    def current(pipeline: str, phase: str) -> list[tuple[str, str]]:
+        return [
+            (
+                f'cdc_cutover_phase{{pipeline="{pipeline}",phase="{p}",instance="control-0:9108"}}',
+                f"{int(p == phase)}x10",
+            )
+            for p in phases
+        ]
+
+    _promtool_eval(
+        tmp_path,
+        target["expr"],
+        {
+            "fenced and done": (
+                current("a", "fenced") + current("b", "done"),
+                [('{pipeline="a"}', phases.index("fenced")), ('{pipeline="b"}', phases.index("done"))],
+            ),
+            "idle": (current("a", "idle"), [('{pipeline="a"}', 0)]),
+        },
+    )
