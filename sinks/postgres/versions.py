@@ -26,6 +26,7 @@ the guard holds under concurrency like the ``columns`` mode's in-row guard:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -33,9 +34,10 @@ import psycopg
 from psycopg import sql
 
 from pipeline.core.batch import Delete, Upsert, key_text
-from pipeline.core.events import Position
+from pipeline.core.events import Position, TableId
 from pipeline.core.logs import get_logger
-from sinks.postgres.ddl import ROW_VERSIONS, TableShape, qualified
+from sinks.base import KeyBound, VersionedKey
+from sinks.postgres.ddl import ROW_VERSIONS, VERSION_COLUMNS, TableShape, qualified
 from sinks.postgres.types import adapt_value
 
 log = get_logger(__name__)
@@ -46,15 +48,15 @@ STAGE_COLUMNS = ("__cdc_commit_lsn", "__cdc_lsn", "__cdc_key")
 """Columns added to a staging table (never to a user table): the change's position and key text."""
 
 
-def row_key(shape: TableShape, key: str, values: dict[str, Any]) -> str:
+def row_key(keyless: bool, key_columns: tuple[str, ...], key: str, values: dict[str, Any]) -> str:
     """The ``row_versions``/tombstone key of a reduced change: its ``key`` (the key text), except
     for a keyed table whose changes were reduced without key values (a batch that began with a
-    keyless truncate event): then the key text of the row's own key column values."""
-    if shape.keyless or key.startswith("["):  # key_text is a JSON array; row ids and markers are not
+    keyless truncate event): then the key text of the row's own ``key_columns`` values."""
+    if keyless or key.startswith("["):  # key_text is a JSON array; row ids and markers are not
         return key
-    if not all(k in values for k in shape.key_columns):
+    if not all(k in values for k in key_columns):
         return key
-    return key_text(values[k] for k in shape.key_columns)
+    return key_text(values[k] for k in key_columns)
 
 
 class TableVersions:
@@ -104,7 +106,7 @@ class TableVersions:
         stg = self._stage(conn, "cdc_stg_upsert", shape, columns)
         interval_cols = {c for c, t in shape.columns.items() if t == "interval"}
         copy_cols = sql.SQL(", ").join(map(sql.Identifier, [*columns, *STAGE_COLUMNS]))
-        by_row_key = {row_key(shape, up.key, up.row): up.key for up in ups}
+        by_row_key = {row_key(shape.keyless, shape.key_columns, up.key, up.row): up.key for up in ups}
         with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(stg, copy_cols)) as copy:
             for (rk, _), up in zip(by_row_key.items(), ups, strict=True):
                 values = [adapt_value(up.row.get(c), c in interval_cols) for c in columns]
@@ -152,7 +154,7 @@ class TableVersions:
         copy_cols = sql.SQL(", ").join(map(sql.Identifier, [*keys, *STAGE_COLUMNS]))
         with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(stg, copy_cols)) as copy:
             for d in deletes:
-                rk = row_key(shape, d.key, d.key_values)
+                rk = row_key(shape.keyless, shape.key_columns, d.key, d.key_values)
                 by_row_key[rk] = d.key
                 copy.write_row([*(d.key_values[k] for k in keys), d.position.commit_lsn, d.position.lsn, rk])
         conn.execute(sql.SQL("ANALYZE {}").format(stg))
@@ -268,3 +270,74 @@ class TableVersions:
         )
         conn.execute(sql.SQL("DROP TABLE {}").format(stg))
         return cur
+
+
+# -- verification (sinks.postgres.verification: versioned_keys, guarded_delete)
+
+VConn = psycopg.Connection[dict[str, Any]]
+
+
+def has_version_columns(conn: VConn, table: TableId) -> bool:
+    """True when ``table`` carries the ``columns`` mode's version columns (else: ``table`` mode)."""
+    row = conn.execute(
+        "SELECT count(*) AS n FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s"
+        " AND a.attname = ANY(%s) AND NOT a.attisdropped",
+        (table.schema, table.table, list(VERSION_COLUMNS)),
+    ).fetchone()
+    return bool(row and int(row["n"]) == len(VERSION_COLUMNS))
+
+
+def stored_versions(conn: VConn, control: str, table: TableId, keys: Sequence[KeyBound]) -> list[VersionedKey]:
+    """``keys`` (target key values, the plan's key order) with their ``row_versions`` position,
+    ``(None, None)`` for a row the pipeline has not written."""
+    texts = [key_text(k) for k in keys]
+    rows = conn.execute(
+        sql.SQL("SELECT row_key, commit_lsn, lsn FROM {}.{} WHERE table_name = %s AND row_key = ANY(%s)").format(
+            sql.Identifier(control), sql.Identifier(ROW_VERSIONS)
+        ),
+        (str(table), texts),
+    ).fetchall()
+    found = {str(r["row_key"]): (int(r["commit_lsn"]), int(r["lsn"])) for r in rows}
+    return [VersionedKey(tuple(k), found.get(t, (None, None))) for k, t in zip(keys, texts, strict=True)]
+
+
+def guarded_delete_rows(
+    conn: VConn, control: str, table: TableId, key: Sequence[str], rows: Sequence[VersionedKey]
+) -> int:
+    """Delete each of ``rows`` (``key``: the target key column names) only while its
+    ``row_versions`` position still equals the one read, in one transaction; rows deleted.
+
+    The ``row_versions`` row is locked first (the sink's order: version row, then user row): an
+    existing one ``FOR UPDATE``; an absent one by inserting a placeholder at ``(0, 0)`` that
+    is removed again (a sink transaction writing that key meanwhile makes the insert a no-op:
+    the row was rewritten, it stays)."""
+    rv = sql.SQL("{}.{}").format(sql.Identifier(control), sql.Identifier(ROW_VERSIONS))
+    match = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in key)
+    delete = sql.SQL("DELETE FROM {} WHERE {}").format(qualified(table), match)
+    deleted = 0
+    with conn.transaction():
+        for row in rows:
+            text = key_text(row.key)
+            if row.versions == (None, None):
+                placed = conn.execute(
+                    sql.SQL(
+                        "INSERT INTO {} (table_name, row_key, commit_lsn, lsn) VALUES (%s, %s, 0, 0)"
+                        " ON CONFLICT (table_name, row_key) DO NOTHING RETURNING 1"
+                    ).format(rv),
+                    (str(table), text),
+                ).fetchone()
+                if placed is None:
+                    continue
+                deleted += conn.execute(delete, list(row.key)).rowcount
+                conn.execute(
+                    sql.SQL("DELETE FROM {} WHERE table_name = %s AND row_key = %s").format(rv), (str(table), text)
+                )
+                continue
+            now = conn.execute(
+                sql.SQL("SELECT commit_lsn, lsn FROM {} WHERE table_name = %s AND row_key = %s FOR UPDATE").format(rv),
+                (str(table), text),
+            ).fetchone()
+            if now is not None and (now["commit_lsn"], now["lsn"]) == tuple(row.versions):
+                deleted += conn.execute(delete, list(row.key)).rowcount
+    return deleted
