@@ -331,6 +331,13 @@ class SqlAlchemySink:
                 f" {sorted(known)}); re-create it and replay (see docs/reliability.md), or delete its rows from"
                 f" {self._control_schema}.known_columns to let the pipeline re-create it empty"
             )
+        if shape is not None and self._versions == "table":
+            own = sorted(c for c in shape.columns if c.startswith(ddl.OWN_PREFIX))
+            if own:
+                raise TargetSchemaError(
+                    f"target table {table} has the columns-mode column(s) {own} but target.versions is"
+                    " 'table'; drop them (their positions are not migrated) or keep target.versions: columns"
+                )
         position = newest_position(changes)
         applied: list[ColumnChange] = []
         if shape is None:
