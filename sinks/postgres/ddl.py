@@ -154,7 +154,8 @@ def create_table_sql(
 
     Key columns are NOT NULL and form the primary key. ``versions="columns"`` adds the version
     columns and gives a keyless table ``__cdc_row_id``; ``"table"`` adds nothing (a keyless table
-    then has no primary key). Raises ValueError when a key column is not among ``columns``.
+    then has no primary key and gets ``REPLICA IDENTITY FULL``). Raises ValueError when a key
+    column is not among ``columns``.
     """
     names = {c.name for c in columns}
     missing = [k for k in key_columns if k not in names]
@@ -176,10 +177,16 @@ def create_table_sql(
         pk = sql.Identifier(ROW_ID)
     if pk is not None:
         defs.append(sql.SQL("PRIMARY KEY ({})").format(pk))
-    return [
+    statements = [
         sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(table.schema)),
         sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(qualified(table), sql.SQL(", ").join(defs)),
     ]
+    if pk is None:
+        # A table mode target may become a source (the cutover's reverse pipeline): without a
+        # key, pgoutput publishes its updates and deletes only with REPLICA IDENTITY FULL
+        # (PostgreSQL docs, "Logical Replication" > "Publication").
+        statements.append(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(qualified(table)))
+    return statements
 
 
 def add_columns_sql(table: TableId, columns: list[Column]) -> list[sql.Composed]:

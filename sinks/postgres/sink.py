@@ -423,7 +423,10 @@ class PostgresSink:
         table = shape.table
         name = str(table)
         if self._table_versions is not None:
-            rows = self._table_versions.truncate(conn, shape, position)
+            done = self._truncate_watermark(conn, table)
+            # A replayed truncate (its watermark stands) has nothing to do: every row there is
+            # newer, and a keyless table could not tell them apart.
+            rows = 0 if done is not None and done >= position else self._table_versions.truncate(conn, shape, position)
         else:
             cur = conn.execute(  # values as literals: a '%' in a data identifier must not read as a placeholder
                 sql.SQL("DELETE FROM {} WHERE ({}, {}) < ({}, {})").format(

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from pipeline.core.batch import key_text
 from pipeline.core.events import ChangeEvent, Column, Op, Position, TableId
 from pipeline.core.settings.models import PipelineSettings
 from pipeline.dataplane.reduce import reduce_events
@@ -26,7 +27,6 @@ from pipeline.localstack import LocalStack
 from pipeline.localstack.config import MARIADB_PASSWORD, MARIADB_USER
 from sinks.base import ApplyResult, Target
 from sinks.factory import make_target
-from pipeline.core.batch import key_text
 from sinks.sqlalchemy.ddl import physical, row_hash
 
 KINDS = ("postgresql", "mariadb", "sqlite")
