@@ -106,9 +106,10 @@ class TableVersions:
         stg = self._stage(conn, "cdc_stg_upsert", shape, columns)
         interval_cols = {c for c, t in shape.columns.items() if t == "interval"}
         copy_cols = sql.SQL(", ").join(map(sql.Identifier, [*columns, *STAGE_COLUMNS]))
-        by_row_key = {row_key(shape.keyless, shape.key_columns, up.key, up.row): up.key for up in ups}
+        row_keys = [row_key(shape.keyless, shape.key_columns, up.key, up.row) for up in ups]
+        by_row_key = dict(zip(row_keys, (up.key for up in ups), strict=True))
         with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(stg, copy_cols)) as copy:
-            for (rk, _), up in zip(by_row_key.items(), ups, strict=True):
+            for rk, up in zip(row_keys, ups, strict=True):
                 values = [adapt_value(up.row.get(c), c in interval_cols) for c in columns]
                 copy.write_row([*values, up.position.commit_lsn, up.position.lsn, rk])
         where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
