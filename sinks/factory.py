@@ -118,6 +118,7 @@ def make_target(pipeline: PipelineSettings, *, purpose: str = "worker") -> Targe
                 stall_timeout_s=target.stall_timeout_s,
                 drop_dropped_columns=target.dropped_columns == "drop",
                 renames=target.rename_columns,
+                versions=target.versions,
             )
         return SqlAlchemyTarget(
             target_sqlalchemy_url(target),
@@ -127,6 +128,7 @@ def make_target(pipeline: PipelineSettings, *, purpose: str = "worker") -> Targe
             stall_timeout_s=target.stall_timeout_s,
             drop_dropped_columns=target.dropped_columns == "drop",
             renames=target.rename_columns,
+            versions=target.versions,
         )
     except UnsupportedTargetError as exc:
         raise UnsupportedTargetError(f"pipelines[{pipeline.name}].{exc}") from None

@@ -16,9 +16,14 @@ Control tables live in the target's control schema (default ``cdc_control``):
 - ``schema_changes``: every source schema change applied (table, column, change, old and new
   type, source position, time).
 
-Every target table gets two version columns, ``__cdc_commit_lsn`` and ``__cdc_lsn`` (the
-:class:`pipeline.core.events.Position` of the change that wrote the row); keyless tables get
-``__cdc_row_id`` as their primary key. All identifiers go through ``psycopg.sql.Identifier``.
+- ``row_versions(table_name, row_key) -> (commit_lsn, lsn)``: each row's source position in
+  ``target.versions: table`` mode (:mod:`sinks.postgres.versions`).
+
+In ``columns`` mode (the default) every target table gets two version columns,
+``__cdc_commit_lsn`` and ``__cdc_lsn`` (the :class:`pipeline.core.events.Position` of the
+change that wrote the row), and keyless tables get ``__cdc_row_id`` as their primary key; in
+``table`` mode a created table holds the source's columns only (keyless ones no primary key).
+All identifiers go through ``psycopg.sql.Identifier``.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from sinks.postgres.types import pg_type
 VERSION_COLUMNS = ("__cdc_commit_lsn", "__cdc_lsn")
 ROW_ID = "__cdc_row_id"
 OWN_PREFIX = "__cdc_"
+ROW_VERSIONS = "row_versions"
 
 
 def control_ddl(schema: str) -> list[sql.Composed]:
@@ -74,7 +80,16 @@ def control_ddl(schema: str) -> list[sql.Composed]:
             " old_type text, new_type text, commit_lsn bigint, lsn bigint,"
             " applied_at timestamptz NOT NULL DEFAULT now())"
         ).format(s),
+        row_versions_ddl(schema),
     ]
+
+
+def row_versions_ddl(schema: str) -> sql.Composed:
+    """``CREATE TABLE IF NOT EXISTS <schema>.row_versions`` (primary key ``(table_name, row_key)``)."""
+    return sql.SQL(
+        "CREATE TABLE IF NOT EXISTS {}.{} (table_name text NOT NULL, row_key text NOT NULL,"
+        " commit_lsn bigint NOT NULL, lsn bigint NOT NULL, PRIMARY KEY (table_name, row_key))"
+    ).format(sql.Identifier(schema), sql.Identifier(ROW_VERSIONS))
 
 
 # Columns added to known_columns for schema evolution (sinks.evolution.KnownColumn).
@@ -96,8 +111,9 @@ class TableShape:
 
     @property
     def keyless(self) -> bool:
-        """True when the table is keyed by ``__cdc_row_id``."""
-        return self.key_columns == (ROW_ID,)
+        """True when the table is keyed by ``__cdc_row_id`` (``columns`` mode) or has no primary
+        key (``table`` mode)."""
+        return self.key_columns in ((ROW_ID,), ())
 
 
 def qualified(table: TableId) -> sql.Composed:
@@ -131,11 +147,15 @@ def read_shape(conn: psycopg.Connection[tuple[object, ...]], table: TableId) -> 
     return TableShape(table, {str(r[0]): str(r[1]) for r in rows}, tuple(str(k[0]) for k in keys))
 
 
-def create_table_sql(table: TableId, columns: tuple[Column, ...], key_columns: tuple[str, ...]) -> list[sql.Composed]:
+def create_table_sql(
+    table: TableId, columns: tuple[Column, ...], key_columns: tuple[str, ...], versions: str = "columns"
+) -> list[sql.Composed]:
     """CREATE SCHEMA/TABLE statements for a new target table.
 
-    Key columns are NOT NULL and form the primary key; a keyless table gets ``__cdc_row_id``.
-    Raises ValueError when a key column is not among ``columns``.
+    Key columns are NOT NULL and form the primary key. ``versions="columns"`` adds the version
+    columns and gives a keyless table ``__cdc_row_id``; ``"table"`` adds nothing (a keyless table
+    then has no primary key and gets ``REPLICA IDENTITY FULL``). Raises ValueError when a key
+    column is not among ``columns``.
     """
     names = {c.name for c in columns}
     missing = [k for k in key_columns if k not in names]
@@ -147,18 +167,26 @@ def create_table_sql(table: TableId, columns: tuple[Column, ...], key_columns: t
         )
         for c in columns
     ]
-    defs += [sql.SQL("{} bigint NOT NULL").format(sql.Identifier(v)) for v in VERSION_COLUMNS]
-    pk: sql.Composable
+    if versions == "columns":
+        defs += [sql.SQL("{} bigint NOT NULL").format(sql.Identifier(v)) for v in VERSION_COLUMNS]
+    pk: sql.Composable | None = None
     if key_columns:
         pk = sql.SQL(", ").join(sql.Identifier(k) for k in key_columns)
-    else:
+    elif versions == "columns":
         defs.append(sql.SQL("{} text NOT NULL").format(sql.Identifier(ROW_ID)))
         pk = sql.Identifier(ROW_ID)
-    defs.append(sql.SQL("PRIMARY KEY ({})").format(pk))
-    return [
+    if pk is not None:
+        defs.append(sql.SQL("PRIMARY KEY ({})").format(pk))
+    statements = [
         sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(table.schema)),
         sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(qualified(table), sql.SQL(", ").join(defs)),
     ]
+    if pk is None:
+        # A table mode target may become a source (the cutover's reverse pipeline): without a
+        # key, pgoutput publishes its updates and deletes only with REPLICA IDENTITY FULL
+        # (PostgreSQL docs, "Logical Replication" > "Publication").
+        statements.append(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(qualified(table)))
+    return statements
 
 
 def add_columns_sql(table: TableId, columns: list[Column]) -> list[sql.Composed]:

@@ -14,6 +14,12 @@ Per batch, in ONE transaction:
 4. deletes: ``COPY`` of keys, a guarded ``DELETE ... USING``, and versioned tombstones;
 5. the consumer offsets of the batch.
 
+With ``versions="table"`` (``target.versions``) the positions live in the control table
+``row_versions`` instead of the user tables' ``__cdc_*`` columns; steps 2-4 then run the
+statements of :mod:`sinks.postgres.versions`, with the same guarantees. Either way INSERTs say
+``OVERRIDING SYSTEM VALUE``, so a pre-created table's ``GENERATED ALWAYS AS IDENTITY`` columns
+take the source's values.
+
 Faults: a connection loss or a retryable SQLSTATE is a :class:`TransientSinkError`. A target
 that stops answering (frozen host, SIGSTOPped server) would block the worker forever, since the
 kernel keeps the TCP connection open; a stall guard therefore drops the connection when one
@@ -35,10 +41,8 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from datetime import timedelta
 from typing import Any
 
-import orjson
 import psycopg
 from psycopg import sql
 
@@ -59,7 +63,8 @@ from sinks.evolution import (
 )
 from sinks.postgres import ddl, evolution
 from sinks.postgres.ddl import ROW_ID, VERSION_COLUMNS, TableShape, qualified
-from sinks.postgres.types import parse_pg_type, pg_type
+from sinks.postgres.types import adapt_value, parse_pg_type, pg_type
+from sinks.postgres.versions import TableVersions
 
 log = get_logger(__name__)
 
@@ -90,7 +95,9 @@ class PostgresSink:
     ``conninfo`` is a libpq URL or key/value string (with the password). ``schema`` is the
     default target schema, ``control_schema`` the schema of the control tables.
     ``stall_timeout_s`` bounds one transaction (seconds): past it the connection is dropped and
-    the call raises TransientSinkError (a frozen target must not hang the worker).
+    the call raises TransientSinkError (a frozen target must not hang the worker). ``versions``
+    is ``columns`` (positions in ``__cdc_*`` columns of the user tables) or ``table``
+    (``<control_schema>.row_versions``; user tables keep the source's columns only).
     """
 
     def __init__(
@@ -104,8 +111,13 @@ class PostgresSink:
         stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
         drop_dropped_columns: bool = False,
         renames: Mapping[str, Mapping[str, str]] | None = None,
+        versions: str = "columns",
     ) -> None:
+        if versions not in ("columns", "table"):
+            raise ValueError(f"versions must be 'columns' or 'table', not {versions!r}")
         self._conninfo = conninfo
+        self._versions = versions
+        self._table_versions = TableVersions(control_schema) if versions == "table" else None
         self._drop_dropped_columns = drop_dropped_columns
         self._renames = {t: dict(m) for t, m in (renames or {}).items()}
         self._signatures: dict[TableId, tuple[object, ...]] = {}
@@ -248,7 +260,7 @@ class PostgresSink:
             for changes in batch.tables.values():
                 shape = self._shape_for(conn, changes)
                 if changes.truncate is not None:
-                    truncated += self._truncate(conn, changes.table, changes.truncate)
+                    truncated += self._truncate(conn, shape, changes.truncate)
                 watermark = self._truncate_watermark(conn, changes.table)
                 skipped: set[str] = set()
                 if changes.upserts:
@@ -280,6 +292,8 @@ class PostgresSink:
             )
         if shape is not None and columns is not None:
             self._check_not_dropped(table, shape, [c.name for c in columns], known)
+        if shape is not None and self._table_versions is not None:
+            self._check_no_version_columns(shape)
         position = newest_position(changes)
         if shape is None:
             shape = self._create(conn, changes)
@@ -306,7 +320,7 @@ class PostgresSink:
                 f"target table {table} does not exist and the events carry no schema "
                 "(enable value.converter.schemas.enable or create the table)"
             )
-        for stmt in ddl.create_table_sql(table, columns, changes.key_columns):
+        for stmt in ddl.create_table_sql(table, columns, changes.key_columns, self._versions):
             conn.execute(stmt)
         log.info("target table created", table=str(table), columns=len(columns))
         shape = ddl.read_shape(conn, table)
@@ -380,6 +394,16 @@ class PostgresSink:
             evolution.record_changes(conn, self._ctl("schema_changes"), applied, position)
             self._pending_changes.extend((c, position) for c in applied)
 
+    def _check_no_version_columns(self, shape: TableShape) -> None:
+        """In ``table`` mode, refuse a table written in ``columns`` mode (its NOT NULL version
+        columns would fail every insert): raise TargetSchemaError."""
+        own = sorted(c for c in shape.columns if c.startswith(ddl.OWN_PREFIX))
+        if own:
+            raise TargetSchemaError(
+                f"target table {shape.table} has the columns-mode column(s) {own} but target.versions is"
+                " 'table'; drop them (their positions are not migrated) or keep target.versions: columns"
+            )
+
     def _check_not_dropped(
         self, table: TableId, shape: TableShape, incoming: list[str], known: dict[str, KnownColumn]
     ) -> None:
@@ -395,17 +419,25 @@ class PostgresSink:
 
     # -- truncate
 
-    def _truncate(self, conn: Conn, table: TableId, position: Position) -> int:
+    def _truncate(self, conn: Conn, shape: TableShape, position: Position) -> int:
+        table = shape.table
         name = str(table)
-        cur = conn.execute(  # values as literals: a '%' in a data identifier must not read as a placeholder
-            sql.SQL("DELETE FROM {} WHERE ({}, {}) < ({}, {})").format(
-                qualified(table),
-                sql.Identifier(VERSION_COLUMNS[0]),
-                sql.Identifier(VERSION_COLUMNS[1]),
-                sql.Literal(position.commit_lsn),
-                sql.Literal(position.lsn),
+        if self._table_versions is not None:
+            done = self._truncate_watermark(conn, table)
+            # A replayed truncate (its watermark stands) has nothing to do: every row there is
+            # newer, and a keyless table could not tell them apart.
+            rows = 0 if done is not None and done >= position else self._table_versions.truncate(conn, shape, position)
+        else:
+            cur = conn.execute(  # values as literals: a '%' in a data identifier must not read as a placeholder
+                sql.SQL("DELETE FROM {} WHERE ({}, {}) < ({}, {})").format(
+                    qualified(table),
+                    sql.Identifier(VERSION_COLUMNS[0]),
+                    sql.Identifier(VERSION_COLUMNS[1]),
+                    sql.Literal(position.commit_lsn),
+                    sql.Literal(position.lsn),
+                )
             )
-        )
+            rows = max(cur.rowcount, 0)
         conn.execute(
             sql.SQL(
                 "INSERT INTO {} (table_name, commit_lsn, lsn) VALUES (%s, %s, %s) ON CONFLICT (table_name)"
@@ -420,7 +452,7 @@ class PostgresSink:
             ),
             (name, position.commit_lsn, position.lsn),
         )
-        log.info("target table truncated", table=name, rows=cur.rowcount, position=str(position))
+        log.info("target table truncated", table=name, rows=rows, position=str(position))
         return 1
 
     def _truncate_watermark(self, conn: Conn, table: TableId) -> Position | None:
@@ -480,6 +512,9 @@ class PostgresSink:
         if extra:
             self._check_not_dropped(table, shape, extra, self._known.get(table, {}))
             raise BatchRejectedError(f"{table}: target has no column(s) {extra} (add them or drop them by transform)")
+        conditions = self._upsert_conditions(table, watermark, has_tombstones)
+        if self._table_versions is not None:
+            return self._table_versions.upsert_group(conn, shape, columns, ups, conditions)
         stg = sql.Identifier("cdc_stg_upsert")
         all_cols = [*columns, *VERSION_COLUMNS] + ([ROW_ID] if shape.keyless else [])
         conn.execute(
@@ -491,7 +526,7 @@ class PostgresSink:
         copy_cols = sql.SQL(", ").join(map(sql.Identifier, [*all_cols, "__cdc_key"]))
         with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(stg, copy_cols)) as copy:
             for up in ups:
-                values = [_adapt(up.row.get(c), c in interval_cols) for c in columns]
+                values = [adapt_value(up.row.get(c), c in interval_cols) for c in columns]
                 values += [up.position.commit_lsn, up.position.lsn]
                 if shape.keyless:
                     values.append(up.key)
@@ -501,20 +536,6 @@ class PostgresSink:
         s_cols = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in all_cols)
         # Values go in as literals and the statement is sent without parameters: psycopg would
         # read a '%' inside a quoted data identifier as a placeholder.
-        conditions: list[sql.Composable] = []
-        if has_tombstones:
-            conditions.append(
-                sql.SQL(
-                    "NOT EXISTS (SELECT 1 FROM {} t WHERE t.table_name = {} AND t.row_key = s.__cdc_key"
-                    " AND (t.commit_lsn, t.lsn) >= (s.__cdc_commit_lsn, s.__cdc_lsn))"
-                ).format(self._ctl("tombstones"), sql.Literal(str(table)))
-            )
-        if watermark is not None:
-            conditions.append(
-                sql.SQL("(s.__cdc_commit_lsn, s.__cdc_lsn) > ({}, {})").format(
-                    sql.Literal(watermark.commit_lsn), sql.Literal(watermark.lsn)
-                )
-            )
         where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
         if shape.keyless:
             conflict = sql.SQL("ON CONFLICT ({}) DO NOTHING").format(sql.Identifier(ROW_ID))
@@ -535,7 +556,7 @@ class PostgresSink:
         same = sql.SQL(" AND ").join(sql.SQL("w.{c} = s.{c}").format(c=sql.Identifier(c)) for c in ident)
         cur = conn.execute(
             sql.SQL(
-                "WITH w AS (INSERT INTO {} AS tgt ({}) SELECT {} FROM {} s{} {} RETURNING {})"
+                "WITH w AS (INSERT INTO {} AS tgt ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {} s{} {} RETURNING {})"
                 " SELECT s.__cdc_key FROM {} s WHERE NOT EXISTS (SELECT 1 FROM w WHERE {})"
             ).format(qualified(table), cols, s_cols, stg, where, conflict, returning, stg, same)
         )
@@ -543,13 +564,40 @@ class PostgresSink:
         conn.execute(sql.SQL("DROP TABLE {}").format(stg))
         return len(ups) - len(skipped), skipped
 
+    def _upsert_conditions(
+        self, table: TableId, watermark: Position | None, has_tombstones: bool
+    ) -> list[sql.Composable]:
+        """Filters over the staged rows ``s``: no tombstone at or past the row, newer than the
+        truncate watermark (values as literals)."""
+        conditions: list[sql.Composable] = []
+        if has_tombstones:
+            conditions.append(
+                sql.SQL(
+                    "NOT EXISTS (SELECT 1 FROM {} t WHERE t.table_name = {} AND t.row_key = s.__cdc_key"
+                    " AND (t.commit_lsn, t.lsn) >= (s.__cdc_commit_lsn, s.__cdc_lsn))"
+                ).format(self._ctl("tombstones"), sql.Literal(str(table)))
+            )
+        if watermark is not None:
+            conditions.append(
+                sql.SQL("(s.__cdc_commit_lsn, s.__cdc_lsn) > ({}, {})").format(
+                    sql.Literal(watermark.commit_lsn), sql.Literal(watermark.lsn)
+                )
+            )
+        return conditions
+
     # -- delete
 
     def _delete(self, conn: Conn, shape: TableShape, changes: TableChanges, stale: set[str]) -> int:
         """Guarded deletes and tombstones of one table; returns rows deleted, adds to ``stale`` the
         keys whose tombstone was already at or past the delete (nothing to do: a replay)."""
         if shape.keyless:
+            if self._table_versions is not None:
+                return self._table_versions.delete_keyless(conn, shape, list(changes.deletes.values()), stale)
             return self._delete_keyless(conn, shape, list(changes.deletes.values()), stale)
+        if self._table_versions is not None:
+            deleted, moved = self._table_versions.delete_keyed(conn, shape, list(changes.deletes.values()))
+            stale.update(set(changes.deletes) - moved)
+            return deleted
         table = shape.table
         keys = list(shape.key_columns)
         stg = sql.Identifier("cdc_stg_delete")
@@ -608,7 +656,7 @@ class PostgresSink:
             match = sql.SQL(" AND ").join(
                 sql.SQL(
                     "{}::text IS NOT DISTINCT FROM {}::text" if c in json_cols else "{} IS NOT DISTINCT FROM {}"
-                ).format(sql.Identifier(c), sql.Literal(_adapt(d.key_values[c], shape.columns[c] == "interval")))
+                ).format(sql.Identifier(c), sql.Literal(adapt_value(d.key_values[c], shape.columns[c] == "interval")))
                 for c in cols
             )
             row = conn.execute(
@@ -677,15 +725,6 @@ class _StallGuard:
             finally:
                 sock.close()
             log.warning("target stalled: connection dropped", timeout_s=self._timeout_s)
-
-
-def _adapt(value: Any, interval: bool) -> Any:
-    """Values the decoder leaves in a form PostgreSQL needs converted (µs intervals, JSON)."""
-    if interval and isinstance(value, int):
-        return timedelta(microseconds=value)
-    if isinstance(value, dict):
-        return orjson.dumps(value).decode()
-    return value
 
 
 def _first_line(exc: BaseException) -> str:

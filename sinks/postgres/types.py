@@ -16,6 +16,10 @@ from __future__ import annotations
 
 import math
 import re
+from datetime import timedelta
+from typing import Any
+
+import orjson
 
 from pipeline.core.events import Column
 from sinks.sqltypes import SqlType
@@ -210,3 +214,13 @@ def parse_pg_type(text: str) -> SqlType:
     if family in ("string", "char"):
         return SqlType(family, float(size) if size is not None else default_size, 0, array)
     return SqlType(family, default_size, 0, array)
+
+
+def adapt_value(value: Any, interval: bool) -> Any:
+    """A decoded value in the form PostgreSQL's COPY and literals need: an ``interval`` column's
+    int (microseconds, Debezium ``MicroDuration``) as a ``timedelta``, a JSON object as its text."""
+    if interval and isinstance(value, int):
+        return timedelta(microseconds=value)
+    if isinstance(value, dict):
+        return orjson.dumps(value).decode()
+    return value

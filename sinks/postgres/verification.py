@@ -25,6 +25,7 @@ from sinks.base import (
     VersionedKey,
 )
 from sinks.pg_canonical import PgSide, pin_session, qualified, range_where, read_columns, values
+from sinks.postgres import versions as table_mode
 from sinks.postgres.ddl import VERSION_COLUMNS
 
 RESULTS_TABLE = "verify_results"
@@ -82,27 +83,34 @@ class PostgresVerification:
         return PgSide(source, plan, "source"), PgSide(self._connection(), plan, "target")
 
     def versioned_keys(self, plan: ChecksumPlan, key_range: KeyRange) -> list[VersionedKey]:
-        """Keys and version columns of the target rows in ``key_range``."""
+        """Keys and version columns of the target rows in ``key_range``; for a table without
+        them (``target.versions: table``) the positions in ``row_versions`` (``(None, None)``
+        for a row the pipeline never wrote)."""
         if plan.keyless or not plan.target_exists:
             return []
+        conn = self._connection()
+        in_columns = table_mode.has_version_columns(conn, plan.target)
         keys = sql.SQL(", ").join(sql.Identifier(c.target) for c in plan.key)
-        versions = sql.SQL(", ").join(sql.Identifier(v) for v in VERSION_COLUMNS)
+        versions = sql.SQL(", ").join(sql.Identifier(v) for v in VERSION_COLUMNS) if in_columns else None
         where, params = range_where(plan, "target", key_range)
-        rows = (
-            self._connection()
-            .execute(
-                sql.SQL("SELECT {k}, {v} FROM {t}{w}").format(k=keys, v=versions, t=qualified(plan.target), w=where),
-                params,
-            )
-            .fetchall()
-        )
+        select = sql.SQL(", ").join([keys, versions]) if versions is not None else keys
+        rows = conn.execute(
+            sql.SQL("SELECT {s} FROM {t}{w}").format(s=select, t=qualified(plan.target), w=where), params
+        ).fetchall()
         n = len(plan.key)
+        if not in_columns:
+            return table_mode.stored_versions(conn, self._control_schema, plan.target, [tuple(values(r)) for r in rows])
         return [VersionedKey(tuple(v[:n]), tuple(v[n:])) for v in (values(r) for r in rows)]
 
     def guarded_delete(self, plan: ChecksumPlan, rows: Sequence[VersionedKey]) -> int:
-        """``DELETE ... WHERE key = %s AND __cdc_commit_lsn = %s AND __cdc_lsn = %s`` per row, one transaction."""
+        """``DELETE ... WHERE key = %s AND __cdc_commit_lsn = %s AND __cdc_lsn = %s`` per row, one
+        transaction; for a table without version columns (``target.versions: table``) the same
+        guard on the ``row_versions`` position (:func:`sinks.postgres.versions.guarded_delete_rows`)."""
         if not rows:
             return 0
+        if not table_mode.has_version_columns(self._connection(), plan.target):
+            key = [c.target for c in plan.key]
+            return table_mode.guarded_delete_rows(self._connection(), self._control_schema, plan.target, key, rows)
         names = [*(c.target for c in plan.key), *VERSION_COLUMNS]
         match = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(name)) for name in names)
         statement = sql.SQL("DELETE FROM {} WHERE {}").format(qualified(plan.target), match)

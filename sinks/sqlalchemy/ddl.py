@@ -12,8 +12,10 @@ Naming (``target.schema`` / ``target.control_schema`` per dialect):
 Control tables (same meaning as :mod:`sinks.postgres.ddl`): ``offsets``, ``tombstones``,
 ``truncations``, ``known_columns`` (every column the sink has written, so one dropped by hand
 is noticed instead of re-created empty, with the source type last seen and whether it was
-dropped at the source) and ``schema_changes`` (every source schema change applied).
-Tombstones are keyed by ``(table_name, row_hash)`` with ``row_hash`` the SHA-256 hex of the
+dropped at the source), ``schema_changes`` (every source schema change applied) and
+``row_versions`` (each row's position in ``target.versions: table`` mode,
+:mod:`sinks.sqlalchemy.versions`).
+Tombstones and row versions are keyed by ``(table_name, row_hash)`` with ``row_hash`` the SHA-256 hex of the
 canonical key text (stored too, in ``row_key``), because InnoDB keys are
 limited to 3072 bytes. Text columns of MariaDB tables use the binary, no-pad collation
 (``utf8mb4_nopad_bin``; MySQL 8: ``utf8mb4_0900_bin``) so keys compare like PostgreSQL's:
@@ -89,6 +91,7 @@ class ControlTables:
     truncations: sa.Table
     known_columns: sa.Table
     schema_changes: sa.Table
+    row_versions: sa.Table
 
     @property
     def metadata(self) -> sa.MetaData:
@@ -151,6 +154,14 @@ def control_tables(control_schema: str, dialect: sa.engine.Dialect) -> ControlTa
             sa.Column("lsn", sa.BigInteger),
             sa.Column("applied_at", ts, nullable=False),
         ),
+        row_versions=make(
+            "row_versions",
+            sa.Column("table_name", sa.String(255), primary_key=True),
+            sa.Column("row_hash", sa.String(64), primary_key=True),
+            sa.Column("row_key", sa.Text, nullable=False),
+            sa.Column("commit_lsn", sa.BigInteger, nullable=False),
+            sa.Column("lsn", sa.BigInteger, nullable=False),
+        ),
     )
 
 
@@ -199,8 +210,9 @@ class TableShape:
 
     @property
     def keyless(self) -> bool:
-        """True when the table is keyed by ``__cdc_row_id``."""
-        return self.key_columns == (ROW_ID,)
+        """True when the table is keyed by ``__cdc_row_id`` (``columns`` mode) or has no primary
+        key (``table`` mode)."""
+        return self.key_columns in ((ROW_ID,), ())
 
     def clause(self, columns: list[str] | None = None) -> sa.TableClause:
         """A lightweight table construct for DML over ``columns`` (default: all)."""
@@ -284,10 +296,15 @@ def _read_mysql_shape(conn: Connection, table: TableId, schema: str, name: str) 
 
 
 def target_table(
-    table: TableId, columns: tuple[Column, ...], key_columns: tuple[str, ...], dialect: sa.engine.Dialect
+    table: TableId,
+    columns: tuple[Column, ...],
+    key_columns: tuple[str, ...],
+    dialect: sa.engine.Dialect,
+    versions: str = "columns",
 ) -> sa.Table:
     """The ``sa.Table`` of a new target table: event columns (key columns NOT NULL, primary
-    key), the two version columns and, for keyless tables, ``__cdc_row_id``.
+    key) and, with ``versions="columns"``, the two version columns and, for keyless tables,
+    ``__cdc_row_id`` (``"table"``: nothing else, a keyless table has no primary key).
 
     Raises ValueError when a key column is not among ``columns``.
     """
@@ -307,15 +324,23 @@ def target_table(
         )
         for c in columns
     ]
+    if versions != "columns":
+        return sa.Table(name, sa.MetaData(), *cols, schema=schema, **table_options(dialect))
     cols += [sa.Column(v, sa.BigInteger, nullable=False) for v in VERSION_COLUMNS]
     if not key_columns:
         cols.append(sa.Column(ROW_ID, sa.String(64), primary_key=True))
     return sa.Table(name, sa.MetaData(), *cols, schema=schema, **table_options(dialect))
 
 
-def create_table(conn: Connection, table: TableId, columns: tuple[Column, ...], key_columns: tuple[str, ...]) -> None:
+def create_table(
+    conn: Connection,
+    table: TableId,
+    columns: tuple[Column, ...],
+    key_columns: tuple[str, ...],
+    versions: str = "columns",
+) -> None:
     """Create the target table (and its MariaDB database) if it does not exist."""
-    t = target_table(table, columns, key_columns, conn.dialect)
+    t = target_table(table, columns, key_columns, conn.dialect, versions)
     ensure_schema(conn, t.schema)
     t.create(conn, checkfirst=True)
 

@@ -18,6 +18,10 @@ Per batch:
    (:mod:`sinks.sqlalchemy.dml`), one statement shape per set of unavailable TOASTed columns
    (those columns are left alone); deletes guarded by the version and tombstoned; offsets.
 
+With ``versions="table"`` (``target.versions``) the positions live in the control table
+``row_versions`` and the user tables keep the source's columns only
+(:mod:`sinks.sqlalchemy.versions`); every guarantee above stays.
+
 SQLite runs each transaction as ``BEGIN IMMEDIATE`` (the write lock up front, so two writers
 wait on ``busy_timeout`` instead of failing to upgrade a read lock) in WAL journal mode.
 MariaDB sessions use ``time_zone='+00:00'``, a strict ``sql_mode`` (bad values are errors, not
@@ -35,14 +39,11 @@ wrote that was dropped by hand raises :class:`~sinks.postgres.ddl.TargetSchemaEr
 from __future__ import annotations
 
 import contextlib
-import socket
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
@@ -65,7 +66,9 @@ from sinks.evolution import (
 from sinks.postgres.types import parse_pg_type, pg_type
 from sinks.sqlalchemy import ddl, dml, evolution
 from sinks.sqlalchemy.ddl import ROW_ID, VERSION_COLUMNS, ControlTables, TableShape
+from sinks.sqlalchemy.engine import DEFAULT_STALL_TIMEOUT_S, StallGuard, make_engine
 from sinks.sqlalchemy.types import MYSQL, SQLITE, UnsupportedValueError, adapt
+from sinks.sqlalchemy.versions import SaTableVersions, shape_row_key
 
 log = get_logger(__name__)
 
@@ -79,8 +82,6 @@ _TRANSIENT_SQLITE_TEXT = ("database is locked", "database is busy", "disk i/o er
 # then names what was dropped (TargetSchemaError).
 _STALE_SHAPE_MYSQL_CODES = frozenset({1054, 1146})
 _STALE_SHAPE_SQLITE_TEXT = ("no such table", "no such column", "has no column named")
-DEFAULT_STALL_TIMEOUT_S = 120.0
-_MYSQL_SQL_MODE = "STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION"
 _IN_CHUNK = 500
 # Incoming rows per stale-row query, and its bind budget (each key value is bound twice; SQLite
 # allows 32766 variables since 3.32, older builds 999).
@@ -112,59 +113,14 @@ def is_stale_shape(exc: sa.exc.DBAPIError) -> bool:
     return any(t in text for t in _STALE_SHAPE_SQLITE_TEXT)
 
 
-def make_engine(url: URL, stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S) -> Engine:
-    """An engine for a ``mysql+pymysql``/``mariadb+pymysql`` or ``sqlite`` URL with the session
-    settings of the module docstring; ``stall_timeout_s`` (seconds) is the SQLite busy timeout
-    and the MariaDB socket read/write timeout. Raises ValueError for another dialect."""
-    if url.get_backend_name() == SQLITE:
-        engine = sa.create_engine(url, connect_args={"timeout": stall_timeout_s}, poolclass=sa.pool.NullPool)
-        busy_ms = max(int(stall_timeout_s * 1000), 1)
-
-        @sa.event.listens_for(engine, "connect")
-        def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (SQLAlchemy "pysqlite" docs)
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute(f"PRAGMA busy_timeout={busy_ms}")
-            cur.close()
-
-        @sa.event.listens_for(engine, "begin")
-        def _sqlite_begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-        return engine
-    if url.get_backend_name() not in (MYSQL, "mariadb"):
-        raise ValueError(f"the SQLAlchemy sink supports mysql/mariadb and sqlite URLs, not {url.drivername!r}")
-    engine = sa.create_engine(
-        url,
-        isolation_level="READ COMMITTED",
-        pool_pre_ping=True,
-        pool_size=2,
-        connect_args={
-            "connect_timeout": 10,
-            "charset": "utf8mb4",
-            "read_timeout": stall_timeout_s,
-            "write_timeout": stall_timeout_s,
-        },
-    )
-
-    @sa.event.listens_for(engine, "connect")
-    def _mysql_connect(dbapi_conn: Any, _record: Any) -> None:
-        cur = dbapi_conn.cursor()
-        cur.execute("SET SESSION time_zone = '+00:00'")
-        cur.execute(f"SET SESSION sql_mode = '{_MYSQL_SQL_MODE}'")
-        cur.close()
-
-    return engine
-
-
 class SqlAlchemySink:
     """Applies reduced batches to a MariaDB/MySQL or SQLite database; see the module docstring.
 
     ``url`` is a SQLAlchemy URL object with the password already set (never logged).
     ``control_schema`` names the control tables' schema (MariaDB database; SQLite prefix).
     ``stall_timeout_s`` bounds one transaction (seconds): past it the call raises
-    TransientSinkError (a frozen target must not hang the worker).
+    TransientSinkError (a frozen target must not hang the worker). ``versions``: ``columns``
+    (``__cdc_*`` columns in the user tables) or ``table`` (``row_versions``).
     """
 
     def __init__(
@@ -177,7 +133,11 @@ class SqlAlchemySink:
         stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
         drop_dropped_columns: bool = False,
         renames: Mapping[str, Mapping[str, str]] | None = None,
+        versions: str = "columns",
     ) -> None:
+        if versions not in ("columns", "table"):
+            raise ValueError(f"versions must be 'columns' or 'table', not {versions!r}")
+        self._versions = versions
         self._stall_timeout_s = stall_timeout_s
         self._drop_dropped_columns = drop_dropped_columns
         self._renames = {t: dict(m) for t, m in (renames or {}).items()}
@@ -209,7 +169,7 @@ class SqlAlchemySink:
     def _transaction(self) -> Iterator[Connection]:
         """A transaction bounded by the stall guard; database errors become TransientSinkError
         or BatchRejectedError."""
-        guard = _StallGuard(self._stall_timeout_s) if self._dialect == MYSQL else None
+        guard = StallGuard(self._stall_timeout_s) if self._dialect == MYSQL else None
         try:
             with self._engine.begin() as conn:
                 if guard is not None:
@@ -255,6 +215,11 @@ class SqlAlchemySink:
         """Dispose of the engine's connections."""
         with contextlib.suppress(sa.exc.SQLAlchemyError):
             self._engine.dispose()
+
+    @property
+    def _table_versions(self) -> SaTableVersions | None:
+        """The ``row_versions`` statements in ``table`` mode (after ``_ensure_control``), else None."""
+        return SaTableVersions(self._dialect, self._control.row_versions) if self._versions == "table" else None
 
     @property
     def _control(self) -> ControlTables:
@@ -366,6 +331,13 @@ class SqlAlchemySink:
                 f" {sorted(known)}); re-create it and replay (see docs/reliability.md), or delete its rows from"
                 f" {self._control_schema}.known_columns to let the pipeline re-create it empty"
             )
+        if shape is not None and self._versions == "table":
+            own = sorted(c for c in shape.columns if c.startswith(ddl.OWN_PREFIX))
+            if own:
+                raise TargetSchemaError(
+                    f"target table {table} has the columns-mode column(s) {own} but target.versions is"
+                    " 'table'; drop them (their positions are not migrated) or keep target.versions: columns"
+                )
         position = newest_position(changes)
         applied: list[ColumnChange] = []
         if shape is None:
@@ -420,7 +392,7 @@ class SqlAlchemySink:
                 f"target table {table} does not exist and the events carry no schema "
                 "(enable value.converter.schemas.enable or create the table)"
             )
-        ddl.create_table(conn, table, columns, changes.key_columns)
+        ddl.create_table(conn, table, columns, changes.key_columns, self._versions)
         log.info("target table created", table=str(table), columns=len(columns), dialect=self._dialect)
         shape = ddl.read_shape(conn, table)
         assert shape is not None
@@ -516,13 +488,18 @@ class SqlAlchemySink:
 
     def _truncate(self, conn: Connection, shape: TableShape, position: Position) -> int:
         name = str(shape.table)
-        t = shape.clause([*VERSION_COLUMNS])
-        result = conn.execute(
-            sa.delete(t).where(
-                sa.tuple_(t.c[VERSION_COLUMNS[0]], t.c[VERSION_COLUMNS[1]])
-                < sa.tuple_(sa.literal(position.commit_lsn), sa.literal(position.lsn))
+        versions = self._table_versions
+        if versions is not None:
+            done = self._truncate_watermark(conn, shape.table)
+            # A replayed truncate (its watermark stands) has nothing to do: every row there is
+            # newer, and a keyless table could not tell them apart.
+            rows = 0 if done is not None and done >= position else versions.truncate(conn, shape, position)
+        else:
+            t = shape.clause([*VERSION_COLUMNS])
+            newer = sa.tuple_(t.c[VERSION_COLUMNS[0]], t.c[VERSION_COLUMNS[1]]) < sa.tuple_(
+                sa.literal(position.commit_lsn), sa.literal(position.lsn)
             )
-        )
+            rows = int(conn.execute(sa.delete(t).where(newer)).rowcount or 0)
         tr = self._control.truncations
         cols = ["table_name", "commit_lsn", "lsn", "truncated_at"]
         conn.execute(
@@ -537,7 +514,7 @@ class SqlAlchemySink:
                 < sa.tuple_(sa.literal(position.commit_lsn), sa.literal(position.lsn)),
             )
         )
-        log.info("target table truncated", table=name, rows=result.rowcount, position=str(position))
+        log.info("target table truncated", table=name, rows=rows, position=str(position))
         return 1
 
     def _truncate_watermark(self, conn: Connection, table: TableId) -> Position | None:
@@ -607,6 +584,9 @@ class SqlAlchemySink:
             raise BatchRejectedError(
                 f"{shape.table}: target has no column(s) {extra} (add them or drop them by transform)"
             )
+        versions = self._table_versions
+        if versions is not None:
+            return versions.upsert_rows(conn, shape, columns, ups)
         all_cols = [*columns, *VERSION_COLUMNS] + ([ROW_ID] if shape.keyless else [])
         table = shape.clause(all_cols)
         if shape.keyless:
@@ -620,7 +600,7 @@ class SqlAlchemySink:
             if shape.keyless:
                 values.append(up.key)
             rows.append(dml.params(values))
-        _executemany(conn, stmt, rows)
+        dml.executemany(conn, stmt, rows)
         return len(rows)
 
     def _stored_stale(self, conn: Connection, shape: TableShape, ups: list[Upsert]) -> set[str]:
@@ -629,6 +609,15 @@ class SqlAlchemySink:
         partition writes it, so the answer holds until the commit; the upsert's guard stays."""
         if not ups:
             return set()
+        versions = self._table_versions
+        if versions is not None:
+            row_keys = {up.key: shape_row_key(shape, up.key, up.row) for up in ups}
+            stored = versions.stored(conn, str(shape.table), list(row_keys.values()))
+            return {
+                up.key
+                for up in ups
+                if row_keys[up.key] in stored and (shape.keyless or stored[row_keys[up.key]] >= up.position)
+            }
         if shape.keyless:
             t = shape.clause([ROW_ID])
             ids = [up.key for up in ups]
@@ -663,6 +652,8 @@ class SqlAlchemySink:
         keys whose tombstone was already at or past the delete (nothing to do: a replay)."""
         if shape.keyless:
             return self._delete_keyless(conn, shape, list(changes.deletes.values()), stale)
+        if self._table_versions is not None:
+            return self._delete_by_versions(conn, shape, list(changes.deletes.values()), stale)
         keys = list(shape.key_columns)
         t = shape.clause([*keys, *VERSION_COLUMNS])
         match = [t.c[k] == sa.bindparam(f"k{i}") for i, k in enumerate(keys)]
@@ -685,6 +676,27 @@ class SqlAlchemySink:
         result = conn.execute(sa.delete(t).where(*match, newer), rows)
         self._write_tombstones(conn, shape.table, [(d.key, d.position) for d in deletes], guarded=True)
         return max(int(result.rowcount or 0), 0)
+
+    def _delete_by_versions(self, conn: Connection, shape: TableShape, deletes: list[Delete], stale: set[str]) -> int:
+        """``table`` mode: delete the keys whose stored position is older than the delete (or
+        absent), move their ``row_versions`` entries to it, and tombstone every key."""
+        versions = self._table_versions
+        assert versions is not None
+        keys = list(shape.key_columns)
+        row_keys = {d.key: shape_row_key(shape, d.key, d.key_values) for d in deletes}
+        stones = self._tombstones(conn, shape.table, list(row_keys.values()))
+        stale.update(d.key for d in deletes if row_keys[d.key] in stones and stones[row_keys[d.key]] >= d.position)
+        stored = versions.stored(conn, str(shape.table), list(row_keys.values()))
+        doomed = [d for d in deletes if row_keys[d.key] not in stored or stored[row_keys[d.key]] < d.position]
+        deleted = 0
+        if doomed:
+            t = shape.clause(keys)
+            match = [t.c[k] == sa.bindparam(f"k{i}") for i, k in enumerate(keys)]
+            rows = [{f"k{i}": adapt(d.key_values[k], self._dialect) for i, k in enumerate(keys)} for d in doomed]
+            deleted = max(int(conn.execute(sa.delete(t).where(*match), rows).rowcount or 0), 0)
+            versions.write(conn, str(shape.table), [(row_keys[d.key], d.position) for d in doomed], keep=False)
+        self._write_tombstones(conn, shape.table, [(row_keys[d.key], d.position) for d in deletes], guarded=True)
+        return deleted
 
     def _write_tombstones(
         self, conn: Connection, table: TableId, stones: list[tuple[str, Position]], guarded: bool
@@ -714,6 +726,11 @@ class SqlAlchemySink:
             if seen:
                 stale.add(d.key)
                 continue
+            markers = [d.key]
+            if self._table_versions is not None:
+                done += 1 if self._table_versions.delete_one(conn, shape, d.key_values) else 0
+                self._write_tombstones(conn, table, [(d.key, d.position)], guarded=False)
+                continue
             cols = [c for c in d.key_values if c in shape.columns]
             t = shape.clause([*cols, *VERSION_COLUMNS, ROW_ID])
             where = [t.c[c].is_not_distinct_from(adapt(d.key_values[c], self._dialect)) for c in cols]
@@ -722,69 +739,12 @@ class SqlAlchemySink:
                 < sa.tuple_(sa.literal(d.position.commit_lsn), sa.literal(d.position.lsn))
             )
             row = conn.execute(sa.select(t.c[ROW_ID]).where(*where).order_by(t.c[ROW_ID]).limit(1)).first()
-            markers = [d.key]
             if row is not None:
                 conn.execute(sa.delete(t).where(t.c[ROW_ID] == row[0]))
                 markers.append(str(row[0]))
                 done += 1
             self._write_tombstones(conn, table, [(m, d.position) for m in markers], guarded=False)
         return done
-
-
-class _StallGuard:
-    """Context of one MariaDB transaction: when it runs longer than ``timeout_s`` (seconds),
-    shut the PyMySQL connection's socket down from a timer thread, so the blocked read fails
-    with a lost connection (``fired`` tells the caller why). A frozen server's kernel keeps the
-    TCP connection open, so only a timeout of our own notices."""
-
-    def __init__(self, timeout_s: float) -> None:
-        self._timeout_s = timeout_s
-        self._lock = threading.Lock()
-        self._timer: threading.Timer | None = None
-        self._sock: socket.socket | None = None
-        self.fired = False
-
-    def arm(self, conn: Connection) -> None:
-        """Start the clock on ``conn``'s DBAPI connection (a ``pymysql.Connection``)."""
-        sock = getattr(conn.connection.dbapi_connection, "_sock", None)
-        if not isinstance(sock, socket.socket):
-            return  # not a PyMySQL connection: the socket timeouts still bound every read
-        with self._lock:
-            self._sock = sock
-            self._timer = threading.Timer(self._timeout_s, self._fire)
-            self._timer.daemon = True
-            self._timer.start()
-
-    def disarm(self) -> None:
-        """Stop the clock (the transaction ended, either way)."""
-        with self._lock:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = None
-            self._sock = None
-
-    def _fire(self) -> None:
-        with self._lock:
-            if self._sock is None:
-                return
-            self.fired = True
-            with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_RDWR)
-        log.warning("target stalled: connection dropped", timeout_s=self._timeout_s)
-
-
-def _executemany(conn: Connection, stmt: sa.ClauseElement, rows: list[dict[str, object]]) -> None:
-    """Run ``stmt`` once per row of bind parameters through the driver's ``executemany``
-    (PyMySQL folds an INSERT into multi-row VALUES statements), compiling the statement once
-    instead of letting SQLAlchemy process every row's parameters (a third of the apply time
-    of a 5,000-row batch on MariaDB)."""
-    compiled = stmt.compile(dialect=conn.dialect)
-    positions = getattr(compiled, "positiontup", None)  # SQLCompiler: bind names in order
-    if positions is not None:  # qmark/format drivers (sqlite3): positional tuples
-        order = list(positions)
-        conn.exec_driver_sql(str(compiled), [tuple(r[k] for k in order) for r in rows])
-    else:  # pyformat/named drivers (PyMySQL): the parameter dicts as they are
-        conn.exec_driver_sql(str(compiled), rows)
 
 
 def _utcnow() -> datetime:

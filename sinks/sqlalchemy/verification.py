@@ -33,6 +33,7 @@ from sinks.base import (
 )
 from sinks.pg_canonical import count_rows, pin_session, qualified, range_where, values
 from sinks.sqlalchemy import canonical, ddl
+from sinks.sqlalchemy import versions as table_mode
 from sinks.sqlalchemy.sink import is_transient
 from sinks.sqlalchemy.types import adapt
 
@@ -195,22 +196,38 @@ class SqlAlchemyVerification:
         return PythonSourceSide(source, plan), SqlAlchemyTargetSide(self._engine, self._dialect, plan)
 
     def versioned_keys(self, plan: ChecksumPlan, key_range: KeyRange) -> list[VersionedKey]:
-        """Keys and version columns of the target rows in ``key_range``."""
+        """Keys and version columns of the target rows in ``key_range``; for a table without
+        them (``target.versions: table``) the positions in ``row_versions`` (``(None, None)``
+        for a row the pipeline never wrote)."""
         if plan.keyless or not plan.target_exists:
             return []
         side = SqlAlchemyTargetSide(self._engine, self._dialect, plan)
-        t = side.clause(ddl.VERSION_COLUMNS)
-        query = sa.select(*(t.c[c.target] for c in plan.key), *(t.c[v] for v in ddl.VERSION_COLUMNS))
-        n = len(plan.key)
         with _errors(), self._engine.connect() as conn:
+            in_columns = table_mode.has_version_columns(conn, plan.target)
+            versions = ddl.VERSION_COLUMNS if in_columns else ()
+            t = side.clause(versions)
+            query = sa.select(*(t.c[c.target] for c in plan.key), *(t.c[v] for v in versions))
             rows = conn.execute(side.in_range(query, t, key_range)).all()
+            n = len(plan.key)
+            if not in_columns:
+                rv = table_mode.row_versions_beside(self._results)
+                return table_mode.stored_versions(conn, rv, plan.target, [tuple(r) for r in rows])
         return [VersionedKey(tuple(r[:n]), tuple(r[n:])) for r in rows]
 
     def guarded_delete(self, plan: ChecksumPlan, rows: Sequence[VersionedKey]) -> int:
-        """One ``DELETE ... WHERE key = ? AND versions = ?`` per row, in one transaction."""
+        """One ``DELETE ... WHERE key = ? AND versions = ?`` per row, in one transaction; for a
+        table without version columns (``target.versions: table``) the same guard on the
+        ``row_versions`` position (:func:`sinks.sqlalchemy.versions.guarded_delete_rows`)."""
         if not rows:
             return 0
         side = SqlAlchemyTargetSide(self._engine, self._dialect, plan)
+        with _errors(), self._engine.connect() as conn:
+            in_columns = table_mode.has_version_columns(conn, plan.target)
+        if not in_columns:
+            rv = table_mode.row_versions_beside(self._results)
+            key = [c.target for c in plan.key]
+            with _errors(), self._engine.begin() as conn:
+                return table_mode.guarded_delete_rows(conn, self._dialect, rv, side.clause(), key, plan.target, rows)
         t = side.clause(ddl.VERSION_COLUMNS)
         names = [*(c.target for c in plan.key), *ddl.VERSION_COLUMNS]
         deleted = 0

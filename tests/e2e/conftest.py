@@ -309,16 +309,19 @@ def e2e(
         source: dict[str, Any] | None = None,
         target: str = "postgresql",
         share_source_with: E2EPipeline | None = None,
+        versions: str = "columns",
     ) -> E2EPipeline:
         """``target`` is ``postgresql`` (default), ``mariadb`` (the stack's MariaDB, a database
         named like the test's databases for un-routed tables) or ``sqlite`` (a file in tmp_path).
         ``share_source_with`` makes a second pipeline (own consumer group) on the source and
-        connector of an existing one: ``ddl`` then runs on the source and no connector is made."""
+        connector of an existing one: ``ddl`` then runs on the source and no connector is made.
+        ``versions`` is the target's ``versions`` setting (``columns`` or ``table``)."""
         with psycopg.connect(databases.source_dsn, autocommit=True) as conn:
             for statement in ddl:
                 conn.execute(statement)
         name = unique("s") if share_source_with is None else f"{unique('s')}_{len(made)}"
         target_doc, target_url = _target_doc(target, local_stack, databases, tmp_path / f"{name}.db")
+        target_doc["versions"] = versions
         doc: dict[str, Any] = {
             "kafka": {"bootstrap_servers": s.bootstrap_servers},
             "connect": {"url": s.connect_url},

@@ -1,29 +1,86 @@
-"""Apply-core acceptance (issue 4) through real Debezium, Kafka and PostgreSQL target."""
+"""Apply-core acceptance (issue 4) through real Debezium, Kafka and PostgreSQL target, in both
+``target.versions`` modes (issue 21): ``columns`` (positions in ``__cdc_*`` columns) and
+``table`` (positions in ``cdc_control.row_versions``; the user tables keep exactly the source's
+columns, asserted after every test)."""
 
 from __future__ import annotations
 
 import hashlib
 import threading
 import time
+from collections.abc import Callable, Iterator
 
 import psycopg
+import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
 from tests.e2e.conftest import E2EPipeline, table_rows
 
+Factory = Callable[..., E2EPipeline]
+
+
+@pytest.fixture(params=["columns", "table"])
+def e2e_v(request: pytest.FixtureRequest, e2e: Factory) -> Iterator[Factory]:
+    """The ``e2e`` factory with ``target.versions`` set to the parameter; in ``table`` mode it
+    checks at the end that every target table has exactly the source table's columns."""
+    made: list[E2EPipeline] = []
+
+    def make(*args: object, **kwargs: object) -> E2EPipeline:
+        p = e2e(*args, versions=request.param, **kwargs)
+        made.append(p)
+        return p
+
+    yield make
+    if request.param == "table":
+        for p in made:
+            for table in p.tables:
+                assert target_columns(p, table) == source_columns(p, table), table
+
+
+def _columns(dsn: str, schema: str, name: str) -> list[str]:
+    with psycopg.connect(dsn) as conn:
+        return [
+            r[0]
+            for r in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s"
+                " ORDER BY ordinal_position",
+                (schema, name),
+            ).fetchall()
+        ]
+
+
+def source_columns(p: E2EPipeline, table: str) -> list[str]:
+    schema, _, name = table.partition(".")
+    return _columns(p.source_dsn, schema, name)
+
+
+def target_columns(p: E2EPipeline, table: str) -> list[str]:
+    t = p.target_table(table)
+    return _columns(p.target_dsn, t.schema, t.table)
+
+
 ITEMS_DDL = "CREATE TABLE public.items (id int PRIMARY KEY, name text NOT NULL, qty int)"
 
 
 def target_checksum(p: E2EPipeline, table: str) -> str:
-    """Checksum of the target table including the pipeline's version columns."""
+    """Checksum of the target table including the pipeline's positions (version columns, or
+    the table's ``row_versions`` rows) and tombstones."""
     with psycopg.connect(p.target_dsn) as conn:
         rows = conn.execute(f"SELECT t::text FROM {table} t ORDER BY 1").fetchall()
+        rows += conn.execute(
+            "SELECT v::text FROM cdc_control.row_versions v WHERE table_name = %s ORDER BY 1", (table,)
+        ).fetchall()
+        rows += conn.execute(
+            "SELECT format('%%s %%s %%s', row_key, commit_lsn, lsn) FROM cdc_control.tombstones"
+            " WHERE table_name = %s ORDER BY 1",
+            (table,),
+        ).fetchall()
     return hashlib.sha256("\n".join(r[0] for r in rows).encode()).hexdigest()
 
 
-def test_all_ops_and_primary_key_change(e2e) -> None:  # type: ignore[no-untyped-def]
-    p = e2e(
+def test_all_ops_and_primary_key_change(e2e_v: Factory) -> None:
+    p = e2e_v(
         [ITEMS_DDL, "INSERT INTO public.items SELECT g, 'snap-' || g, g FROM generate_series(1, 50) g"],
         ["public.items"],
     )
@@ -58,8 +115,8 @@ ALL_TYPES_DDL = [
 ]
 
 
-def test_every_type_round_trips(e2e) -> None:  # type: ignore[no-untyped-def]
-    p = e2e(ALL_TYPES_DDL, ["public.all_types"])
+def test_every_type_round_trips(e2e_v: Factory) -> None:
+    p = e2e_v(ALL_TYPES_DDL, ["public.all_types"])
     p.start_worker()
     p.wait_converged()
     p.source("UPDATE public.all_types SET n38 = -0.0000000001, r = 'Infinity', d = 1e-300 WHERE id = 1")
@@ -83,8 +140,8 @@ def test_every_type_round_trips(e2e) -> None:  # type: ignore[no-untyped-def]
     assert types["u"] == "uuid"
 
 
-def test_toasted_text_survives_update_of_other_column(e2e) -> None:  # type: ignore[no-untyped-def]
-    p = e2e(["CREATE TABLE public.docs (id int PRIMARY KEY, body text, version int)"], ["public.docs"])
+def test_toasted_text_survives_update_of_other_column(e2e_v: Factory) -> None:
+    p = e2e_v(["CREATE TABLE public.docs (id int PRIMARY KEY, body text, version int)"], ["public.docs"])
     p.start_worker()
     # Random text does not compress, so it is stored out of line (TOASTed).
     p.source(
@@ -98,8 +155,8 @@ def test_toasted_text_survives_update_of_other_column(e2e) -> None:  # type: ign
     assert length == (128000, 2)
 
 
-def test_hostile_identifiers(e2e) -> None:  # type: ignore[no-untyped-def]
-    p = e2e(
+def test_hostile_identifiers(e2e_v: Factory) -> None:
+    p = e2e_v(
         [
             'CREATE SCHEMA "Odd Schema"',
             'CREATE TABLE "Odd Schema"."Select ""Quoted"" Table" ("Key Col" int PRIMARY KEY, "order" text, "we""ird" text)',
@@ -114,8 +171,8 @@ def test_hostile_identifiers(e2e) -> None:  # type: ignore[no-untyped-def]
     p.wait_converged()
 
 
-def test_replay_from_the_start_changes_nothing(e2e) -> None:  # type: ignore[no-untyped-def]
-    p = e2e(
+def test_replay_from_the_start_changes_nothing(e2e_v: Factory) -> None:
+    p = e2e_v(
         [ITEMS_DDL, "INSERT INTO public.items SELECT g, 'v' || g, g FROM generate_series(1, 200) g"], ["public.items"]
     )
     worker = p.start_worker()
@@ -149,8 +206,45 @@ def test_replay_from_the_start_changes_nothing(e2e) -> None:  # type: ignore[no-
     p.wait_converged()
 
 
-def test_interleaved_transactions_follow_commit_order(e2e) -> None:  # type: ignore[no-untyped-def]
-    p = e2e([ITEMS_DDL, "INSERT INTO public.items VALUES (1, 'a0', 0), (2, 'b0', 0)"], ["public.items"])
+def test_keyless_table_keeps_duplicates_and_survives_a_replay(e2e_v: Factory) -> None:
+    """A table without a primary key (REPLICA IDENTITY FULL, append_dedup): duplicates are kept,
+    a delete removes one equal row, an update is delete + insert, a truncate empties it, and a
+    replay from the start of the topic (offsets deleted) neither duplicates nor resurrects."""
+    p = e2e_v(
+        [
+            "CREATE TABLE public.hist (aid int, delta int)",
+            "ALTER TABLE public.hist REPLICA IDENTITY FULL",
+            "INSERT INTO public.hist VALUES (1, 5), (1, 5), (2, 7)",
+        ],
+        ["public.hist"],
+    )
+    worker = p.start_worker()
+    p.wait_converged()  # the initial snapshot
+    p.source("INSERT INTO public.hist VALUES (1, 5), (3, 9)")
+    p.source("DELETE FROM public.hist WHERE ctid = (SELECT ctid FROM public.hist WHERE aid = 1 LIMIT 1)")
+    p.source("UPDATE public.hist SET delta = 8 WHERE aid = 2")
+    p.wait_converged()
+    assert table_rows(p.target_dsn, "public.hist") == [(1, 5), (1, 5), (2, 8), (3, 9)]
+    p.source("TRUNCATE public.hist")
+    p.source("INSERT INTO public.hist VALUES (4, 4), (4, 4)")
+    p.source("DELETE FROM public.hist WHERE ctid = (SELECT ctid FROM public.hist LIMIT 1)")
+    p.wait_converged()
+    assert table_rows(p.target_dsn, "public.hist") == [(4, 4)]
+    assert p.stop_worker(worker) == 0
+    with psycopg.connect(p.target_dsn, autocommit=True) as conn:
+        conn.execute(
+            "DELETE FROM cdc_control.offsets WHERE consumer_group = %s",
+            (p.settings.pipelines[0].resolved_consumer_group,),
+        )
+    p.start_worker()
+    p.wait_log("partitions assigned", count=2)
+    time.sleep(5)  # the whole topic (a dozen messages) is consumed again within a few batches
+    p.wait_converged()
+    assert table_rows(p.target_dsn, "public.hist") == [(4, 4)]
+
+
+def test_interleaved_transactions_follow_commit_order(e2e_v: Factory) -> None:
+    p = e2e_v([ITEMS_DDL, "INSERT INTO public.items VALUES (1, 'a0', 0), (2, 'b0', 0)"], ["public.items"])
     p.start_worker()
     p.wait_converged()
     for round_ in range(5):
@@ -166,8 +260,8 @@ def test_interleaved_transactions_follow_commit_order(e2e) -> None:  # type: ign
     assert table_rows(p.target_dsn, "public.items") == [(1, "a-t1-4", 50), (2, "b-t2-4+", 5)]
 
 
-def test_poison_messages_go_to_the_dlq_and_the_pipeline_goes_on(e2e) -> None:  # type: ignore[no-untyped-def]
-    p = e2e([ITEMS_DDL], ["public.items"])
+def test_poison_messages_go_to_the_dlq_and_the_pipeline_goes_on(e2e_v: Factory) -> None:
+    p = e2e_v([ITEMS_DDL], ["public.items"])
     p.start_worker()
     p.source("INSERT INTO public.items VALUES (1, 'one', 1)")
     p.wait_converged()
@@ -203,8 +297,8 @@ def test_poison_messages_go_to_the_dlq_and_the_pipeline_goes_on(e2e) -> None:  #
         assert headers["cdc.error.reason"]
 
 
-def test_two_workers_share_four_partitions(e2e) -> None:  # type: ignore[no-untyped-def]
-    p = e2e([ITEMS_DDL], ["public.items"], source={"topic_partitions": 4})
+def test_two_workers_share_four_partitions(e2e_v: Factory) -> None:
+    p = e2e_v([ITEMS_DDL], ["public.items"], source={"topic_partitions": 4})
     # The items topic must exist before w1 subscribes: w1 then owns all four partitions and
     # w2's join makes it revoke some. (An empty table has no topic yet; w1's first assignment
     # would be empty and librdkafka's cooperative protocol logs no revoke for nothing.)

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from pipeline.core.batch import key_text
 from pipeline.core.events import ChangeEvent, Column, Op, Position, TableId
 from pipeline.core.settings.models import PipelineSettings
 from pipeline.dataplane.reduce import reduce_events
@@ -26,9 +27,10 @@ from pipeline.localstack import LocalStack
 from pipeline.localstack.config import MARIADB_PASSWORD, MARIADB_USER
 from sinks.base import ApplyResult, Target
 from sinks.factory import make_target
-from sinks.sqlalchemy.ddl import physical
+from sinks.sqlalchemy.ddl import physical, row_hash
 
 KINDS = ("postgresql", "mariadb", "sqlite")
+VERSIONS = ("columns", "table")
 GROUP = "cdc.contract"
 SOURCE_ITEMS = TableId("public", "items")
 ITEM_COLUMNS = (
@@ -106,6 +108,7 @@ class Backend:
     engine: sa.Engine
     sqlite_file: Path | None = None
     targets: list[Target] = field(default_factory=list)
+    versions: str = "columns"
 
     @property
     def items(self) -> TableId:
@@ -139,6 +142,34 @@ class Backend:
         with self.engine.connect() as conn:
             got = conn.execute(sa.select(*t.c).order_by(*t.c)).all()
         return [tuple(norm(v) for v in r) for r in got]
+
+    def positions(self, keys: list[int], table: TableId | None = None) -> list[tuple[int, int]]:
+        """``(commit_lsn, lsn)`` stored for each ``id`` of ``keys`` (missing ones left out): the
+        version columns in ``columns`` mode, ``<control_schema>.row_versions`` in ``table`` mode."""
+        table = table or self.items
+        if self.versions == "columns":
+            schema, name = physical(table, self.dialect)
+            t = sa.table(name, sa.column("id"), sa.column("__cdc_commit_lsn"), sa.column("__cdc_lsn"), schema=schema)
+            with self.engine.connect() as conn:
+                got = conn.execute(sa.select(t.c["__cdc_commit_lsn"], t.c["__cdc_lsn"]).where(t.c.id.in_(keys))).all()
+            return sorted((int(a), int(b)) for a, b in got)
+        schema, name = physical(TableId(self.settings["control_schema"], "row_versions"), self.dialect)
+        key_col = "row_key" if self.kind == "postgresql" else "row_hash"
+        rv = sa.table(name, sa.column("table_name"), sa.column(key_col), sa.column("commit_lsn"),
+                      sa.column("lsn"), schema=schema)  # fmt: skip
+        texts = [key_text([k]) for k in keys]
+        wanted = texts if self.kind == "postgresql" else [row_hash(t) for t in texts]
+        with self.engine.connect() as conn:
+            got = conn.execute(
+                sa.select(rv.c.commit_lsn, rv.c.lsn).where(rv.c.table_name == str(table), rv.c[key_col].in_(wanted))
+            ).all()
+        return sorted((int(a), int(b)) for a, b in got)
+
+    def columns_of(self, table: TableId | None = None) -> list[str]:
+        """Column names of a target table, in order."""
+        schema, name = physical(table or self.items, self.dialect)
+        with self.engine.connect() as conn:
+            return [str(c["name"]) for c in sa.inspect(conn).get_columns(name, schema=schema)]
 
     def has_table(self, table: TableId) -> bool:
         """Whether ``table`` exists in the target."""
@@ -193,9 +224,20 @@ class Backend:
 
 @contextlib.contextmanager
 def open_backend(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path, unique: Callable[[str], str], versions: str = "columns"
+) -> Iterator[Backend]:
+    """A fresh :class:`Backend` of ``kind`` whose targets use ``target.versions: <versions>``;
+    MariaDB databases named after it are dropped afterwards."""
+    with _open_backend(kind, request, tmp_path, unique) as backend:
+        backend.versions = versions
+        backend.settings["versions"] = versions
+        yield backend
+
+
+@contextlib.contextmanager
+def _open_backend(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path, unique: Callable[[str], str]
 ) -> Iterator[Backend]:
-    """A fresh :class:`Backend` of ``kind``; MariaDB databases named after it are dropped afterwards."""
     schema = unique("s")
     if kind == "sqlite":
         path = tmp_path / "target.db"
