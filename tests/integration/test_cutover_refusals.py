@@ -92,7 +92,7 @@ def test_drain_timeout_aborts_and_the_source_takes_writes(short_drain_env: Cutov
     env.pipe.stop_worker(worker)  # the drain can no longer reach the fence
     assert proc.wait(120) == 1
     code, status = env.cli_json("cutover", "status")
-    assert status["phase"] == "aborted" and status["aborted_from"] == "fenced", status
+    assert code == 0 and status["phase"] == "aborted" and status["aborted_from"] == "fenced", status
     assert "drain" in str(status["reason"]) and status["fence_lsn"]
     assert env.role_settings() == []
     assert env.app_can_write()
