@@ -4,6 +4,7 @@ root validation of ``cutover.reverse``."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -44,7 +45,7 @@ NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 
 def test_forward_order_and_abort_rules() -> None:
     order = ["idle", "gate", "fenced", "drained", "verified", "sequences_synced", "reverse_started", "done", "finished"]
-    for a, b in zip(order, order[1:], strict=False):
+    for a, b in itertools.pairwise(order):
         assert can_move(Phase(a), Phase(b)), (a, b)
     assert can_move(Phase.SEQUENCES_SYNCED, Phase.DONE)  # without --reverse
     assert not can_move(Phase.FENCED, Phase.VERIFIED)  # no skipping
