@@ -56,3 +56,21 @@ def test_kill_after_fence_then_abort_lifts_it_and_loses_nothing(cutover_env: Cut
     with psycopg.connect(env.db.source_dsn) as conn:
         row = conn.execute("SELECT count(*) FROM public.orders").fetchone()
     assert row is not None and row[0] == len(ids)
+
+
+def test_sigterm_after_fence_aborts_by_itself(cutover_env: CutoverEnv) -> None:  # noqa: F811
+    env = cutover_env
+    worker = env.pipe.start_worker()
+    env.pipe.wait_assigned(worker)
+    env.app_insert("first")
+    env.pipe.wait_converged()
+    env.verify()
+    proc = env.subprocess("cutover", "run", env={"CDC_CUTOVER_PAUSE_AFTER": "fenced"})
+    env.wait_phase("fenced")
+    assert not env.app_can_write()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 1
+    code, status = env.cli_json("cutover", "status")
+    assert code == 0 and status["phase"] == "aborted" and status["aborted_from"] == "fenced", status
+    assert "interrupted" in str(status["reason"])
+    assert env.role_settings() == [] and env.app_can_write()
