@@ -88,14 +88,14 @@ def run(
     reverse: ReverseOption = False,
     json_out: JsonOption = False,
 ) -> None:
-    """Gate, fence the source, record the fence LSN, drain, stop the forward connector, verify,
+    """Gate, fence the source, record the fence LSN, drain, verify, stop the forward connector,
     sync sequences (--reverse: start the reverse pipeline), done. Any failure before 'done'
     aborts: the fence is lifted and the forward connector resumed. Exit 0 only at 'done'."""
     settings, chosen = _chosen(config, pipeline)
     if reverse and chosen.cutover.reverse is None:
         fail([f"--reverse: pipelines[{chosen.name}].cutover.reverse is not configured"])
     try:
-        with Cutover.open(settings, chosen) as cutover:
+        with Cutover.open(settings, chosen, exclusive=True) as cutover:
             state = cutover.run(reverse)
     except UnsupportedTargetError as exc:
         fail([str(exc)])
@@ -129,7 +129,7 @@ def abort(config: ConfigOption = None, pipeline: PipelineOption = None, json_out
     Idempotent."""
     settings, chosen = _chosen(config, pipeline)
     try:
-        with Cutover.open(settings, chosen) as cutover:
+        with Cutover.open(settings, chosen, exclusive=True) as cutover:
             state = cutover.abort("aborted by 'cutover abort'")
     except UnsupportedTargetError as exc:
         fail([str(exc)])

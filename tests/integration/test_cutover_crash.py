@@ -32,6 +32,8 @@ def test_kill_after_fence_then_abort_lifts_it_and_loses_nothing(cutover_env: Cut
         time.sleep(1)
         assert not env.app_can_write(), "the fence holds while cutover run sleeps"
         refused_before_kill = writer.refused
+        busy = env.cli("cutover", "abort")
+        assert busy.exit_code == 2 and "in progress" in busy.output, "no abort under a live run"
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
         time.sleep(1)

@@ -1,5 +1,5 @@
-"""The cutover orchestrator: gate -> fence -> fence LSN -> drain -> stop the forward connector ->
-final verification -> sequence sync -> (reverse) -> done, with the state saved durably in the
+"""The cutover orchestrator: gate -> fence -> fence LSN -> drain -> final verification -> stop the
+forward connector -> sequence sync -> (reverse) -> done, with the state saved durably in the
 target after every phase and an automatic abort on any failure before ``done``.
 
 Safety rules this module keeps:
@@ -9,7 +9,10 @@ Safety rules this module keeps:
   another process after a ``kill -9`` undoes exactly that;
 - an abort whose undo fails keeps the phase (``cutover status`` still shows the fence) and says
   what failed; ``cutover abort`` retries it (every undo step is idempotent);
-- the write pause is measured from just before the fence until ``done`` is durable.
+- the write pause is measured from just before the fence until ``done`` is durable;
+- the forward connector is stopped after the drain and the final verification (so a verifier
+  that catches up by heartbeat still can), before anything is written to the target or the
+  reverse direction starts; one ``run`` or ``abort`` at a time (:func:`cutover_lock`).
 
 Test hook: ``CDC_CUTOVER_PAUSE_AFTER=<phase>`` makes ``run`` sleep ``CDC_CUTOVER_PAUSE_S``
 seconds (default 3600) once that phase is durable, so tests can kill it there.
@@ -17,6 +20,7 @@ seconds (default 3600) once that phase is durable, so tests can kill it there.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import signal
@@ -95,15 +99,18 @@ class Cutover:
 
     @classmethod
     @contextmanager
-    def open(cls, settings: Settings, pipeline: PipelineSettings) -> Iterator[Cutover]:
-        """A cutover on a target of its own, closed on exit. Raises TransientSinkError."""
-        target = make_target(pipeline, purpose="cutover")
-        store = open_cutover(target)
-        try:
+    def open(cls, settings: Settings, pipeline: PipelineSettings, exclusive: bool = False) -> Iterator[Cutover]:
+        """A cutover on a target of its own, closed on exit; ``exclusive`` (``run``, ``abort``) holds
+        the pipeline's cutover lock meanwhile (:func:`cutover_lock`). Raises TransientSinkError,
+        CutoverRefusedError, psycopg.Error."""
+        with contextlib.ExitStack() as stack:
+            if exclusive:
+                stack.enter_context(cutover_lock(settings, pipeline))
+            target = make_target(pipeline, purpose="cutover")
+            stack.callback(target.close)
+            store = open_cutover(target)
+            stack.callback(store.close)
             yield cls(settings, pipeline, target, store, load_state(store, pipeline.name))
-        finally:
-            store.close()
-            target.close()
 
     # ----------------------------------------------------------------- state
 
@@ -198,7 +205,6 @@ class Cutover:
                 self.settings.cutover.drain_timeout_s,
             )
         self.state.drain = result.to_dict()
-        self._stop_forward()
         self._enter(Phase.DRAINED, started)
 
     def _stop_forward(self) -> None:
@@ -221,6 +227,7 @@ class Cutover:
         if not result.ok:
             bad = [f"{t.table}: {t.status.value}" for t in result.tables if not t.ok]
             raise RuntimeError(f"final verification is not a MATCH ({', '.join(bad)})")
+        self._stop_forward()
         self._enter(Phase.VERIFIED, started)
 
     def _sequences(self) -> None:
@@ -320,6 +327,25 @@ class Cutover:
         record.applied = False
         self.save()
         return ""
+
+
+@contextmanager
+def cutover_lock(settings: Settings, pipeline: PipelineSettings) -> Iterator[None]:
+    """Hold ``pipeline``'s cutover lock while inside: a session-level advisory lock on the source
+    (``pg_try_advisory_lock``, PostgreSQL docs "Advisory Locks"), so a second ``run`` or an
+    ``abort`` cannot act while a run is in progress, and a run killed with ``kill -9`` frees it
+    with its session. Raises CutoverRefusedError when another process holds it, psycopg.Error."""
+    source = settings.source(pipeline.source)
+    with connect_source(source, "cutover lock", 30) as conn:
+        row = conn.execute(
+            "SELECT pg_try_advisory_lock(hashtextextended(%s, 0)) AS got", (f"cdc-pipeline cutover {pipeline.name}",)
+        ).fetchone()
+        if row is None or not row["got"]:
+            raise CutoverRefusedError(
+                f"a 'cutover run' or 'cutover abort' of {pipeline.name} is in progress; stop a run with Ctrl-C or"
+                " SIGTERM (it aborts by itself) or wait for it"
+            )
+        yield
 
 
 def final_verification(settings: Settings, pipeline: PipelineSettings, timeout_s: float) -> VerifyResult:
