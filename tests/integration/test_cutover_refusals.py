@@ -10,6 +10,9 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
+from pipeline.control.verify.readiness import CutoverMonitor
+from pipeline.core.metrics import CUTOVER_LAG_GATE, REGISTRY
+from pipeline.core.settings.models import CutoverConfig
 from pipeline.localstack import LocalStack
 from sinks.base import VerificationRecord
 from sinks.factory import make_target
@@ -63,11 +66,26 @@ def test_gate_refuses_dirty_stale_verification_and_lag(cutover_env: CutoverEnv) 
     assert "older than" in str(report["reason"])
 
     env.verify()
+    monitor = CutoverMonitor(env.pipe.settings, env.pipe.settings.pipelines[0], CutoverConfig(max_lag_s=5, stable_s=0))
+    _forget_lag_gauge(env)  # the gate of 'cutover plan' (in this process) sets it too
+    monitor.poll_once()
+    assert _lag_ok(env) == 1, "cdc_cutover_lag_ok while the worker applies heartbeats"
     env.pipe.stop_worker(worker)
     code, plan = env.cli_json("cutover", "plan")
     checks = {c["name"]: c for c in plan["gate"]["checks"]}
     assert code == 1 and checks["lag"]["ok"] is False and checks["verification"]["ok"] is True, plan
     _refused(env, "lag")
+    _forget_lag_gauge(env)
+    monitor.poll_once()  # more than max_lag_s after the worker stopped
+    assert _lag_ok(env) == 0
+
+
+def _forget_lag_gauge(env: CutoverEnv) -> None:
+    CUTOVER_LAG_GATE.labels(env.pipe.pipeline_name).set(-1)
+
+
+def _lag_ok(env: CutoverEnv) -> float | None:
+    return REGISTRY.get_sample_value("cdc_cutover_lag_ok", {"pipeline": env.pipe.pipeline_name})
 
 
 @pytest.fixture
