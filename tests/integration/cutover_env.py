@@ -148,10 +148,16 @@ class Writer:
 
 
 def make_env(
-    e2e: Callable[..., E2EPipeline], stack: LocalStack, db: Databases, unique: Callable[[str], str], **cutover: Any
+    e2e: Callable[..., E2EPipeline],
+    stack: LocalStack,
+    db: Databases,
+    unique: Callable[[str], str],
+    fence_roles: Callable[[str], list[str]] = lambda app_role: [app_role],
+    **cutover: Any,
 ) -> Iterator[CutoverEnv]:
     """Create the tables on the source (and the same ones on the target, as ``pg_dump
-    --schema-only`` would), the app role, the connector and the config; the role is dropped after."""
+    --schema-only`` would), the app role, the connector and the config; the role is dropped after.
+    ``fence_roles(app_role)`` gives ``cutover.fence.roles`` (empty: the whole test database)."""
     role = unique("app")
     password = f"pw-{role}"
     with psycopg.connect(stack.settings.pg_dsn("source"), autocommit=True) as conn:
@@ -166,7 +172,7 @@ def make_env(
     pipe = e2e(
         ddl=[*DDL, *grants],
         tables=TABLES,
-        pipeline={"cutover": {"fence": {"roles": [role]}, "sequence_margin": 1000}},
+        pipeline={"cutover": {"fence": {"roles": fence_roles(role)}, "sequence_margin": 1000}},
     )
     doc = yaml.safe_load(pipe.config_path.read_text(encoding="utf-8"))
     doc["cutover"] = {

@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import time
 
+import httpx
 import psycopg
 import pytest
 
@@ -76,3 +77,34 @@ def test_sigterm_after_fence_aborts_by_itself(cutover_env: CutoverEnv) -> None: 
     assert code == 0 and status["phase"] == "aborted" and status["aborted_from"] == "fenced", status
     assert "interrupted" in str(status["reason"])
     assert env.role_settings() == [] and env.app_can_write()
+
+
+def _connector_state(env: CutoverEnv) -> str:
+    name = env.pipe.settings.sources[0].resolved_connector_name
+    url = f"{env.stack.settings.connect_url}/connectors/{name}/status"
+    return str(httpx.get(url, timeout=10).json()["connector"]["state"])
+
+
+def test_kill_after_verified_abort_resumes_the_forward_connector_and_a_new_run_completes(
+    cutover_env: CutoverEnv,  # noqa: F811
+) -> None:
+    env = cutover_env
+    worker = env.pipe.start_worker()
+    env.pipe.wait_assigned(worker)
+    env.app_insert("first")
+    env.pipe.wait_converged()
+    env.verify()
+    proc = env.subprocess("cutover", "run", env={"CDC_CUTOVER_PAUSE_AFTER": "verified"})
+    env.wait_phase("verified", timeout_s=120)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert _connector_state(env) == "STOPPED", "stopped after the final verification"
+    result = env.cli("cutover", "abort")
+    assert result.exit_code == 0, result.output
+    assert _connector_state(env) == "RUNNING" and env.role_settings() == []
+    new_id = env.app_insert("after the abort")  # the forward direction captures again
+    env.pipe.wait_converged()
+    assert new_id in {r[0] for r in table_rows(env.db.target_dsn, "public.orders", ["id"])}
+    code, report = env.cli_json("cutover", "run")
+    assert code == 0 and report["phase"] == "done", report
+    assert _connector_state(env) == "STOPPED"

@@ -3,11 +3,15 @@ write pause measured, a non-colliding insert on the new primary afterwards)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import psycopg
 import pytest
 
-from tests.e2e.conftest import e2e  # noqa: F401 - fixture
-from tests.integration.cutover_env import CutoverEnv, cutover_env  # noqa: F401 - fixture
+from pipeline.localstack import LocalStack
+from tests.conftest import Databases
+from tests.e2e.conftest import E2EPipeline, e2e  # noqa: F401 - fixture
+from tests.integration.cutover_env import CutoverEnv, cutover_env, make_env  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -64,3 +68,33 @@ def test_cutover_run_reaches_done_and_the_target_takes_inserts(cutover_env: Cuto
     assert code == 0 and status["phase"] == "done" and status["write_pause_s"] == pause
     refused = env.cli("cutover", "abort")
     assert refused.exit_code == 2 and "finish" in refused.output
+
+
+@pytest.fixture
+def whole_database_env(
+    e2e: Callable[..., E2EPipeline],  # noqa: F811
+    local_stack: LocalStack,
+    databases: Databases,
+    unique: Callable[[str], str],
+) -> Iterator[CutoverEnv]:
+    yield from make_env(e2e, local_stack, databases, unique, fence_roles=lambda _: [])
+
+
+def test_whole_database_fence_exempts_the_pipeline_role(whole_database_env: CutoverEnv) -> None:
+    env = whole_database_env
+    env.app_insert("a")
+    worker = env.pipe.start_worker()
+    env.pipe.wait_assigned(worker)
+    env.pipe.wait_converged()
+    env.verify()
+    code, plan = env.cli_json("cutover", "plan")
+    assert code == 0 and plan["fence"]["scope"] == f"database {env.db.name}", plan
+    code, report = env.cli_json("cutover", "run")
+    assert code == 0 and report["phase"] == "done", report
+    assert not env.app_can_write()
+    pipeline_role = env.pipe.settings.sources[0].user
+    assert sorted(env.role_settings(), key=str) == sorted(
+        [(None, ["default_transaction_read_only=on"]), (pipeline_role, ["default_transaction_read_only=off"])], key=str
+    )
+    with psycopg.connect(env.db.source_dsn, autocommit=True) as conn:  # the pipeline's role: exempt
+        conn.execute("INSERT INTO public.orders (note) VALUES ('pipeline role')")

@@ -4,6 +4,7 @@ root validation of ``cutover.reverse``."""
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 from datetime import UTC, datetime, timedelta
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 from psycopg import sql
+from rich.console import Console
 
 from pipeline.control.cutover.drain import DrainTimeoutError, drain, pending
 from pipeline.control.cutover.fence import (
@@ -22,8 +24,8 @@ from pipeline.control.cutover.fence import (
     set_statement,
 )
 from pipeline.control.cutover.gate import GateResult, dlq_check, lag_check, sample_lag, verification_check
-from pipeline.control.cutover.report import state_document
-from pipeline.control.cutover.sequences import SourceSequence, target_spec, target_value
+from pipeline.control.cutover.report import render_state, state_document
+from pipeline.control.cutover.sequences import SequenceSync, SourceSequence, target_spec, target_value
 from pipeline.control.cutover.state import (
     CutoverState,
     FenceRecord,
@@ -98,6 +100,13 @@ def test_report_json_lists_phases_in_order_with_the_pause() -> None:
     assert doc["phases"][0]["at"] == "1970-01-01T00:00:01+00:00"
     json.dumps(doc)  # serialisable as is
     assert state_document(CutoverState("p", Phase.ABORTED, reason="x"))["ok"] is False
+    out = io.StringIO()
+    state.fence = FenceRecord("read_only", ["app"], fenced_at=1.0)
+    state.fence_lsn = "0/1"
+    state.sequences = [SequenceSync("public.s", "owned", "public.t", 5, None, 1005, "public.s").to_dict()]
+    render_state(state, Console(file=out, width=200))
+    text = out.getvalue()
+    assert "write pause: 4.200 s" in text and "fence LSN: 0/1" in text and "1005" in text and "DONE" in text
 
 
 # ------------------------------------------------------------------ gate
@@ -218,7 +227,7 @@ def _text(query: sql.Composable) -> str:
 
 def test_fence_plan_roles_or_whole_database_with_the_pipeline_exempt() -> None:
     assert fence_plan("db", "cdc", ["app", "web"]) == [("app", "on"), ("web", "on")]
-    assert fence_plan("db", "cdc", []) == [(None, "on"), ("cdc", "off")]
+    assert fence_plan("db", "cdc", []) == [("cdc", "off"), (None, "on")]
     with pytest.raises(FenceError, match="pipeline's own role"):
         fence_plan("db", "cdc", ["app", "cdc"])
 

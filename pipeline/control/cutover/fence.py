@@ -32,13 +32,13 @@ class FenceError(RuntimeError):
 
 def fence_plan(database: str, pipeline_user: str, roles: Sequence[str]) -> list[tuple[str | None, str]]:
     """``(role or None for the database, value)`` to set, in order (pure): each role ``on``; with
-    no roles, the database ``on`` and the pipeline's role ``off`` (so it is exempt). Raises
+    no roles, the pipeline's role ``off`` (so it is exempt), then the database ``on``. Raises
     FenceError when ``roles`` names the pipeline's role (that would stop the drain's heartbeat)."""
     if pipeline_user in roles:
         raise FenceError(f"cutover.fence.roles: {pipeline_user!r} is the pipeline's own role; it is never fenced")
     if roles:
         return [(role, "on") for role in roles]
-    return [(None, "on"), (pipeline_user, "off")]
+    return [(pipeline_user, "off"), (None, "on")]  # exempt first: no pipeline session starts read-only
 
 
 def set_statement(database: str, role: str | None, value: str | None) -> sql.Composed:

@@ -304,11 +304,15 @@ class Cutover:
     def _undo_forward(self) -> str:
         if not self.state.forward_stopped or self.state.connector is None:
             return ""
+        name = self.state.connector
         try:
             with ConnectClient(self.settings.connect) as client:
-                client.resume(self.state.connector)
+                client.resume(name)
+                status = client.wait_for(name, lambda st: st.healthy or st.failed, timeout_s=60, interval_s=0.5)
         except Exception as exc:
-            return f"resume connector {self.state.connector}: {exc}"
+            return f"resume connector {name}: {exc}"
+        if not status.healthy:
+            return f"resume connector {name}: state {status.state} after the resume"
         self.state.forward_stopped = False
         self.save()
         return ""
