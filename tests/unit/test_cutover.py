@@ -25,6 +25,7 @@ from pipeline.control.cutover.fence import (
 )
 from pipeline.control.cutover.gate import GateResult, dlq_check, lag_check, sample_lag, verification_check
 from pipeline.control.cutover.report import render_state, state_document
+from pipeline.control.cutover.run import Cutover, CutoverRefusedError
 from pipeline.control.cutover.sequences import SequenceSync, SourceSequence, target_spec, target_value
 from pipeline.control.cutover.state import (
     CutoverState,
@@ -36,6 +37,7 @@ from pipeline.control.cutover.state import (
     new_run,
 )
 from pipeline.core.events import TableId
+from pipeline.core.metrics import REGISTRY
 from pipeline.core.settings.root import Settings
 from sinks.base import VerificationRecord
 
@@ -324,3 +326,63 @@ def test_reverse_references_are_validated() -> None:
     for pipelines, message in cases:
         with pytest.raises(ValueError, match=message):
             _settings(pipelines=pipelines)
+
+
+# ------------------------------------------------------------------ orchestrator (no services)
+
+
+class FakeStore:
+    """A TargetCutover keeping every saved document."""
+
+    def __init__(self) -> None:
+        self.saved: list[dict[str, Any]] = []
+
+    def load_state(self, pipeline: str) -> dict[str, Any] | None:
+        return self.saved[-1] if self.saved else None
+
+    def save_state(self, pipeline: str, phase: str, state: Any) -> None:
+        assert phase == state["phase"]
+        self.saved.append(json.loads(json.dumps(dict(state))))
+
+    def read_sequence(self, spec: Any) -> int | None:
+        return None
+
+    def set_sequence(self, spec: Any, value: int) -> str:
+        return ""
+
+    def close(self) -> None:
+        pass
+
+
+def _closed_port_settings() -> Settings:
+    return Settings.model_validate(
+        {
+            "kafka": {"bootstrap_servers": "127.0.0.1:1"},
+            "sources": [{"name": "old", "port": 1, "database": "a", "user": "cdc", "tables": ["public.t"]}],
+            "pipelines": [{"name": "fwd", "source": "old", "target": {"url": "postgresql://x@127.0.0.1:1/b"}}],
+        }
+    )
+
+
+def test_a_rerun_aborts_the_interrupted_cutover_first_and_a_failed_gate_aborts_without_touching() -> None:
+    settings = _closed_port_settings()
+    store = FakeStore()
+    interrupted = CutoverState("fwd", Phase.DRAINED)  # nothing recorded to undo
+    cutover = Cutover(settings, settings.pipelines[0], None, store, interrupted)  # type: ignore[arg-type]
+    final = cutover.run()
+    assert store.saved[0]["phase"] == "aborted" and store.saved[0]["aborted_from"] == "drained"
+    assert "interrupted" in store.saved[0]["reason"]
+    assert final.phase is Phase.ABORTED and final.aborted_from == "idle"
+    assert final.reason is not None and final.reason.startswith("gate: "), final.reason
+    assert final.fence is None and not final.forward_stopped
+    assert REGISTRY.get_sample_value("cdc_cutover_phase", {"pipeline": "fwd", "phase": "aborted"}) == 1
+    assert REGISTRY.get_sample_value("cdc_cutover_phase", {"pipeline": "fwd", "phase": "drained"}) == 0
+
+
+def test_abort_is_refused_after_done() -> None:
+    settings = _closed_port_settings()
+    cutover = Cutover(settings, settings.pipelines[0], None, FakeStore(), CutoverState("fwd", Phase.DONE))  # type: ignore[arg-type]
+    with pytest.raises(CutoverRefusedError, match="finish"):
+        cutover.abort("x")
+    with pytest.raises(CutoverRefusedError, match="already done"):
+        cutover.run()
