@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import psycopg
 
@@ -240,3 +240,62 @@ class Target(Sink, Protocol):
         an int stores that next offset, None deletes the partition's row (its workers then start
         from the beginning); partitions not in ``offsets`` are left alone. Returns rows written
         or deleted. Only safe while no worker of the group runs (the caller checks)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceSpec:
+    """A source sequence the cutover carries over: its ``schema.name`` on the source, ``kind``
+    (``owned``: a serial column's, ``pg_depend`` deptype 'a'; ``identity``: deptype 'i';
+    ``free``: configured free-standing) and, for owned and identity ones, the *target* table and
+    column it feeds (None for free-standing ones)."""
+
+    name: TableId
+    kind: str
+    table: TableId | None = None
+    column: str | None = None
+
+
+class TargetCutover(Protocol):
+    """What the cutover needs from a target (design "Seams"): its durable state and the
+    sequences. Opened by :func:`open_cutover`; holds its own session, released by ``close``.
+
+    The state is one row per pipeline in ``<control_schema>.cutover_state`` (created on first
+    save): the phase and the whole state document (JSON). Sequences are the backend's own
+    (PostgreSQL ``setval``; MariaDB/MySQL ``AUTO_INCREMENT`` of the table, MariaDB ``SETVAL``
+    for free-standing ones; SQLite ``sqlite_sequence``). Each call may block on I/O; an
+    unreachable target raises :class:`TransientSinkError`.
+    """
+
+    def load_state(self, pipeline: str) -> dict[str, Any] | None:
+        """The stored state document of ``pipeline``, or None when none was saved."""
+
+    def save_state(self, pipeline: str, phase: str, state: Mapping[str, Any]) -> None:
+        """Upsert ``pipeline``'s row (phase, JSON document, updated_at) and commit before returning."""
+
+    def read_sequence(self, spec: SequenceSpec) -> int | None:
+        """The target's last value of ``spec`` (the value a ``setval(..., true)`` would have set;
+        MariaDB/MySQL: ``AUTO_INCREMENT - 1``), or None when the target has none."""
+
+    def set_sequence(self, spec: SequenceSpec, value: int) -> str:
+        """Make the target's next generated value of ``spec`` greater than ``value`` (PostgreSQL:
+        ``setval(seq, value, true)``, creating a missing sequence; never changes a table's
+        default). Returns what was set (e.g. ``public.items_id_seq``). Raises ValueError when the
+        backend has no such object (a free-standing sequence on SQLite or MySQL)."""
+
+    def close(self) -> None:
+        """Release the session."""
+
+
+@runtime_checkable
+class CutoverCapable(Protocol):
+    """A :class:`Target` that can open a :class:`TargetCutover` (every backend of this build)."""
+
+    def cutover(self) -> TargetCutover:
+        """A :class:`TargetCutover` on a session of its own; the caller closes it."""
+
+
+def open_cutover(target: Target) -> TargetCutover:
+    """``target.cutover()``; raises TypeError for a target without cutover support."""
+    if not isinstance(target, CutoverCapable):
+        raise TypeError(f"{type(target).__name__} has no cutover support")
+    return target.cutover()

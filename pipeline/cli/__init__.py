@@ -17,6 +17,7 @@ import typer
 from pipeline.cli import (
     config_cmd,
     connectors_cmd,
+    cutover_cmd,
     demo_cmd,
     dlq_cmd,
     lag_cmd,
@@ -50,6 +51,7 @@ app.command(name="verify")(verify_cmd.verify)
 app.add_typer(snapshot_cmd.app, name="snapshot")
 app.add_typer(offsets_cmd.app, name="offsets")
 app.add_typer(dlq_cmd.app, name="dlq")
+app.add_typer(cutover_cmd.app, name="cutover")
 
 
 def _version(value: bool) -> None:

@@ -13,6 +13,7 @@ from psycopg.rows import dict_row
 
 from pipeline.core.events import TableId
 from sinks.base import TopicPartition, TransientSinkError
+from sinks.postgres.cutover import PostgresCutover
 from sinks.postgres.sink import PostgresSink
 from sinks.postgres.verification import PostgresVerification
 
@@ -103,3 +104,7 @@ class PostgresTarget(PostgresSink):
                 )
                 deleted += cur.rowcount
         return len(stored) + deleted
+
+    def cutover(self) -> PostgresCutover:
+        """The cutover state and sequences on a session of its own (see :class:`sinks.base.TargetCutover`)."""
+        return PostgresCutover(self._conninfo, f"{self._application_name}:cutover", self._control)

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from pipeline.core.events import TableId
 from sinks.base import TopicPartition, TransientSinkError
 from sinks.sqlalchemy import ddl
+from sinks.sqlalchemy.cutover import SqlAlchemyCutover
 from sinks.sqlalchemy.sink import SqlAlchemySink, is_transient
 from sinks.sqlalchemy.verification import SqlAlchemyVerification
 
@@ -61,3 +62,7 @@ class SqlAlchemyTarget(SqlAlchemySink):
                 where = (t.c.consumer_group == group) & (t.c.topic == topic) & (t.c.kafka_partition == partition)
                 deleted += int(conn.execute(sa.delete(t).where(where)).rowcount)
         return len(stored) + deleted
+
+    def cutover(self) -> SqlAlchemyCutover:
+        """The cutover state and sequences on the target's engine (see :class:`sinks.base.TargetCutover`)."""
+        return SqlAlchemyCutover(self.engine, self.dialect, self._control_schema)

@@ -49,7 +49,8 @@ class CutoverReadiness:
 
 
 class CutoverMonitor(PollingMonitor):
-    """Exports ``cdc_cutover_ready{pipeline}`` and the stored ``cdc_verify_*`` results of one
+    """Exports ``cdc_cutover_ready{pipeline}``, ``cdc_cutover_lag_ok{pipeline}`` (the lag below
+    ``cutover.max_lag_s`` now, before the hold time) and the stored ``cdc_verify_*`` results of one
     pipeline, every ``cutover.interval_s``: lag = source ``now()`` minus the heartbeat ``ts``
     applied in the target (as :mod:`pipeline.control.monitor` measures it); verification from the
     target's ``verify_results`` (any backend)."""
@@ -83,6 +84,8 @@ class CutoverMonitor(PollingMonitor):
         if seen is not None and source_now is not None:
             lag = max(0.0, (source_now - seen).total_seconds())
         export_stored(self.pipeline.name, stored)
+        lag_ok = lag is not None and lag < self.config.max_lag_s
+        metrics.CUTOVER_LAG_GATE.labels(self.pipeline.name).set(1 if lag_ok else 0)
         self.ready = self.readiness.observe(time.monotonic(), lag, verification_clean(stored, self.tables))
         metrics.CUTOVER_READY.labels(self.pipeline.name).set(1 if self.ready else 0)
         self.healthy = True
