@@ -55,8 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def phase_times(report: Any) -> dict[str, Any]:
-    """The per-phase timings of the cutover report: the first mapping under a key naming phases
-    or timings whose values are numbers (the report's shape belongs to the orchestrator)."""
+    """The per-phase seconds of the cutover report (its ``durations``): the first mapping under a
+    key naming phases, timings or durations whose values are numbers."""
     stack = [report]
     while stack:
         node = stack.pop(0)
@@ -71,7 +71,7 @@ def phase_times(report: Any) -> dict[str, Any]:
 
 
 def _timings(key: Any, value: Any) -> bool:
-    named = any(w in str(key) for w in ("phase", "timing"))
+    named = any(w in str(key) for w in ("phase", "timing", "duration"))
     return named and isinstance(value, dict) and bool(value) and all(isinstance(v, int | float) for v in value.values())
 
 

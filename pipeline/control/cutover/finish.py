@@ -23,6 +23,7 @@ finish continues where it stopped.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from pipeline.core.events import TableId
 from pipeline.core.logs import get_logger
 from pipeline.core.settings.models import PipelineSettings, SourceSettings
 from pipeline.core.settings.root import Settings
+from sinks.base import TransientSinkError
 from sinks.factory import make_target
 
 log = get_logger(__name__)
@@ -118,36 +120,46 @@ def _sides(settings: Settings, pipeline: PipelineSettings) -> _Sides:
 
 def cutover_phase(pipeline: PipelineSettings) -> str | None:
     """The durable cutover phase of ``pipeline`` (``<target.control_schema>.cutover_state``), None
-    when no cutover was recorded. Read through the Target seam's cutover store (the cutover
-    orchestrator's ``Target.cutover()``). Raises FinishError when it cannot be read."""
+    when no cutover was recorded. Read through the Target seam (``Target.cutover()``, the
+    ``TargetCutover`` of ``sinks.base``). Raises FinishError when it cannot be read."""
     with _cutover_store(pipeline) as store:
-        state = store.load(pipeline.name)
-    if state is None:
+        doc = store.load_state(pipeline.name)
+    if doc is None:
         return None
-    phase = getattr(state, "phase", state)
-    return str(getattr(phase, "value", phase))
+    return str(doc.get("phase", "idle"))
 
 
 def mark_finished(pipeline: PipelineSettings) -> None:
-    """Record phase ``finished`` in the durable state (before the control schema holding it goes)."""
+    """Record phase ``finished`` in the durable state document (entered now), before the control
+    schema holding it is dropped. Nothing happens when no state was recorded."""
     with _cutover_store(pipeline) as store:
-        state = store.load(pipeline.name)
-        if state is None:
+        doc = store.load_state(pipeline.name)
+        if doc is None:
             return
-        phase = state.phase
-        store.save(dataclasses.replace(state, phase=type(phase)("finished")))
+        now = time.time()
+        entered = {**(doc.get("entered_at") or {}), "finished": now}
+        store.save_state(
+            pipeline.name, "finished", {**doc, "phase": "finished", "entered_at": entered, "updated_at": now}
+        )
 
 
 @contextmanager
 def _cutover_store(pipeline: PipelineSettings) -> Iterator[Any]:
-    """The seam's ``CutoverStore`` of ``pipeline``'s target (protocol in ``sinks.base``: ``load``,
-    ``save``); the one place ``finish`` depends on its shape."""
+    """The target's ``TargetCutover`` (``load_state(pipeline) -> dict | None``, ``save_state(pipeline,
+    phase, document)``, ``close()``), opened by ``Target.cutover()``; the one place ``finish``
+    depends on the cutover state's shape."""
     target = make_target(pipeline, purpose="cutover finish")
     try:
         factory = getattr(target, "cutover", None)
         if not callable(factory):
-            raise FinishError("this build's Target has no cutover state store (Target.cutover())")
-        yield factory()
+            raise FinishError(f"the target of {pipeline.name} keeps no cutover state (no Target.cutover())")
+        store = factory()
+        try:
+            yield store
+        finally:
+            store.close()
+    except TransientSinkError as exc:
+        raise FinishError(f"cannot read the cutover state of {pipeline.name}: {exc}") from None
     finally:
         target.close()
 
