@@ -49,6 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lead", type=float, default=10, help="seconds of load before the cutover starts (default 10)")
     p.add_argument("--after", type=int, default=20, help="seconds of pgbench on the new primary (default 20)")
     p.add_argument("--stable-s", type=float, default=5, help="cutover.stable_s of the gate (default 5)")
+    p.add_argument("--attempts", type=int, default=3, help="cutover runs when the gate refuses (default 3)")
     p.add_argument("--state-dir", type=Path, default=None, help="local stack state folder (default .local-stack)")
     p.add_argument("--keep", action="store_true", help="keep the work folder (logs, config, command output)")
     return p.parse_args(argv)
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         scenario.setup(stable_s=args.stable_s)
         outcome = run_cutover_under_load(
-            scenario, rate=args.rate, clients=args.clients, lead_s=args.lead, after_s=args.after
+            scenario, rate=args.rate, clients=args.clients, lead_s=args.lead, after_s=args.after, attempts=args.attempts
         )
     except AssertionError as exc:
         print(f"the scenario failed: {exc}\nwork folder: {workdir}", file=sys.stderr)

@@ -224,8 +224,8 @@ class Scenario:
         dump = self._run([str(pg_bindir() / "pg_dump"), "--schema-only", "--no-publications", self.dsn("old")])
         self._run([str(pg_bindir() / "psql"), "-q", "-v", "ON_ERROR_STOP=1", self.dsn("new")], stdin=dump)
         self.config_path.write_text(yaml.safe_dump(config_document(self.stack, self.names, stable_s=stable_s)))
-        self.cli("connectors", "apply", "--prepare", "--source", self.names.old_source)
-        self.wait_connector(self.names.connector(self.names.old_source))
+        self.cli("connectors", "apply", "--prepare", "--no-wait", "--source", self.names.old_source)
+        self.wait_connector(self.names.connector(self.names.old_source), timeout_s=300)
 
     def wait_connector(self, name: str, timeout_s: float = 120) -> None:
         deadline = time.monotonic() + timeout_s
@@ -237,6 +237,8 @@ class Scenario:
                 state = (body["connector"]["state"], [t["state"] for t in body.get("tasks", [])])
                 if state[0] == "RUNNING" and state[1] and all(s == "RUNNING" for s in state[1]):
                     return
+                if "FAILED" in (state[0], *state[1]):
+                    raise AssertionError(f"connector {name} failed: {json.dumps(body)[:3000]}")
             time.sleep(0.5)
         raise AssertionError(f"connector {name} not RUNNING after {timeout_s}s: {state}")
 
@@ -412,11 +414,20 @@ class Outcome:
 
 
 def run_cutover_under_load(
-    scenario: Scenario, *, rate: int = 500, clients: int = 4, lead_s: float = 10, after_s: int = 20
+    scenario: Scenario,
+    *,
+    rate: int = 500,
+    clients: int = 4,
+    lead_s: float = 10,
+    after_s: int = 20,
+    attempts: int = 3,
 ) -> Outcome:
     """The scenario after :meth:`Scenario.setup`: workers, a clean verification before the load,
     pgbench on the old primary, ``cutover run --reverse --json`` under it, pgbench on the new primary
-    for ``after_s`` seconds, then the wait until the old primary has everything again."""
+    for ``after_s`` seconds, then the wait until the old primary has everything again.
+
+    A cutover the gate refuses (lag not held under ``max_lag_s`` on a busy machine: exit 1, the
+    source untouched) is run again, ``attempts`` times at most, as an operator would."""
     names = scenario.names
     seconds: dict[str, float] = {}
     scenario.start_worker(names.forward)
@@ -425,9 +436,14 @@ def run_cutover_under_load(
     scenario.cli("verify", "-p", names.forward)
     bench = scenario.pgbench("old", seconds=900, rate=rate, clients=clients)
     time.sleep(lead_s)
-    started = time.monotonic()
-    run = scenario.cli("cutover", "run", "--reverse", "--json", "-p", names.forward, check=False)
-    seconds["cutover_run"] = time.monotonic() - started
+    for attempt in range(1, attempts + 1):
+        started = time.monotonic()
+        run = scenario.cli("cutover", "run", "--reverse", "--json", "-p", names.forward, check=False)
+        seconds["cutover_run"] = time.monotonic() - started
+        seconds["cutover_attempts"] = attempt
+        if run.returncode == 0 or not _gate_refused(_json_or_text(run.stdout)):
+            break
+        scenario.log(f"cutover attempt {attempt}: the gate refused (source untouched); trying again")
     if bench.poll() is None:  # not fenced (the cutover failed): stop it to read its count
         bench.send_signal(signal.SIGINT)
     old_output = bench.communicate(timeout=120)[0]
@@ -442,6 +458,12 @@ def run_cutover_under_load(
     outcome.processed_new = processed(after.communicate(timeout=after_s + 120)[0])
     outcome.catch_up_s = scenario.wait_equal(timeout_s=300)
     return outcome
+
+
+def _gate_refused(report: Any) -> bool:
+    """The run stopped at the gate: ``gate.ok`` false and nothing fenced."""
+    gate = report.get("gate") if isinstance(report, dict) else None
+    return isinstance(gate, dict) and gate.get("ok") is False and not report.get("fence")
 
 
 def _json_or_text(text: str) -> Any:
