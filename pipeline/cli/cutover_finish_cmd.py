@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from pipeline.cli.common import ConfigOption, fail, load_or_exit
-from pipeline.control.cutover.finish import FinishError, Removal, run_finish
+from pipeline.control.cutover.finish import FinishError, Removal, cutover_phase, run_finish
 from pipeline.core.settings.models import PipelineSettings
 from pipeline.core.settings.root import Settings
 
@@ -37,25 +37,37 @@ def finish_command(
     workers of both pipelines first."""
     settings = load_or_exit(config)
     pipe = _pipeline(settings, pipeline)
+    phase = _phase(pipe) if dry_run else None
     try:
         removals = run_finish(settings, pipe, dry_run=dry_run)
     except FinishError as exc:
         fail([f"cutover finish: {exc}"], 1)
     if json_output:
-        typer.echo(json.dumps(_document(pipe, dry_run, removals), indent=2))
+        typer.echo(json.dumps(_document(pipe, dry_run, phase, removals), indent=2))
         return
-    _echo(dry_run, removals)
+    _echo(dry_run, phase, removals)
 
 
-def _document(pipe: PipelineSettings, dry_run: bool, removals: list[Removal]) -> dict[str, object]:
-    return {
-        "pipeline": pipe.name,
-        "dry_run": dry_run,
-        "removals": [r.to_dict() for r in removals],
-    }
+def _phase(pipe: PipelineSettings) -> str | None:
+    """The recorded phase for a dry run's output (None when it cannot be read: a dry run lists anyway)."""
+    try:
+        return cutover_phase(pipe)
+    except FinishError:
+        return None
 
 
-def _echo(dry_run: bool, removals: list[Removal]) -> None:
+def _document(pipe: PipelineSettings, dry_run: bool, phase: str | None, removals: list[Removal]) -> dict[str, object]:
+    doc: dict[str, object] = {"pipeline": pipe.name, "dry_run": dry_run}
+    if dry_run:
+        doc["phase"] = phase
+    doc["removals"] = [r.to_dict() for r in removals]
+    return doc
+
+
+def _echo(dry_run: bool, phase: str | None, removals: list[Removal]) -> None:
+    if dry_run:
+        note = "" if phase in ("done", "finished") else " (finish runs only after 'done')"
+        typer.echo(f"cutover phase: {phase or 'none recorded'}{note}")
     if not removals:
         typer.echo("nothing left to drop")
         return

@@ -244,3 +244,18 @@ def test_reverse_connector_is_no_data_whatever_the_overrides(setup: tuple[Settin
     assert config["slot.name"] == source.resolved_slot_name
     with pytest.raises(ReverseError, match=r"cutover\.reverse is not set"):
         reverse_source(settings, settings.pipelines[1])
+
+
+def test_finish_never_lists_a_user_schema_or_a_captured_table(setup: tuple[Settings, Path], tmp_path: Path) -> None:
+    _, path = setup
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for source in doc["sources"]:
+        source["tables"].append("public.heartbeat")  # here a user table that happens to be called so
+    doc["pipelines"][1]["target"]["control_schema"] = "public"  # a careless setting
+    variant = tmp_path / "variant.yaml"
+    variant.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    settings = load_settings(variant, {})
+    listed = {(r.kind, r.name) for r in plan_finish(settings, settings.pipelines[0])}
+    assert ("schema", "public") not in listed
+    assert ("table", "public.heartbeat") not in listed
+    assert ("schema", "cdc_control") in listed and ("slot", settings.sources[0].resolved_slot_name) in listed

@@ -14,7 +14,9 @@ busy; the forward pipeline's control schema last because the durable cutover sta
    ``target.control_schema`` on the new primary (a control schema another configured pipeline
    writes into is kept).
 
-Both databases are reached as sources (the new primary is the reverse source): their
+A schema holding the application's tables (``public``, either target's default schema, the
+captured tables' schemas) is never dropped whole, nor a captured table, whatever the control
+schemas are set to. Both databases are reached as sources (the new primary is the reverse source): their
 ``sources`` entries give the connections, whose roles must own what is dropped. Everything is
 listed before anything is dropped, and only what exists is listed, so a rerun after a partial
 finish continues where it stopped.
@@ -34,7 +36,7 @@ from psycopg import sql
 
 from connectors import source_prep
 from connectors.connect_client import ConnectClient, ConnectError, ConnectorNotFoundError
-from connectors.debezium import TableRef, heartbeat_table, signal_table
+from connectors.debezium import TableRef, captured_tables, heartbeat_table, signal_table
 from connectors.slots import drop_slot_when_free, slot_state
 from pipeline.control.cutover.reverse import ReverseError, remove_connector, reverse_source
 from pipeline.control.monitor.heartbeat import heartbeat_target_table
@@ -245,18 +247,30 @@ def _plan(settings: Settings, sides: _Sides, conns: dict[Side, Conn]) -> list[_P
         ("new", _ref(heartbeat_target_table(sides.old, sides.forward))),
         ("old", _ref(heartbeat_target_table(sides.new, sides.reverse))),
     ]
+    user_tables = set(captured_tables(sides.old)) | set(captured_tables(sides.new))
     for side, ref in copies:
-        if source_prep.existing_tables(conns[side], [ref]):
+        if ref not in user_tables and source_prep.existing_tables(conns[side], [ref]):
             planned.append(_Planned(Removal("table", str(ref), sides.where(side)), side, ref))
     schemas: list[tuple[Side, PipelineSettings]] = [("old", sides.reverse), ("new", sides.forward)]
+    protected = _user_schemas(sides)
     for side, pipe in schemas:
         schema = pipe.target.control_schema
+        if schema in protected:
+            log.warning("control schema holds user tables: kept", schema=schema, where=sides.where(side))
+            continue
         if _schema_exists(conns[side], schema) and not _shared_control_schema(settings, sides, pipe):
             planned.append(_Planned(Removal("schema", schema, sides.where(side)), side))
     unique: dict[tuple[Side, str, str], _Planned] = {}
     for step in planned:  # a table or schema both directions name is listed once
         unique.setdefault((step.side, step.removal.kind, step.removal.name), step)
     return list(unique.values())
+
+
+def _user_schemas(sides: _Sides) -> set[str]:
+    """Schemas that hold the application's tables: never dropped whole, whatever a control
+    schema is set to (``public``, both targets' default schemas, the captured tables' schemas)."""
+    captured = {t.schema for src in (sides.old, sides.new) for t in captured_tables(src)}
+    return {"public", sides.forward.target.schema_name, sides.reverse.target.schema_name} | captured
 
 
 def _ref(table: TableId) -> TableRef:
@@ -290,7 +304,7 @@ def _control_table_steps(
     found = source_prep.existing_tables(conn, ours)
     planned = [_Planned(Removal("table", str(t), sides.where(side)), side, t) for t in found]
     schema = src.control_schema
-    if schema != "public" and _schema_exists(conn, schema) and _schema_left_empty(conn, schema, found):
+    if schema not in _user_schemas(sides) and _schema_exists(conn, schema) and _schema_left_empty(conn, schema, found):
         planned.append(_Planned(Removal("schema", schema, sides.where(side)), side))
     return planned
 
