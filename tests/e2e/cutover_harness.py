@@ -421,13 +421,14 @@ def run_cutover_under_load(
     lead_s: float = 10,
     after_s: int = 20,
     attempts: int = 3,
+    retry_pause_s: float = 5.0,
 ) -> Outcome:
     """The scenario after :meth:`Scenario.setup`: workers, a clean verification before the load,
     pgbench on the old primary, ``cutover run --reverse --json`` under it, pgbench on the new primary
     for ``after_s`` seconds, then the wait until the old primary has everything again.
 
     A cutover the gate refuses (lag not held under ``max_lag_s`` on a busy machine: exit 1, the
-    source untouched) is run again, ``attempts`` times at most, as an operator would."""
+    source untouched) is run again ``retry_pause_s`` seconds later, ``attempts`` runs at most, as an operator would."""
     names = scenario.names
     seconds: dict[str, float] = {}
     scenario.start_worker(names.forward)
@@ -444,6 +445,7 @@ def run_cutover_under_load(
         if run.returncode == 0 or not _gate_refused(_json_or_text(run.stdout)):
             break
         scenario.log(f"cutover attempt {attempt}: the gate refused (source untouched); trying again")
+        time.sleep(retry_pause_s)
     if bench.poll() is None:  # not fenced (the cutover failed): stop it to read its count
         bench.send_signal(signal.SIGINT)
     old_output = bench.communicate(timeout=120)[0]

@@ -39,7 +39,7 @@ def scenario(local_stack: LocalStack, unique: Callable[[str], str], tmp_path: Pa
 
 def test_cutover_under_pgbench_keeps_every_transaction_on_both_sides_and_finish_cleans_up(scenario: Scenario) -> None:
     names = scenario.names
-    outcome = run_cutover_under_load(scenario, rate=500, clients=4, lead_s=10, after_s=20)
+    outcome = run_cutover_under_load(scenario, rate=500, clients=4, lead_s=10, after_s=20, attempts=5)
     print(f"cutover report: {json.dumps(outcome.report, indent=2)[:6000]}")
     assert outcome.cutover_rc == 0, f"cutover run failed: {outcome.report}"
     print(
