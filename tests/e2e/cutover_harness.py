@@ -442,7 +442,7 @@ def run_cutover_under_load(
         run = scenario.cli("cutover", "run", "--reverse", "--json", "-p", names.forward, check=False)
         seconds["cutover_run"] = time.monotonic() - started
         seconds["cutover_attempts"] = attempt
-        if run.returncode == 0 or not _gate_refused(_json_or_text(run.stdout)):
+        if run.returncode == 0 or not _gate_refused(_json_or_text(run.stdout)) or attempt == attempts:
             break
         scenario.log(f"cutover attempt {attempt}: the gate refused (source untouched); trying again")
         time.sleep(retry_pause_s)
