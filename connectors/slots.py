@@ -9,6 +9,8 @@ its ``restart_lsn`` is past the offset it stored (``PostgresConnection.validateL
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,3 +111,62 @@ def drop_slot(conn: Conn, slot_name: str) -> bool:
     conn.execute("SELECT pg_drop_replication_slot(%s)", (slot_name,))
     log.info("replication slot dropped", slot=slot_name)
     return True
+
+
+def create_logical_slot(conn: Conn, slot_name: str, plugin: str = "pgoutput") -> tuple[int, bool]:
+    """Create the logical slot ``slot_name`` for ``plugin`` unless it exists; ``(LSN, created)``.
+
+    ``pg_create_logical_replication_slot(slot, plugin)`` (PostgreSQL 15 "System Administration
+    Functions" > "Replication Management Functions") returns once the slot has a consistent
+    point: every transaction committing after the call returns is decoded from it. It waits for
+    transactions running at the call to finish, and fails inside a transaction that has written
+    (use an autocommit connection). An existing slot is reused when it is a logical slot of
+    ``plugin`` in this connection's database (its ``confirmed_flush_lsn`` is returned: it
+    captures from there); otherwise ValueError is raised.
+    """
+    state = slot_state(conn, slot_name)
+    if state is not None:
+        database = conn.info.dbname
+        if state.slot_type != "logical" or state.plugin != plugin or state.database != database:
+            raise ValueError(
+                f"replication slot {slot_name} exists but is {state.slot_type}/{state.plugin} in database "
+                f"{state.database}, not logical/{plugin} in {database}: drop it or choose another slot name"
+            )
+        lsn = state.confirmed_flush_lsn if state.confirmed_flush_lsn is not None else state.restart_lsn
+        return (lsn or 0), False
+    row = conn.execute(
+        "SELECT lsn::text AS lsn FROM pg_create_logical_replication_slot(%s, %s)", (slot_name, plugin)
+    ).fetchone()
+    value = parse_lsn(row["lsn"] if row else None)
+    if value is None:
+        raise psycopg.DataError("pg_create_logical_replication_slot returned no LSN")
+    log.info("replication slot created", slot=slot_name, plugin=plugin, lsn=format_lsn(value))
+    return value, True
+
+
+def drop_slot_when_free(
+    conn: Conn, slot_name: str, timeout_s: float = 30.0, sleep: Callable[[float], None] = time.sleep
+) -> bool:
+    """Drop ``slot_name`` once no WAL sender streams it; True when one was dropped.
+
+    Waits up to ``timeout_s`` seconds for the slot to turn inactive (a connector just deleted
+    releases it within seconds); past that the WAL sender still holding it is terminated with
+    ``pg_terminate_backend(active_pid)`` (only for this slot: the caller has already removed
+    its consumer) and the drop is retried. Raises psycopg.errors.ObjectInUse when it stays busy.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = slot_state(conn, slot_name)
+        if state is None:
+            return False
+        if not state.active:
+            try:
+                return drop_slot(conn, slot_name)
+            except psycopg.errors.ObjectInUse:
+                pass  # a sender took it again between the read and the drop
+        elif time.monotonic() >= deadline and state.active_pid is not None:
+            conn.execute("SELECT pg_terminate_backend(%s)", (state.active_pid,))
+            log.warning("slot's WAL sender terminated to drop it", slot=slot_name, pid=state.active_pid)
+        if time.monotonic() >= deadline + timeout_s:
+            raise psycopg.errors.ObjectInUse(f"replication slot {slot_name} is still active")
+        sleep(0.5)

@@ -724,3 +724,38 @@ def prepare(source: SourceSettings, conn: Conn | None = None) -> list[Step]:
 def format_steps(steps: Iterable[Step]) -> list[str]:
     """SQL lines of ``steps`` (for ``--dry-run`` output)."""
     return [s.sql_text + ";" for s in steps]
+
+
+# --------------------------------------------------------------------------- removal (cutover finish)
+
+
+def publication_exists(conn: Conn, name: str) -> bool:
+    """True when the publication ``name`` exists in the connection's database."""
+    return conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (name,)).fetchone() is not None
+
+
+def drop_publication(conn: Conn, name: str) -> bool:
+    """``DROP PUBLICATION IF EXISTS name``; True when it existed (needs its owner or superuser)."""
+    existed = publication_exists(conn, name)
+    if existed:
+        conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(name)))
+        log.info("publication dropped", publication=name)
+    return existed
+
+
+def existing_tables(conn: Conn, tables: Iterable[TableRef]) -> list[TableRef]:
+    """The tables of ``tables`` that exist (ordinary or partitioned), in the given order."""
+    return [t for t in tables if _table_info(conn, t).exists]
+
+
+def drop_tables(conn: Conn, tables: Iterable[TableRef]) -> list[TableRef]:
+    """``DROP TABLE IF EXISTS`` each of ``tables`` (no CASCADE); returns those that existed.
+
+    Meant for the pipeline's own heartbeat and signal tables; a table something else depends on
+    (a view) makes PostgreSQL refuse, raised as psycopg.Error.
+    """
+    dropped = existing_tables(conn, tables)
+    for table in dropped:
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table.identifier()))
+        log.info("table dropped", table=str(table))
+    return dropped
