@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from pipeline.control.cutover.phase_monitor import CutoverPhaseMonitor
 from pipeline.control.lease import KafkaLease, lease_name
 from pipeline.control.monitor.group import build_monitors
 from pipeline.control.polling import PollingMonitor
@@ -62,6 +63,7 @@ def build_loops(settings: Settings, sources: Sequence[str]) -> Loops:
             if pipeline.source != name:
                 continue
             loops.append(CutoverMonitor(settings, pipeline))
+            loops.append(CutoverPhaseMonitor(pipeline, settings.cutover.interval_s))
             if settings.verify.schedule_interval_s is not None:
                 loops.append(ScheduledVerification(settings, pipeline, settings.verify.schedule_interval_s, verify))
     return Loops(loops)

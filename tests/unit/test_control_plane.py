@@ -27,8 +27,9 @@ def _settings(**verify: float) -> Settings:
 def test_active_loops_per_source_and_pipeline() -> None:
     loops = build_loops(_settings(), ["app"])
     kinds = sorted(m.kind for m in loops.monitors)
-    # slot monitor and connector monitor, one snapshot coordinator, a cutover monitor per pipeline
-    assert kinds == sorted(["slot", "connect", "snapshot", "cutover", "cutover"]), kinds
+    # slot monitor and connector monitor, one snapshot coordinator, a cutover readiness monitor and a
+    # cutover phase monitor per pipeline
+    assert kinds == sorted(["slot", "connect", "snapshot"] + ["cutover", "cutover-phase"] * 2), kinds
     with_schedule = build_loops(_settings(schedule_interval_s=3600), ["app"])
     scheduled = [m for m in with_schedule.monitors if m.kind == "verify"]
     assert sorted(m.name for m in scheduled) == ["p1", "p2"]
