@@ -30,11 +30,11 @@ def finish_command(
     dry_run: DryRunOption = False,
     json_output: JsonOption = False,
 ) -> None:
-    """End the rollback window after a cutover reached 'done': drop the reverse connector, its slot
-    and publication on the new primary, the forward connector, slot and publication on the old
-    source, both sides' heartbeat and signal tables and the control schemas. Everything is listed
-    first; only what exists is listed, so a rerun continues an interrupted finish. Stop the
-    workers of both pipelines first."""
+    """End the rollback window after 'done': list, then drop what the pipelines left behind.
+
+    Connectors, slots and publications of both directions, heartbeat and signal tables, control schemas; only what
+    exists is listed, so a rerun continues an interrupted finish. Stop both pipelines' workers first.
+    """
     settings = load_or_exit(config)
     pipe = _pipeline(settings, pipeline)
     phase = _phase(pipe) if dry_run else None
