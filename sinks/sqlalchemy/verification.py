@@ -26,10 +26,13 @@ from sinks.base import (
     Checksum,
     ChecksumPlan,
     ChecksumSide,
+    KeyBound,
     KeyRange,
+    RowImage,
     TransientSinkError,
     VerificationRecord,
     VersionedKey,
+    key_text,
 )
 from sinks.pg_canonical import count_rows, pin_session, qualified, range_where, values
 from sinks.sqlalchemy import canonical, ddl
@@ -44,6 +47,39 @@ def _bucketed(texts: Sequence[str], buckets: int) -> dict[int, Checksum]:
     for text in texts:
         by_bucket.setdefault(canonical.bucket_of(text, buckets), []).append(text)
     return {b: canonical.checksum(items) for b, items in by_bucket.items()}
+
+
+def _images(plan: ChecksumPlan, rows: Sequence[Sequence[Any]], versioned: bool) -> list[RowImage]:
+    """Row images of fetched rows ``(key values..., [xmin,] compared column values...)``."""
+    types = canonical.compared_types((c.typname for c in plan.columns), plan.numeric_text_exact)
+    names = [c.source for c in plan.columns]
+    positions = [names.index(k.source) for k in plan.key]
+    n = len(plan.key)
+    start = n + 1 if versioned else n
+    out: list[RowImage] = []
+    for row in rows:
+        texts = tuple(canonical.canonical_value(v, t) for v, t in zip(row[start:], types, strict=True))
+        version = str(row[n]) if versioned else None
+        out.append(RowImage(tuple(row[:n]), key_text([texts[i] for i in positions]), texts, version))
+    return out
+
+
+def _wanted(plan: ChecksumPlan, keys: Sequence[KeyBound]) -> set[str]:
+    """The key texts of ``keys`` (values of either side, canonical by the source key types)."""
+    types = canonical.compared_types((c.typname for c in plan.key), plan.numeric_text_exact)
+    return {key_text([canonical.canonical_value(v, t) for v, t in zip(k, types, strict=True)]) for k in keys}
+
+
+def _keep(images: list[RowImage], plan: ChecksumPlan, keys: Sequence[KeyBound] | None) -> list[RowImage]:
+    if keys is None:
+        return images
+    wanted = _wanted(plan, keys)
+    return [i for i in images if i.key_text in wanted]
+
+
+def _in_buckets(texts: Sequence[tuple[str, str | None]], buckets: int, selected: Sequence[int]) -> list[RowImage]:
+    chosen = set(selected)
+    return [RowImage((), t, (t,), v) for t, v in texts if canonical.bucket_of(t, buckets) in chosen]
 
 
 class PythonSourceSide:
@@ -83,6 +119,27 @@ class PythonSourceSide:
     def count(self) -> int:
         """``count(*)`` of the source table."""
         return count_rows(self.conn, self.plan.table)
+
+    def rows(self, key_range: KeyRange, keys: Sequence[KeyBound] | None = None) -> list[RowImage]:
+        """Row images of ``key_range`` with the rows' ``xmin`` (filtered to ``keys`` in Python)."""
+        idents = sql.SQL(", ").join(sql.Identifier(c.source) for c in self.plan.key)
+        where, params = range_where(self.plan, "source", key_range)
+        rows = self.conn.execute(
+            sql.SQL("SELECT {}, xmin::text, {} FROM {}{}").format(
+                idents, self._select(), qualified(self.plan.table), where
+            ),
+            params,
+        ).fetchall()
+        return _keep(_images(self.plan, [values(r) for r in rows], True), self.plan, keys)
+
+    def bucket_rows(self, buckets: int, selected: Sequence[int]) -> list[RowImage]:
+        """The rows of the ``selected`` buckets, with their ``xmin``."""
+        rows = self.conn.execute(
+            sql.SQL("SELECT xmin::text, {} FROM {}").format(self._select(), qualified(self.plan.table))
+        ).fetchall()
+        types = canonical.compared_types((c.typname for c in self.plan.columns), self.plan.numeric_text_exact)
+        texts = [(canonical.row_text(v[1:], types), str(v[0])) for v in (values(r) for r in rows)]
+        return _in_buckets(texts, buckets, selected)
 
 
 class SqlAlchemyTargetSide:
@@ -130,6 +187,24 @@ class SqlAlchemyTargetSide:
     def count(self) -> int:
         """Rows of the target table."""
         return len(self._texts(None))
+
+    def rows(self, key_range: KeyRange, keys: Sequence[KeyBound] | None = None) -> list[RowImage]:
+        """Row images of ``key_range`` (filtered to ``keys`` in Python)."""
+        if not self.plan.target_exists:
+            return []
+        t = self.clause()
+        query = self.in_range(
+            sa.select(*(t.c[c.target] for c in self.plan.key), *(t.c[c.target] for c in self.plan.columns)),
+            t,
+            key_range,
+        )
+        with _errors(), self.engine.connect() as conn:
+            fetched = [tuple(r) for r in conn.execute(query)]
+        return _keep(_images(self.plan, fetched, False), self.plan, keys)
+
+    def bucket_rows(self, buckets: int, selected: Sequence[int]) -> list[RowImage]:
+        """The rows of the ``selected`` buckets."""
+        return _in_buckets([(t, None) for t in self._texts(None)], buckets, selected)
 
 
 @contextmanager

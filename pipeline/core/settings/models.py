@@ -480,6 +480,17 @@ class VerifyConfig(_Model):
         description="Compare numeric columns by their text, display scale included (1.50 differs from 1.5), instead"
         " of by value. Debezium drops the trailing zeros of unconstrained numeric (docs/targets.md).",
     )
+    hot_key_lock_s: float = Field(
+        5.0,
+        ge=0,
+        description="Rows that keep changing through the rechecks are locked on the source (SELECT ... FOR SHARE,"
+        " lock_timeout 1 s) until the target has applied past the lock, for at most this many seconds (writers of"
+        " those rows wait meanwhile); 0 never locks and leaves such rows in flight.",
+    )
+    max_hot_keys: int = Field(1000, ge=1, description="Most source rows of one table locked at once for a recheck.")
+    max_reported_rows: int = Field(
+        100, ge=1, description="Differing rows listed (key, columns, both values) per table; counts stay complete."
+    )
 
 
 class CutoverConfig(_Model):

@@ -1,0 +1,162 @@
+"""The recheck rounds after the first comparison: narrow every differing chunk (bucket) to its
+rows, then rounds of catch-up + target read + source read shared by all tables, then one locked
+round per table for keys that kept changing; finally each table's mismatched and in-flight
+chunks with their rows (docs/design-notes.md, "Verification that concludes under load")."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import psycopg
+import structlog
+
+from pipeline.control.verify.compare import Pending
+from pipeline.control.verify.converge import CONFIRMATIONS, KeyedCheck
+from pipeline.control.verify.model import CatchUp, TableResult, VerifySettings
+from pipeline.control.verify.multiset import BucketCheck
+from pipeline.control.verify.source import lock_rows
+from sinks.base import KeyBound
+
+log = structlog.get_logger(__name__)
+
+CatchUpFn = Callable[[float], CatchUp]
+"""A catch-up bounded by the given seconds (:func:`pipeline.control.verify.catchup.wait_caught_up`)."""
+
+LOCK_TIMEOUT_S = 1.0
+"""``lock_timeout`` of the share lock on hot rows: a writer holding one longer makes us give up."""
+
+
+def _open(check: KeyedCheck | BucketCheck) -> bool:
+    return bool(check.open_keys() if isinstance(check, KeyedCheck) else check.open_texts())
+
+
+def build_checks(pending: Sequence[Pending]) -> list[tuple[TableResult, KeyedCheck | BucketCheck]]:
+    """One :class:`KeyedCheck` per differing keyed chunk, one :class:`BucketCheck` per keyless
+    table with differing buckets; not yet narrowed."""
+    out: list[tuple[TableResult, KeyedCheck | BucketCheck]] = []
+    buckets: dict[int, tuple[TableResult, BucketCheck]] = {}
+    for item in pending:
+        diff = item.diff
+        if diff.bucket is None or diff.buckets is None:
+            out.append((item.result, KeyedCheck(item.plan.checks, diff, item.source, item.target)))
+            continue
+        key = id(item.result)
+        if key not in buckets:
+            buckets[key] = (item.result, BucketCheck(item.plan.checks, diff.buckets, {}, item.source, item.target))
+            out.append(buckets[key])
+        buckets[key][1].diffs[diff.bucket] = diff
+    return out
+
+
+def run_round(checks: Sequence[KeyedCheck | BucketCheck], catch: CatchUpFn, max_wait_s: float) -> CatchUp:
+    """One round for every check with open rows: catch up (the previous source reads all ended
+    before), read each target, then each source again, and judge."""
+    last = catch(max_wait_s)
+    for check in checks:
+        if isinstance(check, KeyedCheck):
+            check.judge(check.read_target(), last.caught_up)
+        else:
+            check.judge(check.read_target(), last.caught_up)
+    return last
+
+
+def locked_round(
+    sconn: psycopg.Connection[Any], checks: Sequence[KeyedCheck], catch: CatchUpFn, cfg: VerifySettings
+) -> CatchUp | None:
+    """Share-lock at most ``cfg.max_hot_keys`` open keys of one table's ``checks`` on the source,
+    re-read them under the lock, catch up (at most ``cfg.hot_key_lock_s``), read the target,
+    judge, release. Only whole chunks are locked (a chunk with more open keys than fit is left
+    open). None when nothing was locked or the rows could not be locked within ``LOCK_TIMEOUT_S``."""
+    chosen: list[KeyedCheck] = []
+    keys: list[KeyBound] = []
+    for check in checks:  # whole chunks only, so every judged key was locked
+        open_keys = [st.key for st in check.open_keys().values()]
+        if open_keys and len(keys) + len(open_keys) <= cfg.max_hot_keys:
+            chosen.append(check)
+            keys.extend(open_keys)
+    if not chosen:
+        return None
+    started = time.monotonic()
+    try:
+        with sconn.transaction():
+            locked = lock_rows(sconn, chosen[0].plan, keys, LOCK_TIMEOUT_S)
+            for check in chosen:  # the images under the lock become the "before" reads
+                for text, image in check.read(check.src, check.open_keys()).items():
+                    check.keys[text].source = image
+            last = catch(cfg.hot_key_lock_s)
+            for check in chosen:
+                check.judge(check.read_target(), last.caught_up, locked=True)
+    except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
+        log.info("verify_lock_failed", table=str(chosen[0].plan.table), keys=len(keys), error=type(exc).__name__)
+        return None
+    log.info(
+        "verify_hot_keys_locked",
+        table=str(chosen[0].plan.table),
+        keys=len(keys),
+        locked=locked,
+        held_s=round(time.monotonic() - started, 3),
+        caught_up=last.caught_up,
+    )
+    return last
+
+
+def converge(
+    pending: Sequence[Pending],
+    catch: CatchUpFn,
+    cfg: VerifySettings,
+    first: CatchUp,
+    sconn: psycopg.Connection[Any],
+) -> CatchUp:
+    """Narrow and recheck ``pending`` (see the module docstring); puts each table's mismatched
+    and in-flight chunks (with rows) into its result. Returns the last catch-up outcome."""
+    checks = build_checks(pending)
+    for _, check in checks:
+        check.narrow()
+    last = first
+    for _ in range(max(cfg.recheck_attempts, CONFIRMATIONS)):
+        todo = [c for _, c in checks if _open(c)]
+        if not todo:
+            break
+        last = run_round(todo, catch, cfg.max_wait_s)
+    if cfg.hot_key_lock_s > 0:
+        last = _lock_hot(checks, sconn, catch, cfg, last)
+    _settle(checks, cfg.max_reported_rows)
+    return last
+
+
+def _lock_hot(
+    checks: Sequence[tuple[TableResult, KeyedCheck | BucketCheck]],
+    sconn: psycopg.Connection[Any],
+    catch: CatchUpFn,
+    cfg: VerifySettings,
+    last: CatchUp,
+) -> CatchUp:
+    by_table: dict[int, list[KeyedCheck]] = {}
+    for result, check in checks:
+        if isinstance(check, KeyedCheck) and check.open_keys():
+            by_table.setdefault(id(result), []).append(check)
+    for table_checks in by_table.values():
+        for _ in range(CONFIRMATIONS):  # a second try when the lock was not granted
+            if not any(c.open_keys() for c in table_checks):
+                break
+            got = locked_round(sconn, table_checks, catch, cfg)
+            if got is not None:
+                last = got
+    return last
+
+
+def _settle(checks: Sequence[tuple[TableResult, KeyedCheck | BucketCheck]], limit: int) -> None:
+    listed: dict[int, int] = {}
+    for result, check in checks:
+        left = max(0, limit - listed.get(id(result), 0))
+        if isinstance(check, KeyedCheck):
+            bad, still = check.outcome(left)
+            mismatched = [bad] if bad is not None else []
+            in_flight = [still] if still is not None else []
+        else:
+            mismatched, in_flight = check.outcomes(left)
+        result.mismatched.extend(mismatched)
+        result.in_flight.extend(in_flight)
+        listed[id(result)] = listed.get(id(result), 0) + sum(len(c.rows) for c in [*mismatched, *in_flight])
