@@ -64,14 +64,19 @@ class PgRowSide(PgSide):
     each compared column's canonical text, and on the source the row's ``xmin``."""
 
     def _column_texts(self) -> list[sql.Composable]:
+        """Each compared column's canonical text, aliased ``c0..cn`` (the rows are dicts: an
+        unaliased text of a key column would take the key column's name)."""
         return [
-            canonical_expr(
-                sql.Identifier(c.source if self.side == "source" else c.target),
-                canonical_kind(c.typname),
-                native=(self.side == "source" or c.same_type),
-                exact=self.plan.numeric_text_exact,
+            sql.SQL("{} AS {}").format(
+                canonical_expr(
+                    sql.Identifier(c.source if self.side == "source" else c.target),
+                    canonical_kind(c.typname),
+                    native=(self.side == "source" or c.same_type),
+                    exact=self.plan.numeric_text_exact,
+                ),
+                sql.Identifier(f"c{i}"),
             )
-            for c in self.plan.columns
+            for i, c in enumerate(self.plan.columns)
         ]
 
     def _version(self) -> sql.Composable:
@@ -104,8 +109,10 @@ class PgRowSide(PgSide):
             cond = sql.SQL("ROW({}) IN ({})").format(sql.SQL(", ").join(idents), sql.SQL(", ").join([one] * len(keys)))
             where = (where + sql.SQL(" AND ") if params else sql.SQL(" WHERE ")) + cond
             params = [*params, *(v for k in keys for v in k)]
-        statement = sql.SQL("SELECT {k}, {v}, {texts} FROM {t}{w}").format(
-            k=sql.SQL(", ").join(idents),
+        statement = sql.SQL("SELECT {k}, {v} AS v, {texts} FROM {t}{w}").format(
+            k=sql.SQL(", ").join(
+                sql.SQL("{} AS {}").format(ident, sql.Identifier(f"k{i}")) for i, ident in enumerate(idents)
+            ),
             v=self._version(),
             texts=sql.SQL(", ").join(self._column_texts()),
             t=qualified(side_table(self.plan, self.side)),

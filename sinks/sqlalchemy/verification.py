@@ -94,10 +94,11 @@ class PythonSourceSide:
         parts: list[sql.Composable] = []
         for c in self.plan.columns:
             ident = sql.Identifier(c.source)
+            value: sql.Composable = ident
             if c.typname == "interval":
-                parts.append(sql.SQL(canonical.interval_micros_sql("{c}")).format(c=ident))
-            else:
-                parts.append(ident)
+                value = sql.SQL(canonical.interval_micros_sql("{c}")).format(c=ident)
+            # aliased: the rows may be dicts, and two interval expressions would share a name
+            parts.append(sql.SQL("{} AS {}").format(value, sql.Identifier(f"__cdc_verify_c{len(parts)}")))
         return sql.SQL(", ").join(parts)
 
     def _texts(self, key_range: KeyRange | None) -> list[str]:
@@ -122,10 +123,13 @@ class PythonSourceSide:
 
     def rows(self, key_range: KeyRange, keys: Sequence[KeyBound] | None = None) -> list[RowImage]:
         """Row images of ``key_range`` with the rows' ``xmin`` (filtered to ``keys`` in Python)."""
-        idents = sql.SQL(", ").join(sql.Identifier(c.source) for c in self.plan.key)
+        idents = sql.SQL(", ").join(
+            sql.SQL("{} AS {}").format(sql.Identifier(c.source), sql.Identifier(f"__cdc_verify_k{i}"))
+            for i, c in enumerate(self.plan.key)
+        )
         where, params = range_where(self.plan, "source", key_range)
-        rows = self.conn.execute(
-            sql.SQL("SELECT {}, xmin::text, {} FROM {}{}").format(
+        rows = self.conn.execute(  # key columns aliased: the rows may be dicts, names must not repeat
+            sql.SQL("SELECT {}, xmin::text AS __cdc_verify_v, {} FROM {}{}").format(
                 idents, self._select(), qualified(self.plan.table), where
             ),
             params,
@@ -135,7 +139,9 @@ class PythonSourceSide:
     def bucket_rows(self, buckets: int, selected: Sequence[int]) -> list[RowImage]:
         """The rows of the ``selected`` buckets, with their ``xmin``."""
         rows = self.conn.execute(
-            sql.SQL("SELECT xmin::text, {} FROM {}").format(self._select(), qualified(self.plan.table))
+            sql.SQL("SELECT xmin::text AS __cdc_verify_v, {} FROM {}").format(
+                self._select(), qualified(self.plan.table)
+            )
         ).fetchall()
         types = canonical.compared_types((c.typname for c in self.plan.columns), self.plan.numeric_text_exact)
         texts = [(canonical.row_text(v[1:], types), str(v[0])) for v in (values(r) for r in rows)]

@@ -10,6 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 import sqlalchemy as sa
+from psycopg.rows import dict_row
 from sqlalchemy.engine import make_url
 
 from pipeline.core.events import TableId
@@ -159,7 +160,7 @@ def test_row_images_name_the_differing_keys_on_both_sides(target: Target, databa
     plan = ChecksumPlan(table, table, (key, CompareColumn("name", "name", "text")), (key,))
     verification = target.verification(30)
     try:
-        with psycopg.connect(databases.source_dsn, autocommit=True) as sconn:
+        with psycopg.connect(databases.source_dsn, autocommit=True, row_factory=dict_row) as sconn:  # as the verifier's
             src, tgt = verification.sides(sconn, plan)
             s = {i.key_text: i for i in src.rows((None, None))}
             t = {i.key_text: i for i in tgt.rows((None, None))}
@@ -193,7 +194,7 @@ def test_bucket_rows_are_the_differing_buckets_copies(target: Target, databases:
     plan = ChecksumPlan(table, table, cols, ())
     verification = target.verification(30)
     try:
-        with psycopg.connect(databases.source_dsn, autocommit=True) as sconn:
+        with psycopg.connect(databases.source_dsn, autocommit=True, row_factory=dict_row) as sconn:  # as the verifier's
             src, tgt = verification.sides(sconn, plan)
             s_sums, t_sums = src.buckets(4), tgt.buckets(4)
             every = list(range(4))

@@ -42,7 +42,7 @@ class VerifySettings:
     repair_timeout_s: float = 3600.0
     schedule_interval_s: float | None = None
     numeric_text_exact: bool = False
-    hot_key_lock_s: float = 5.0
+    hot_key_lock_s: float = 10.0
     max_hot_keys: int = 1000
     max_reported_rows: int = 100
 

@@ -17,7 +17,7 @@ from pipeline.control.verify.converge import CONFIRMATIONS, KeyedCheck
 from pipeline.control.verify.model import CatchUp, TableResult, VerifySettings
 from pipeline.control.verify.multiset import BucketCheck
 from pipeline.control.verify.source import lock_rows
-from sinks.base import KeyBound
+from sinks.base import ChecksumPlan, KeyBound
 
 log = structlog.get_logger(__name__)
 
@@ -30,6 +30,14 @@ LOCK_TIMEOUT_S = 1.0
 
 def _open(check: KeyedCheck | BucketCheck) -> bool:
     return bool(check.open_keys() if isinstance(check, KeyedCheck) else check.open_texts())
+
+
+def _since(started: float) -> float:
+    return round(time.monotonic() - started, 3)
+
+
+def _open_rows(checks: Sequence[tuple[TableResult, KeyedCheck | BucketCheck]]) -> int:
+    return sum(len(c.open_keys() if isinstance(c, KeyedCheck) else c.open_texts()) for _, c in checks)
 
 
 def build_checks(pending: Sequence[Pending]) -> list[tuple[TableResult, KeyedCheck | BucketCheck]]:
@@ -62,39 +70,58 @@ def run_round(checks: Sequence[KeyedCheck | BucketCheck], catch: CatchUpFn, max_
     return last
 
 
+def choose_hot(checks: Sequence[KeyedCheck], max_keys: int) -> list[KeyedCheck]:
+    """The checks whose open keys are locked together: whole chunks only (so every key judged as
+    locked was locked), in order, while the total stays within ``max_keys`` (pure)."""
+    chosen: list[KeyedCheck] = []
+    total = 0
+    for check in checks:
+        n = len(check.open_keys())
+        if n and total + n <= max_keys:
+            chosen.append(check)
+            total += n
+    return chosen
+
+
+def _lock(sconn: psycopg.Connection[Any], chosen: Sequence[KeyedCheck]) -> int:
+    """Lock the open keys of ``chosen``, one table after the other, in the caller's transaction."""
+    by_table: dict[ChecksumPlan, list[KeyBound]] = {}
+    for check in chosen:
+        by_table.setdefault(check.plan, []).extend(st.key for st in check.open_keys().values())
+    return sum(lock_rows(sconn, plan, keys, LOCK_TIMEOUT_S) for plan, keys in by_table.items())
+
+
 def locked_round(
     sconn: psycopg.Connection[Any], checks: Sequence[KeyedCheck], catch: CatchUpFn, cfg: VerifySettings
 ) -> CatchUp | None:
-    """Share-lock at most ``cfg.max_hot_keys`` open keys of one table's ``checks`` on the source,
-    re-read them under the lock, catch up (at most ``cfg.hot_key_lock_s``), read the target,
-    judge, release. Only whole chunks are locked (a chunk with more open keys than fit is left
-    open). None when nothing was locked or the rows could not be locked within ``LOCK_TIMEOUT_S``."""
-    chosen: list[KeyedCheck] = []
-    keys: list[KeyBound] = []
-    for check in checks:  # whole chunks only, so every judged key was locked
-        open_keys = [st.key for st in check.open_keys().values()]
-        if open_keys and len(keys) + len(open_keys) <= cfg.max_hot_keys:
-            chosen.append(check)
-            keys.extend(open_keys)
+    """Share-lock the open keys of ``checks`` (:func:`choose_hot`, at most ``cfg.max_hot_keys``)
+    on the source in one transaction, re-read them under the lock, catch up (at most
+    ``cfg.hot_key_lock_s``: writers of those rows wait that long at most), read the target,
+    judge, release. One catch-up for every table, so one short write pause. None when nothing
+    was chosen or a row could not be locked within ``LOCK_TIMEOUT_S`` (or a deadlock)."""
+    chosen = choose_hot(checks, cfg.max_hot_keys)
     if not chosen:
         return None
+    keys = sum(len(c.open_keys()) for c in chosen)
     started = time.monotonic()
     try:
         with sconn.transaction():
-            locked = lock_rows(sconn, chosen[0].plan, keys, LOCK_TIMEOUT_S)
+            locked = _lock(sconn, chosen)
             for check in chosen:  # the images under the lock become the "before" reads
-                for text, image in check.read(check.src, check.open_keys()).items():
-                    check.keys[text].source = image
+                open_keys = check.open_keys()
+                images = check.read(check.src, open_keys)
+                for text, state in open_keys.items():
+                    state.source = images.get(text)
             last = catch(cfg.hot_key_lock_s)
             for check in chosen:
                 check.judge(check.read_target(), last.caught_up, locked=True)
     except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
-        log.info("verify_lock_failed", table=str(chosen[0].plan.table), keys=len(keys), error=type(exc).__name__)
+        log.info("verify_lock_failed", keys=keys, error=type(exc).__name__)
         return None
     log.info(
         "verify_hot_keys_locked",
-        table=str(chosen[0].plan.table),
-        keys=len(keys),
+        tables=sorted({str(c.plan.table) for c in chosen}),
+        keys=keys,
         locked=locked,
         held_s=round(time.monotonic() - started, 3),
         caught_up=last.caught_up,
@@ -112,14 +139,25 @@ def converge(
     """Narrow and recheck ``pending`` (see the module docstring); puts each table's mismatched
     and in-flight chunks (with rows) into its result. Returns the last catch-up outcome."""
     checks = build_checks(pending)
+    started = time.monotonic()
     for _, check in checks:
         check.narrow()
+    log.info("verify_narrowed", checks=len(checks), rows=_open_rows(checks), seconds=_since(started))
     last = first
-    for _ in range(max(cfg.recheck_attempts, CONFIRMATIONS)):
+    for number in range(1, max(cfg.recheck_attempts, CONFIRMATIONS) + 1):
         todo = [c for _, c in checks if _open(c)]
         if not todo:
             break
+        started = time.monotonic()
         last = run_round(todo, catch, cfg.max_wait_s)
+        log.info(
+            "verify_round",
+            round=number,
+            open_rows=_open_rows(checks),
+            caught_up=last.caught_up,
+            waited_s=round(last.waited_s, 3),
+            seconds=_since(started),
+        )
     if cfg.hot_key_lock_s > 0:
         last = _lock_hot(checks, sconn, catch, cfg, last)
     _settle(checks, cfg.max_reported_rows)
@@ -133,17 +171,13 @@ def _lock_hot(
     cfg: VerifySettings,
     last: CatchUp,
 ) -> CatchUp:
-    by_table: dict[int, list[KeyedCheck]] = {}
-    for result, check in checks:
-        if isinstance(check, KeyedCheck) and check.open_keys():
-            by_table.setdefault(id(result), []).append(check)
-    for table_checks in by_table.values():
-        for _ in range(CONFIRMATIONS):  # a second try when the lock was not granted
-            if not any(c.open_keys() for c in table_checks):
-                break
-            got = locked_round(sconn, table_checks, catch, cfg)
-            if got is not None:
-                last = got
+    keyed = [c for _, c in checks if isinstance(c, KeyedCheck)]
+    for _ in range(CONFIRMATIONS):  # a second try when a lock was not granted or the wait ran out
+        if not any(c.open_keys() for c in keyed):
+            break
+        got = locked_round(sconn, keyed, catch, cfg)
+        if got is not None:
+            last = got
     return last
 
 

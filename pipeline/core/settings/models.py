@@ -481,7 +481,7 @@ class VerifyConfig(_Model):
         " of by value. Debezium drops the trailing zeros of unconstrained numeric (docs/targets.md).",
     )
     hot_key_lock_s: float = Field(
-        5.0,
+        10.0,
         ge=0,
         description="Rows that keep changing through the rechecks are locked on the source (SELECT ... FOR SHARE,"
         " lock_timeout 1 s) until the target has applied past the lock, for at most this many seconds (writers of"
