@@ -196,6 +196,11 @@ class ChecksumSide(Protocol):
         """The rows of ``key_range`` (keyed plans), only those whose key is in ``keys`` when given
         (key values in plan key order, as either side read them)."""
 
+    def digests(self, key_range: KeyRange) -> list[RowImage]:
+        """The rows of ``key_range`` (keyed plans) as digests: ``texts`` is the one md5 (hex) of
+        the row's canonical text, equal on both sides for equal rows; key and version as in
+        :meth:`rows`. Cheaper than :meth:`rows` for narrowing a chunk to its differing keys."""
+
     def bucket_rows(self, buckets: int, selected: Sequence[int]) -> list[RowImage]:
         """Every row (keyless plans) of the hash buckets ``selected`` of ``buckets`` (the buckets
         of :meth:`buckets`); ``key_text`` is the row text, duplicates are separate images."""

@@ -127,6 +127,31 @@ class PgRowSide(PgSide):
             out.append(RowImage(tuple(got[:n]), key_text([texts[i] for i in positions]), texts, got[n]))
         return out
 
+    def digests(self, key_range: KeyRange) -> list[RowImage]:
+        """See :meth:`sinks.base.ChecksumSide.digests`: ``md5(<row text>)`` computed server-side."""
+        if self.side == "target" and not self.plan.target_exists:
+            return []
+        idents = [sql.Identifier(c.source if self.side == "source" else c.target) for c in self.plan.key]
+        positions = self._key_positions()
+        texts = self._column_texts()
+        where, params = range_where(self.plan, self.side, key_range)
+        statement = sql.SQL("SELECT {k}, {v} AS v, md5({rt}) AS d, {kt} FROM {t}{w}").format(
+            k=sql.SQL(", ").join(
+                sql.SQL("{} AS {}").format(ident, sql.Identifier(f"k{i}")) for i, ident in enumerate(idents)
+            ),
+            v=self._version(),
+            rt=row_text(self.plan, self.side),
+            kt=sql.SQL(", ").join(texts[i] for i in positions),
+            t=qualified(side_table(self.plan, self.side)),
+            w=where,
+        )
+        n = len(self.plan.key)
+        out: list[RowImage] = []
+        for row in self.conn.execute(statement, params).fetchall():
+            got = values(row)
+            out.append(RowImage(tuple(got[:n]), key_text(got[n + 2 :]), (got[n + 1],), got[n]))
+        return out
+
     def bucket_rows(self, buckets: int, selected: Sequence[int]) -> list[RowImage]:
         """See :meth:`sinks.base.ChecksumSide.bucket_rows` (``texts`` is the one row text)."""
         if (self.side == "target" and not self.plan.target_exists) or not selected:

@@ -9,12 +9,14 @@ control schema, written through SQLAlchemy Core.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import psycopg
 import sqlalchemy as sa
 from psycopg import sql
@@ -62,6 +64,19 @@ def _images(plan: ChecksumPlan, rows: Sequence[Sequence[Any]], versioned: bool) 
         version = str(row[n]) if versioned else None
         out.append(RowImage(tuple(row[:n]), key_text([texts[i] for i in positions]), texts, version))
     return out
+
+
+def _digests(images: list[RowImage]) -> list[RowImage]:
+    """``images`` with their texts replaced by the md5 of their JSON (see ``ChecksumSide.digests``)."""
+    return [
+        RowImage(
+            i.key,
+            i.key_text,
+            (hashlib.md5(orjson.dumps(list(i.texts)), usedforsecurity=False).hexdigest(),),
+            i.version,
+        )
+        for i in images
+    ]
 
 
 def _wanted(plan: ChecksumPlan, keys: Sequence[KeyBound]) -> set[str]:
@@ -136,6 +151,10 @@ class PythonSourceSide:
         ).fetchall()
         return _keep(_images(self.plan, [values(r) for r in rows], True), self.plan, keys)
 
+    def digests(self, key_range: KeyRange) -> list[RowImage]:
+        """Digests of :meth:`rows` (computed in Python)."""
+        return _digests(self.rows(key_range))
+
     def bucket_rows(self, buckets: int, selected: Sequence[int]) -> list[RowImage]:
         """The rows of the ``selected`` buckets, with their ``xmin``."""
         rows = self.conn.execute(
@@ -207,6 +226,10 @@ class SqlAlchemyTargetSide:
         with _errors(), self.engine.connect() as conn:
             fetched = [tuple(r) for r in conn.execute(query)]
         return _keep(_images(self.plan, fetched, False), self.plan, keys)
+
+    def digests(self, key_range: KeyRange) -> list[RowImage]:
+        """Digests of :meth:`rows` (computed in Python)."""
+        return _digests(self.rows(key_range))
 
     def bucket_rows(self, buckets: int, selected: Sequence[int]) -> list[RowImage]:
         """The rows of the ``selected`` buckets."""

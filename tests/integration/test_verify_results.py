@@ -167,6 +167,11 @@ def test_row_images_name_the_differing_keys_on_both_sides(target: Target, databa
             assert set(s) & set(t) == {k for k in s if s[k].key in ((1,), (2,))}
             differing = sorted(k for k in s.keys() | t.keys() if k not in s or k not in t or s[k].texts != t[k].texts)
             assert len(differing) == 3  # 2 differs, 3 only on the target, 4 only on the source
+            sd = {i.key_text: i for i in src.digests((None, None))}
+            td = {i.key_text: i for i in tgt.digests((None, None))}
+            assert set(sd) == set(s) and set(td) == set(t)
+            equal = [k for k in sd.keys() & td.keys() if sd[k].texts == td[k].texts]
+            assert [sd[k].key for k in equal] == [(1,)]  # (2, B) vs (2, b) differs
             picked = src.rows((None, None), [(2,), (3,)])  # key 3 is absent on the source
             assert [(i.key, i.texts) for i in picked] == [((2,), ("2", "B"))]
             assert picked[0].version is not None and all(i.version is None for i in t.values())

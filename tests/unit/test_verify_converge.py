@@ -40,6 +40,9 @@ class Side:
         wanted = None if keys is None else {k[0] for k in keys}
         return [self._image(k) for k in sorted(self.data) if wanted is None or k in wanted]
 
+    def digests(self, key_range: KeyRange) -> list[RowImage]:
+        return [RowImage(i.key, i.key_text, ("|".join(map(str, i.texts)),), i.version) for i in self.rows(key_range)]
+
     def bucket_rows(self, buckets: int, selected: Sequence[int]) -> list[RowImage]:
         self.on_read()
         return [RowImage((), t, (t,), v) for t, v in self.copies if bucket_of(t, buckets) in selected]

@@ -81,16 +81,22 @@ class KeyedCheck:
         return self.diff.key_range
 
     def narrow(self) -> None:
-        """Read the chunk's row images on both sides; keep the keys that differ (the source read
-        is each key's first source image)."""
-        s = {i.key_text: i for i in self.src.rows(self.key_range)}
-        t = {i.key_text: i for i in self.tgt.rows(self.key_range)}
+        """Compare the chunk's row digests on both sides; read the source's full images of the
+        keys that differ (each key's first source image)."""
+        s = {i.key_text: i for i in self.src.digests(self.key_range)}
+        t = {i.key_text: i for i in self.tgt.digests(self.key_range)}
+        differing: dict[str, KeyBound] = {}
         for text in s.keys() | t.keys():
             a, b = s.get(text), t.get(text)
             if not same_data(a, b):
                 image = a if a is not None else b
                 assert image is not None
-                self.keys[text] = KeyState(image.key, a, b)
+                differing[text] = image.key
+        if not differing:
+            return
+        images = {i.key_text: i for i in self.src.rows(self.key_range, list(differing.values()))}
+        for text, key in differing.items():
+            self.keys[text] = KeyState(key, images.get(text), None)
 
     def open_keys(self) -> dict[str, KeyState]:
         """Keys without a verdict."""

@@ -21,7 +21,7 @@ class VerifySettings:
 
     - ``chunk_size``: rows per compared chunk (and per bucket of keyless tables).
     - ``max_wait_s``: bound of each catch-up wait (heartbeat, then offsets), seconds.
-    - ``recheck_attempts``: catch-up + recompute rounds for differing chunks.
+    - ``recheck_attempts``: catch-up + row recheck rounds for differing chunks (at least 2 run).
     - ``statement_timeout_s``: PostgreSQL ``statement_timeout`` of verification queries.
     - ``repair_timeout_s``: how long ``--repair`` waits for its snapshots to complete.
     - ``numeric_text_exact``: compare ``numeric`` columns by text, display scale included.

@@ -108,6 +108,9 @@ class _CountedSide:
     def rows(self, key_range: KeyRange, keys: Sequence[KeyBound] | None = None) -> list[RowImage]:
         return self.inner.rows(key_range, keys)
 
+    def digests(self, key_range: KeyRange) -> list[RowImage]:
+        return self.inner.digests(key_range)
+
     def bucket_rows(self, buckets: int, selected: Sequence[int]) -> list[RowImage]:
         return self.inner.bucket_rows(buckets, selected)
 

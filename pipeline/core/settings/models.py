@@ -469,7 +469,12 @@ class VerifyConfig(_Model):
 
     chunk_size: int = Field(10_000, ge=1, description="Rows per compared key-ordered chunk.")
     max_wait_s: float = Field(300.0, ge=0, description="Seconds to wait for the pipeline to catch up first.")
-    recheck_attempts: int = Field(2, ge=0, description="Re-checks of mismatched chunks (rows in flight).")
+    recheck_attempts: int = Field(
+        2,
+        ge=0,
+        description="Rounds of row-by-row rechecks of the differing chunks, each after a catch-up, before rows that"
+        " keep changing are locked (at least 2 run: a mismatch needs two conclusive rounds).",
+    )
     statement_timeout_s: float = Field(600.0, gt=0, description="Statement timeout of checksum queries, seconds.")
     repair_timeout_s: float = Field(3600.0, gt=0, description="Seconds a --repair may take.")
     schedule_interval_s: float | None = Field(
