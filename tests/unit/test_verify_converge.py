@@ -172,3 +172,19 @@ def test_text_state_between_two_reads_settles() -> None:
     state = TextState(("x1",), 0)
     state.judge(1, ("x1", "x2"), caught_up=True)  # 1 copy at the first read, 2 at the second, target 1
     assert state.verdict == "match"
+
+
+def test_a_chunk_with_more_differing_keys_than_followed_cannot_be_cleared(monkeypatch: Any) -> None:
+    from pipeline.control.verify import converge as module  # noqa: PLC0415 - patched below
+
+    monkeypatch.setattr(module, "MAX_KEYS_PER_CHUNK", 2)
+    src = Side({k: (str(k), f"x{k}") for k in range(1, 6)})
+    tgt = Side({})
+
+    def catch(_: float) -> CatchUp:
+        tgt.data.update({k: (v, None) for k, (v, _) in src.data.items()})  # the target catches up
+        return CAUGHT
+
+    result = _run(*_pending(src, tgt), catch)
+    assert result.mismatched == []
+    assert len(result.in_flight) == 1 and result.in_flight[0].differing_rows == 3

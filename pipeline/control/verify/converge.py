@@ -19,6 +19,10 @@ from sinks.base import ChecksumPlan, ChecksumSide, KeyBound, KeyRange, RowImage
 CONFIRMATIONS = 2
 """Consecutive conclusive rounds that make a key a mismatch (one when its source row was locked)."""
 
+MAX_KEYS_PER_CHUNK = 5000
+"""Differing keys of one chunk followed through the rounds; beyond them (a target table far
+behind or emptied) the chunk cannot be cleared: a mismatch when one followed key is, else in flight."""
+
 
 def same_data(a: RowImage | None, b: RowImage | None) -> bool:
     """True when both are absent, or both present with equal column texts (versions ignored)."""
@@ -74,6 +78,7 @@ class KeyedCheck:
     src: ChecksumSide
     tgt: ChecksumSide
     keys: dict[str, KeyState] = field(default_factory=dict)
+    overflow: int = 0
 
     @property
     def key_range(self) -> KeyRange:
@@ -94,6 +99,9 @@ class KeyedCheck:
                 differing[text] = image.key
         if not differing:
             return
+        if len(differing) > MAX_KEYS_PER_CHUNK:
+            self.overflow = len(differing) - MAX_KEYS_PER_CHUNK
+            differing = dict(sorted(differing.items())[:MAX_KEYS_PER_CHUNK])
         images = {i.key_text: i for i in self.src.rows(self.key_range, list(differing.values()))}
         for text, key in differing.items():
             self.keys[text] = KeyState(key, images.get(text), None)
@@ -140,12 +148,12 @@ class KeyedCheck:
 
     def outcome(self, limit: int) -> tuple[ChunkDiff | None, ChunkDiff | None]:
         """``(mismatched chunk, in-flight chunk)``: the chunk with its conclusively differing rows
-        when there are any, else with its still-open rows when there are any; at most ``limit``
-        rows listed."""
+        when there are any, else with its still-open rows when there are any (or keys beyond
+        :data:`MAX_KEYS_PER_CHUNK` were never followed); at most ``limit`` rows listed."""
         bad = [st for st in self.keys.values() if st.verdict == "mismatch"]
         still = [st for st in self.keys.values() if st.verdict is None]
         chosen = bad or still
-        if not chosen:
+        if not chosen and not self.overflow:
             return None, None
         rows = tuple(self.row_diff(st) for st in chosen[: max(0, limit)])
         diff = ChunkDiff(
@@ -154,6 +162,6 @@ class KeyedCheck:
             self.diff.source,
             self.diff.target,
             rows=rows,
-            differing_rows=len(chosen),
+            differing_rows=len(chosen) + self.overflow,
         )
         return (diff, None) if bad else (None, diff)
