@@ -4,11 +4,23 @@ rows change between reads like a source under load and a target that lags behind
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
+from pipeline.control.verify import converge as converge_module
 from pipeline.control.verify.compare import Pending
 from pipeline.control.verify.converge import KeyState
-from pipeline.control.verify.model import CatchUp, ChunkDiff, Status, TableResult, VerifySettings
+from pipeline.control.verify.model import (
+    CatchUp,
+    ChunkDiff,
+    RowDiff,
+    Status,
+    TableResult,
+    VerifyResult,
+    VerifySettings,
+    format_result,
+    to_records,
+)
 from pipeline.control.verify.multiset import TextState, bucket_of
 from pipeline.control.verify.plan import TablePlan
 from pipeline.control.verify.rounds import converge
@@ -175,9 +187,7 @@ def test_text_state_between_two_reads_settles() -> None:
 
 
 def test_a_chunk_with_more_differing_keys_than_followed_cannot_be_cleared(monkeypatch: Any) -> None:
-    from pipeline.control.verify import converge as module  # noqa: PLC0415 - patched below
-
-    monkeypatch.setattr(module, "MAX_KEYS_PER_CHUNK", 2)
+    monkeypatch.setattr(converge_module, "MAX_KEYS_PER_CHUNK", 2)
     src = Side({k: (str(k), f"x{k}") for k in range(1, 6)})
     tgt = Side({})
 
@@ -188,3 +198,18 @@ def test_a_chunk_with_more_differing_keys_than_followed_cannot_be_cleared(monkey
     result = _run(*_pending(src, tgt), catch)
     assert result.mismatched == []
     assert len(result.in_flight) == 1 and result.in_flight[0].differing_rows == 3
+
+
+def test_the_report_lists_the_differing_rows_under_their_chunk() -> None:
+    row = RowDiff({"id": "2"}, {"v": ("20", None)})
+    chunk = ChunkDiff(1, (None, (10,)), (10, "a"), (10, "b"), rows=(row,), differing_rows=1)
+    table = TableResult(PLAN.table, PLAN.target, Status.MISMATCH, mismatched=[chunk], chunks=1)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    result = VerifyResult("p", "s", now, now, CAUGHT, [table], 10)
+    text = format_result(result)
+    assert "mismatch chunk 1 (-inf, 10]: source 10 rows, target 10 rows, 1 differing row(s)" in text
+    assert "    key id='2': v: source '20', target NULL" in text
+    (record,) = to_records(result)
+    assert record.mismatched_chunks == 1 and not record.ok
+    stored = record.detail["mismatched_chunks"][0]["rows"]
+    assert stored == [row.to_dict()] and stored[0]["columns"] == {"v": {"source": "20", "target": None}}
