@@ -96,7 +96,7 @@ def locked_round(
 ) -> CatchUp | None:
     """Share-lock the open keys of ``checks`` (:func:`choose_hot`, at most ``cfg.max_hot_keys``)
     on the source in one transaction, re-read them under the lock, catch up (at most
-    ``cfg.hot_key_lock_s``: writers of those rows wait that long at most), read the target,
+    ``cfg.hot_key_lock_s`` and ``cfg.max_wait_s``: writers of those rows wait that long at most), read the target,
     judge, release. One catch-up for every table, so one short write pause. None when nothing
     was chosen or a row could not be locked within ``LOCK_TIMEOUT_S`` (or a deadlock)."""
     chosen = choose_hot(checks, cfg.max_hot_keys)
@@ -112,7 +112,7 @@ def locked_round(
                 images = check.read(check.src, open_keys)
                 for text, state in open_keys.items():
                     state.source = images.get(text)
-            last = catch(cfg.hot_key_lock_s)
+            last = catch(min(cfg.hot_key_lock_s, cfg.max_wait_s))
             for check in chosen:
                 check.judge(check.read_target(), last.caught_up, locked=True)
     except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
@@ -158,7 +158,7 @@ def converge(
             waited_s=round(last.waited_s, 3),
             seconds=_since(started),
         )
-    if cfg.hot_key_lock_s > 0:
+    if cfg.hot_key_lock_s > 0 and last.caught_up:  # locking while the pipeline is behind only stalls writers
         last = _lock_hot(checks, sconn, catch, cfg, last)
     _settle(checks, cfg.max_reported_rows)
     return last
