@@ -15,12 +15,12 @@ are stored per consumer group in the target's control schema (design invariant 1
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+import orjson
 import psycopg
 
 from pipeline.core.batch import ReducedBatch
@@ -185,7 +185,7 @@ class RowImage:
 
 def key_text(texts: Sequence[str | None]) -> str:
     """The canonical text of a key from its columns' canonical texts: a JSON array (pure)."""
-    return json.dumps(list(texts), ensure_ascii=False, separators=(",", ":"))
+    return orjson.dumps(list(texts)).decode()
 
 
 class ChecksumSide(Protocol):

@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import Jsonb
 
 from pipeline.core.events import TableId
@@ -121,7 +121,7 @@ class PgRowSide(PgSide):
         n = len(self.plan.key)
         positions = self._key_positions()
         out: list[RowImage] = []
-        for row in self.conn.execute(statement, params).fetchall():
+        for row in self.conn.cursor(row_factory=tuple_row).execute(statement, params).fetchall():
             got = values(row)
             texts = tuple(got[n + 1 :])
             out.append(RowImage(tuple(got[:n]), key_text([texts[i] for i in positions]), texts, got[n]))
@@ -147,7 +147,7 @@ class PgRowSide(PgSide):
         )
         n = len(self.plan.key)
         out: list[RowImage] = []
-        for row in self.conn.execute(statement, params).fetchall():
+        for row in self.conn.cursor(row_factory=tuple_row).execute(statement, params).fetchall():
             got = values(row)
             out.append(RowImage(tuple(got[:n]), key_text(got[n + 2 :]), (got[n + 1],), got[n]))
         return out
@@ -161,7 +161,7 @@ class PgRowSide(PgSide):
             " WHERE ((get_byte(decode(md5(rt), 'hex'), 0) << 8) | get_byte(decode(md5(rt), 'hex'), 1)) %% %s"
             " = ANY(%s)"
         ).format(rt=row_text(self.plan, self.side), v=self._version(), t=qualified(side_table(self.plan, self.side)))
-        rows = self.conn.execute(statement, (buckets, list(selected))).fetchall()
+        rows = self.conn.cursor(row_factory=tuple_row).execute(statement, (buckets, list(selected))).fetchall()
         return [RowImage((), str(v[0]), (str(v[0]),), v[1]) for v in (values(r) for r in rows)]
 
 

@@ -24,8 +24,11 @@ log = structlog.get_logger(__name__)
 CatchUpFn = Callable[[float], CatchUp]
 """A catch-up bounded by the given seconds (:func:`pipeline.control.verify.catchup.wait_caught_up`)."""
 
-LOCK_TIMEOUT_S = 1.0
+LOCK_TIMEOUT_S = 3.0
 """``lock_timeout`` of the share lock on hot rows: a writer holding one longer makes us give up."""
+
+LOCK_ATTEMPTS = 3
+"""Locked rounds tried when a lock is not granted or the target does not catch up in time."""
 
 
 def _open(check: KeyedCheck | BucketCheck) -> bool:
@@ -172,7 +175,7 @@ def _lock_hot(
     last: CatchUp,
 ) -> CatchUp:
     keyed = [c for _, c in checks if isinstance(c, KeyedCheck)]
-    for _ in range(CONFIRMATIONS):  # a second try when a lock was not granted or the wait ran out
+    for _ in range(LOCK_ATTEMPTS):  # again when a lock was not granted or the wait ran out
         if not any(c.open_keys() for c in keyed):
             break
         got = locked_round(sconn, keyed, catch, cfg)

@@ -489,7 +489,7 @@ class VerifyConfig(_Model):
         10.0,
         ge=0,
         description="Rows that keep changing through the rechecks are locked on the source (SELECT ... FOR SHARE,"
-        " lock_timeout 1 s) until the target has applied past the lock, for at most this many seconds (writers of"
+        " lock_timeout 3 s) until the target has applied past the lock, for at most this many seconds (writers of"
         " those rows wait meanwhile); 0 never locks and leaves such rows in flight.",
     )
     max_hot_keys: int = Field(1000, ge=1, description="Most source rows of one table locked at once for a recheck.")
