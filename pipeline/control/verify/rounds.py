@@ -97,10 +97,10 @@ def _lock(sconn: psycopg.Connection[Any], chosen: Sequence[KeyedCheck]) -> int:
 def locked_round(
     sconn: psycopg.Connection[Any], checks: Sequence[KeyedCheck], catch: CatchUpFn, cfg: VerifySettings
 ) -> CatchUp | None:
-    """Share-lock the open keys of ``checks`` (:func:`choose_hot`, at most ``cfg.max_hot_keys``)
-    on the source in one transaction, re-read them under the lock, catch up (at most
+    """Share-lock the open keys of ``checks`` (one table's; :func:`choose_hot`, at most
+    ``cfg.max_hot_keys``) on the source in one transaction, re-read them under the lock, catch up (at most
     ``cfg.hot_key_lock_s`` and ``cfg.max_wait_s``: writers of those rows wait that long at most), read the target,
-    judge, release. One catch-up for every table, so one short write pause. None when nothing
+    judge, release. None when nothing
     was chosen or a row could not be locked within ``LOCK_TIMEOUT_S`` (or a deadlock)."""
     chosen = choose_hot(checks, cfg.max_hot_keys)
     if not chosen:
@@ -174,13 +174,17 @@ def _lock_hot(
     cfg: VerifySettings,
     last: CatchUp,
 ) -> CatchUp:
-    keyed = [c for _, c in checks if isinstance(c, KeyedCheck)]
-    for _ in range(LOCK_ATTEMPTS):  # again when a lock was not granted or the wait ran out
-        if not any(c.open_keys() for c in keyed):
-            break
-        got = locked_round(sconn, keyed, catch, cfg)
-        if got is not None:
-            last = got
+    by_table: dict[ChecksumPlan, list[KeyedCheck]] = {}
+    for _, check in checks:
+        if isinstance(check, KeyedCheck) and check.open_keys():
+            by_table.setdefault(check.plan, []).append(check)
+    for keyed in by_table.values():  # one table per transaction: no lock-order cycle with writers
+        for _ in range(LOCK_ATTEMPTS):  # again when a lock was not granted or the wait ran out
+            if not any(c.open_keys() for c in keyed):
+                break
+            got = locked_round(sconn, keyed, catch, cfg)
+            if got is not None:
+                last = got
     return last
 
 
