@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
+import orjson
 import psycopg
 
 from pipeline.core.batch import ReducedBatch
@@ -164,9 +165,45 @@ class VerificationRecord:
     detail: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class RowImage:
+    """One row as a :class:`ChecksumSide` read it, for key-level comparison.
+
+    ``key``: the key values as this side's driver returned them (plan key order; empty for a
+    keyless plan); ``key_text``: the canonical text of the key (keyed) or of the whole row
+    (keyless), equal on both sides of a pair for equal data; ``texts``: the canonical text of
+    each compared column (plan column order; None is SQL NULL); ``version``: on a PostgreSQL
+    source side the row version's ``xmin`` (PostgreSQL "System Columns"), which changes with
+    every update of the row; None on target sides.
+    """
+
+    key: KeyBound
+    key_text: str
+    texts: tuple[str | None, ...]
+    version: str | None = None
+
+
+def key_text(texts: Sequence[str | None]) -> str:
+    """The canonical text of a key from its columns' canonical texts: a JSON array (pure)."""
+    return orjson.dumps(list(texts)).decode()
+
+
 class ChecksumSide(Protocol):
     """One side of a comparison of a planned table; both sides of a pair compute the same
     canonical row text (docs/design/verify.md), so equal data gives equal checksums."""
+
+    def rows(self, key_range: KeyRange, keys: Sequence[KeyBound] | None = None) -> list[RowImage]:
+        """The rows of ``key_range`` (keyed plans), only those whose key is in ``keys`` when given
+        (key values in plan key order, as either side read them)."""
+
+    def digests(self, key_range: KeyRange) -> list[RowImage]:
+        """The rows of ``key_range`` (keyed plans) as digests: ``texts`` is the one md5 (hex) of
+        the row's canonical text, equal on both sides for equal rows; key and version as in
+        :meth:`rows`. Cheaper than :meth:`rows` for narrowing a chunk to its differing keys."""
+
+    def bucket_rows(self, buckets: int, selected: Sequence[int]) -> list[RowImage]:
+        """Every row (keyless plans) of the hash buckets ``selected`` of ``buckets`` (the buckets
+        of :meth:`buckets`); ``key_text`` is the row text, duplicates are separate images."""
 
     def chunk(self, key_range: KeyRange) -> Checksum:
         """Row count and checksum of the rows in ``key_range``."""

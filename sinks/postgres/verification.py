@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import Jsonb
 
 from pipeline.core.events import TableId
@@ -19,12 +19,26 @@ from sinks.base import (
     CatalogColumn,
     ChecksumPlan,
     ChecksumSide,
+    KeyBound,
     KeyRange,
+    RowImage,
     TransientSinkError,
     VerificationRecord,
     VersionedKey,
+    key_text,
 )
-from sinks.pg_canonical import PgSide, pin_session, qualified, range_where, read_columns, values
+from sinks.pg_canonical import (
+    PgSide,
+    canonical_expr,
+    canonical_kind,
+    pin_session,
+    qualified,
+    range_where,
+    read_columns,
+    row_text,
+    side_table,
+    values,
+)
 from sinks.postgres import versions as table_mode
 from sinks.postgres.ddl import VERSION_COLUMNS
 
@@ -41,6 +55,115 @@ _UPSERT = (
     " mismatched_chunks = EXCLUDED.mismatched_chunks, result = EXCLUDED.result,"
     " verified_at = EXCLUDED.verified_at"
 )
+
+
+KEYS_PER_STATEMENT = 500
+
+
+class PgRowSide(PgSide):
+    """A :class:`sinks.pg_canonical.PgSide` that also reads row images (key-level comparison):
+    each compared column's canonical text, and on the source the row's ``xmin``."""
+
+    def _column_texts(self) -> list[sql.Composable]:
+        """Each compared column's canonical text, aliased ``c0..cn`` (the rows are dicts: an
+        unaliased text of a key column would take the key column's name)."""
+        return [
+            sql.SQL("{} AS {}").format(
+                canonical_expr(
+                    sql.Identifier(c.source if self.side == "source" else c.target),
+                    canonical_kind(c.typname),
+                    native=(self.side == "source" or c.same_type),
+                    exact=self.plan.numeric_text_exact,
+                ),
+                sql.Identifier(f"c{i}"),
+            )
+            for i, c in enumerate(self.plan.columns)
+        ]
+
+    def _version(self) -> sql.Composable:
+        return sql.SQL("xmin::text") if self.side == "source" else sql.SQL("NULL::text")
+
+    def _key_positions(self) -> list[int]:
+        names = [c.source for c in self.plan.columns]
+        return [names.index(k.source) for k in self.plan.key]
+
+    def rows(self, key_range: KeyRange, keys: Sequence[KeyBound] | None = None) -> list[RowImage]:
+        """See :meth:`sinks.base.ChecksumSide.rows` (``keys`` in statements of at most
+        :data:`KEYS_PER_STATEMENT`)."""
+        if self.side == "target" and not self.plan.target_exists:
+            return []
+        if keys is None:
+            return self._rows(key_range, None)
+        wanted = list(dict.fromkeys(tuple(k) for k in keys))
+        out: list[RowImage] = []
+        for i in range(0, len(wanted), KEYS_PER_STATEMENT):
+            out.extend(self._rows(key_range, wanted[i : i + KEYS_PER_STATEMENT]))
+        return out
+
+    def _rows(self, key_range: KeyRange, keys: Sequence[KeyBound] | None) -> list[RowImage]:
+        if keys is not None and not keys:
+            return []
+        idents = [sql.Identifier(c.source if self.side == "source" else c.target) for c in self.plan.key]
+        where, params = range_where(self.plan, self.side, key_range)
+        if keys is not None:
+            one = sql.SQL("ROW({})").format(sql.SQL(", ").join(sql.Placeholder() for _ in self.plan.key))
+            cond = sql.SQL("ROW({}) IN ({})").format(sql.SQL(", ").join(idents), sql.SQL(", ").join([one] * len(keys)))
+            where = (where + sql.SQL(" AND ") if params else sql.SQL(" WHERE ")) + cond
+            params = [*params, *(v for k in keys for v in k)]
+        statement = sql.SQL("SELECT {k}, {v} AS v, {texts} FROM {t}{w}").format(
+            k=sql.SQL(", ").join(
+                sql.SQL("{} AS {}").format(ident, sql.Identifier(f"k{i}")) for i, ident in enumerate(idents)
+            ),
+            v=self._version(),
+            texts=sql.SQL(", ").join(self._column_texts()),
+            t=qualified(side_table(self.plan, self.side)),
+            w=where,
+        )
+        n = len(self.plan.key)
+        positions = self._key_positions()
+        out: list[RowImage] = []
+        for row in self.conn.cursor(row_factory=tuple_row).execute(statement, params).fetchall():
+            got = values(row)
+            texts = tuple(got[n + 1 :])
+            out.append(RowImage(tuple(got[:n]), key_text([texts[i] for i in positions]), texts, got[n]))
+        return out
+
+    def digests(self, key_range: KeyRange) -> list[RowImage]:
+        """See :meth:`sinks.base.ChecksumSide.digests`: ``md5(<row text>)`` computed server-side."""
+        if self.side == "target" and not self.plan.target_exists:
+            return []
+        idents = [sql.Identifier(c.source if self.side == "source" else c.target) for c in self.plan.key]
+        positions = self._key_positions()
+        texts = self._column_texts()
+        where, params = range_where(self.plan, self.side, key_range)
+        statement = sql.SQL("SELECT {k}, {v} AS v, md5({rt}) AS d, {kt} FROM {t}{w}").format(
+            k=sql.SQL(", ").join(
+                sql.SQL("{} AS {}").format(ident, sql.Identifier(f"k{i}")) for i, ident in enumerate(idents)
+            ),
+            v=self._version(),
+            rt=row_text(self.plan, self.side),
+            kt=sql.SQL(", ").join(texts[i] for i in positions),
+            t=qualified(side_table(self.plan, self.side)),
+            w=where,
+        )
+        n = len(self.plan.key)
+        out: list[RowImage] = []
+        for row in self.conn.cursor(row_factory=tuple_row).execute(statement, params).fetchall():
+            got = values(row)
+            out.append(RowImage(tuple(got[:n]), key_text(got[n + 2 :]), (got[n + 1],), got[n]))
+        return out
+
+    def bucket_rows(self, buckets: int, selected: Sequence[int]) -> list[RowImage]:
+        """See :meth:`sinks.base.ChecksumSide.bucket_rows` (``texts`` is the one row text)."""
+        if (self.side == "target" and not self.plan.target_exists) or not selected:
+            return []
+        statement = sql.SQL(
+            "SELECT rt, v FROM (SELECT {rt} AS rt, {v} AS v FROM {t}) s"
+            " WHERE ((get_byte(decode(md5(rt), 'hex'), 0) << 8) | get_byte(decode(md5(rt), 'hex'), 1)) %% %s"
+            " = ANY(%s)"
+        ).format(rt=row_text(self.plan, self.side), v=self._version(), t=qualified(side_table(self.plan, self.side)))
+        rows = self.conn.cursor(row_factory=tuple_row).execute(statement, (buckets, list(selected))).fetchall()
+        return [RowImage((), str(v[0]), (str(v[0]),), v[1]) for v in (values(r) for r in rows)]
 
 
 def _first_line(exc: BaseException) -> str:
@@ -80,7 +203,7 @@ class PostgresVerification:
     def sides(self, source: psycopg.Connection[Any], plan: ChecksumPlan) -> tuple[ChecksumSide, ChecksumSide]:
         """Server-side SQL checksums on both databases (the source session gets the same pinned settings)."""
         pin_session(source)
-        return PgSide(source, plan, "source"), PgSide(self._connection(), plan, "target")
+        return PgRowSide(source, plan, "source"), PgRowSide(self._connection(), plan, "target")
 
     def versioned_keys(self, plan: ChecksumPlan, key_range: KeyRange) -> list[VersionedKey]:
         """Keys and version columns of the target rows in ``key_range``; for a table without

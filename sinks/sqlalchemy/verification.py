@@ -9,12 +9,14 @@ control schema, written through SQLAlchemy Core.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import psycopg
 import sqlalchemy as sa
 from psycopg import sql
@@ -26,10 +28,13 @@ from sinks.base import (
     Checksum,
     ChecksumPlan,
     ChecksumSide,
+    KeyBound,
     KeyRange,
+    RowImage,
     TransientSinkError,
     VerificationRecord,
     VersionedKey,
+    key_text,
 )
 from sinks.pg_canonical import count_rows, pin_session, qualified, range_where, values
 from sinks.sqlalchemy import canonical, ddl
@@ -47,6 +52,52 @@ def _bucketed(texts: Sequence[str], buckets: int) -> dict[int, Checksum]:
     return {b: canonical.checksum(items) for b, items in by_bucket.items()}
 
 
+def _images(plan: ChecksumPlan, rows: Sequence[Sequence[Any]], versioned: bool) -> list[RowImage]:
+    """Row images of fetched rows ``(key values..., [xmin,] compared column values...)``."""
+    types = canonical.compared_types((c.typname for c in plan.columns), plan.numeric_text_exact)
+    names = [c.source for c in plan.columns]
+    positions = [names.index(k.source) for k in plan.key]
+    n = len(plan.key)
+    start = n + 1 if versioned else n
+    out: list[RowImage] = []
+    for row in rows:
+        texts = tuple(canonical.canonical_value(v, t) for v, t in zip(row[start:], types, strict=True))
+        version = str(row[n]) if versioned else None
+        out.append(RowImage(tuple(row[:n]), key_text([texts[i] for i in positions]), texts, version))
+    return out
+
+
+def _digests(images: list[RowImage]) -> list[RowImage]:
+    """``images`` with their texts replaced by the md5 of their JSON (see ``ChecksumSide.digests``)."""
+    return [
+        RowImage(
+            i.key,
+            i.key_text,
+            (hashlib.md5(orjson.dumps(list(i.texts)), usedforsecurity=False).hexdigest(),),
+            i.version,
+        )
+        for i in images
+    ]
+
+
+def _wanted(plan: ChecksumPlan, keys: Sequence[KeyBound]) -> set[str]:
+    """The key texts of ``keys`` (values of either side, canonical by the source key types)."""
+    types = canonical.compared_types((c.typname for c in plan.key), plan.numeric_text_exact)
+    return {key_text([canonical.canonical_value(v, t) for v, t in zip(k, types, strict=True)]) for k in keys}
+
+
+def _keep(images: list[RowImage], plan: ChecksumPlan, keys: Sequence[KeyBound] | None) -> list[RowImage]:
+    if keys is None:
+        return images
+    wanted = _wanted(plan, keys)
+    return [i for i in images if i.key_text in wanted]
+
+
+def _in_buckets(texts: Sequence[tuple[str, str | None]], buckets: int, selected: Sequence[int]) -> list[RowImage]:
+    chosen = set(selected)
+    return [RowImage((), t, (t,), v) for t, v in texts if canonical.bucket_of(t, buckets) in chosen]
+
+
 class PythonSourceSide:
     """The PostgreSQL source read for a Python comparison: rows fetched (intervals as Debezium
     ``MicroDuration`` microseconds, :func:`canonical.interval_micros_sql`), text computed in Python."""
@@ -59,10 +110,11 @@ class PythonSourceSide:
         parts: list[sql.Composable] = []
         for c in self.plan.columns:
             ident = sql.Identifier(c.source)
+            value: sql.Composable = ident
             if c.typname == "interval":
-                parts.append(sql.SQL(canonical.interval_micros_sql("{c}")).format(c=ident))
-            else:
-                parts.append(ident)
+                value = sql.SQL(canonical.interval_micros_sql("{c}")).format(c=ident)
+            # aliased: the rows may be dicts, and two interval expressions would share a name
+            parts.append(sql.SQL("{} AS {}").format(value, sql.Identifier(f"__cdc_verify_c{len(parts)}")))
         return sql.SQL(", ").join(parts)
 
     def _texts(self, key_range: KeyRange | None) -> list[str]:
@@ -84,6 +136,36 @@ class PythonSourceSide:
     def count(self) -> int:
         """``count(*)`` of the source table."""
         return count_rows(self.conn, self.plan.table)
+
+    def rows(self, key_range: KeyRange, keys: Sequence[KeyBound] | None = None) -> list[RowImage]:
+        """Row images of ``key_range`` with the rows' ``xmin`` (filtered to ``keys`` in Python)."""
+        idents = sql.SQL(", ").join(
+            sql.SQL("{} AS {}").format(sql.Identifier(c.source), sql.Identifier(f"__cdc_verify_k{i}"))
+            for i, c in enumerate(self.plan.key)
+        )
+        where, params = range_where(self.plan, "source", key_range)
+        rows = self.conn.execute(  # key columns aliased: the rows may be dicts, names must not repeat
+            sql.SQL("SELECT {}, xmin::text AS __cdc_verify_v, {} FROM {}{}").format(
+                idents, self._select(), qualified(self.plan.table), where
+            ),
+            params,
+        ).fetchall()
+        return _keep(_images(self.plan, [values(r) for r in rows], True), self.plan, keys)
+
+    def digests(self, key_range: KeyRange) -> list[RowImage]:
+        """Digests of :meth:`rows` (computed in Python)."""
+        return _digests(self.rows(key_range))
+
+    def bucket_rows(self, buckets: int, selected: Sequence[int]) -> list[RowImage]:
+        """The rows of the ``selected`` buckets, with their ``xmin``."""
+        rows = self.conn.execute(
+            sql.SQL("SELECT xmin::text AS __cdc_verify_v, {} FROM {}").format(
+                self._select(), qualified(self.plan.table)
+            )
+        ).fetchall()
+        types = canonical.compared_types((c.typname for c in self.plan.columns), self.plan.numeric_text_exact)
+        texts = [(canonical.row_text(v[1:], types), str(v[0])) for v in (values(r) for r in rows)]
+        return _in_buckets(texts, buckets, selected)
 
 
 class SqlAlchemyTargetSide:
@@ -131,6 +213,28 @@ class SqlAlchemyTargetSide:
     def count(self) -> int:
         """Rows of the target table."""
         return len(self._texts(None))
+
+    def rows(self, key_range: KeyRange, keys: Sequence[KeyBound] | None = None) -> list[RowImage]:
+        """Row images of ``key_range`` (filtered to ``keys`` in Python)."""
+        if not self.plan.target_exists:
+            return []
+        t = self.clause()
+        query = self.in_range(
+            sa.select(*(t.c[c.target] for c in self.plan.key), *(t.c[c.target] for c in self.plan.columns)),
+            t,
+            key_range,
+        )
+        with _errors(), self.engine.connect() as conn:
+            fetched = [tuple(r) for r in conn.execute(query)]
+        return _keep(_images(self.plan, fetched, False), self.plan, keys)
+
+    def digests(self, key_range: KeyRange) -> list[RowImage]:
+        """Digests of :meth:`rows` (computed in Python)."""
+        return _digests(self.rows(key_range))
+
+    def bucket_rows(self, buckets: int, selected: Sequence[int]) -> list[RowImage]:
+        """The rows of the ``selected`` buckets."""
+        return _in_buckets([(t, None) for t in self._texts(None)], buckets, selected)
 
 
 @contextmanager

@@ -1,13 +1,15 @@
 """The wait before (and between) comparisons until the pipeline has applied everything the
-source had committed: a heartbeat written on the source must show in the target
-(:meth:`sinks.base.Target.read_heartbeat`), then the offsets stored in the target
+source had committed when the wait began: a heartbeat written on the source must show in the
+target (:meth:`sinks.base.Target.read_heartbeat`), then the offsets stored in the target
 (:meth:`sinks.base.Target.group_offsets`) must reach the Kafka high watermarks of every change
-topic. What is still behind is reported, never a mismatch."""
+topic *read once, after the heartbeat was seen* (under load the live watermarks move on forever;
+the ones read then already cover every change committed before the heartbeat). What is still
+behind is reported, never a mismatch."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 
 from pipeline.control.monitor.heartbeat import heartbeat_target_table
@@ -19,7 +21,7 @@ from pipeline.control.verify.source import connect_source, write_heartbeat
 from pipeline.core.events import TableId
 from pipeline.core.settings.models import PipelineSettings
 from pipeline.core.settings.root import Settings
-from sinks.base import Target
+from sinks.base import Target, TopicPartition
 
 
 def wait_for_heartbeat(read: Callable[[], datetime | None], written: datetime, deadline: float, sleep_s: float) -> bool:
@@ -60,10 +62,10 @@ def wait_pending(
     return CatchUp(applied and not pending, applied, time.monotonic() - start, pending, "; ".join(parts))
 
 
-def pending_by_topic(probe: ConsumerLagProbe, target: Target, group: str) -> dict[str, int]:
-    """Messages not yet applied per change topic (only counts > 0): the high watermarks minus
-    the next offsets ``group`` stored in ``target``. Raises KafkaException, TransientSinkError."""
-    marks = probe.watermarks()
+def pending_by_topic(marks: Mapping[TopicPartition, tuple[int, int]], target: Target, group: str) -> dict[str, int]:
+    """Messages not yet applied per change topic (only counts > 0): the high watermarks
+    ``marks`` (``(topic, partition) -> (low, high)``) minus the next offsets ``group`` stored in
+    ``target``. Raises TransientSinkError."""
     stored = target.group_offsets(group)
     pending: dict[str, int] = {}
     for (topic, _), lag in lag_per_partition(marks, stored).items():
@@ -81,7 +83,8 @@ def wait_caught_up(
     sleep_s: float = 0.5,
 ) -> CatchUp:
     """Wait (at most ``max_wait_s`` seconds) until ``pipeline`` has applied into ``target``
-    everything the source had committed when this was called (see the module docstring).
+    everything the source had committed when this was called (see the module docstring): the
+    heartbeat is written first, so every source read finished before the call is covered.
     ``probe`` (watermarks only) defaults to one of its own, closed afterwards. Never raises for
     lag: the outcome says what is still behind. Raises psycopg.Error when the source is
     unreachable, TransientSinkError when the target is."""
@@ -97,8 +100,9 @@ def wait_caught_up(
     lag_probe = probe or ConsumerLagProbe(settings.kafka.client_config(), topic_regex(source), [])
     group = pipeline.resolved_consumer_group
     try:
+        marks = lag_probe.watermarks()  # read once, after the heartbeat was seen (or the wait ran out)
         return wait_pending(
-            lambda: pending_by_topic(lag_probe, target, group), applied, written, hb_target, start, max_wait_s, sleep_s
+            lambda: pending_by_topic(marks, target, group), applied, written, hb_target, start, max_wait_s, sleep_s
         )
     finally:
         if own:

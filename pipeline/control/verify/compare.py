@@ -1,11 +1,11 @@
 """Comparison of one planned table: per-chunk (keyed) or per-bucket (keyless) checksums of both
-sides, then rechecks of the differing chunks after another catch-up; a chunk is a confirmed
-mismatch only when both sides gave the same result twice while the pipeline was caught up."""
+sides; the chunks that differ are rechecked row by row (:mod:`pipeline.control.verify.rounds`),
+then :func:`settle` gives each table its final status."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,54 +74,6 @@ def compare_keyless(src: ChecksumSide, tgt: ChecksumSide, chunk_size: int, resul
     ]
 
 
-def recompute(item: Pending) -> ChunkDiff:
-    """The chunk (or bucket) of ``item`` computed again on both sides."""
-    diff = item.diff
-    if diff.bucket is None or diff.buckets is None:
-        return ChunkDiff(
-            diff.index, diff.key_range, item.source.chunk(diff.key_range), item.target.chunk(diff.key_range)
-        )
-    s = item.source.buckets(diff.buckets).get(diff.bucket, EMPTY)
-    t = item.target.buckets(diff.buckets).get(diff.bucket, EMPTY)
-    return ChunkDiff(diff.index, diff.key_range, s, t, bucket=diff.bucket, buckets=diff.buckets)
-
-
-def _adjust_rows(result: TableResult, before: ChunkDiff, after: ChunkDiff) -> None:
-    result.rows_source += after.source[0] - before.source[0]
-    result.rows_target += after.target[0] - before.target[0]
-
-
-def _recheck_once(pending: Sequence[Pending], caught_up: bool) -> list[Pending]:
-    still: list[Pending] = []
-    for item in pending:
-        again = recompute(item)
-        if again.source == again.target:
-            _adjust_rows(item.result, item.diff, again)
-            continue
-        if caught_up and again.source == item.diff.source and again.target == item.diff.target:
-            item.result.mismatched.append(again)
-            continue
-        _adjust_rows(item.result, item.diff, again)
-        still.append(Pending(item.result, item.plan, again, item.source, item.target))
-    return still
-
-
-def recheck(pending: list[Pending], catch: Callable[[], CatchUp], attempts: int, first: CatchUp) -> CatchUp:
-    """Up to ``attempts`` rounds of catch-up + recompute of ``pending``: confirmed mismatches go
-    to their result's ``mismatched``, chunks that never settled to ``in_flight``. Returns the
-    last catch-up outcome (``first`` when nothing was rechecked)."""
-    last = first
-    for _ in range(attempts):
-        if not pending:
-            break
-        last = catch()
-        pending = _recheck_once(pending, last.caught_up)
-    for item in pending:
-        if item.diff.source != item.diff.target:
-            item.result.in_flight.append(item.diff)
-    return last
-
-
 def settle(results: Sequence[TableResult], last: CatchUp, topics: dict[Any, str]) -> None:
     """Final status per table (mismatch, in flight) and the messages still pending per table."""
     for result in results:
@@ -132,6 +84,9 @@ def settle(results: Sequence[TableResult], last: CatchUp, topics: dict[Any, str]
             result.status = Status.MISMATCH
         elif result.in_flight:
             result.status = Status.IN_FLIGHT
-            result.reason = "rows still changing or not applied yet: " + (last.detail or "differences did not settle")
+            rows = sum(c.differing_rows for c in result.in_flight)
+            result.reason = f"{rows} row(s) still changing or not applied yet: " + (
+                last.detail or "differences did not settle"
+            )
         result.mismatched.sort(key=lambda c: c.index)
         result.in_flight.sort(key=lambda c: c.index)

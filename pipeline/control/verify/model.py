@@ -21,10 +21,13 @@ class VerifySettings:
 
     - ``chunk_size``: rows per compared chunk (and per bucket of keyless tables).
     - ``max_wait_s``: bound of each catch-up wait (heartbeat, then offsets), seconds.
-    - ``recheck_attempts``: catch-up + recompute rounds for differing chunks.
+    - ``recheck_attempts``: catch-up + row recheck rounds for differing chunks (at least 2 run).
     - ``statement_timeout_s``: PostgreSQL ``statement_timeout`` of verification queries.
     - ``repair_timeout_s``: how long ``--repair`` waits for its snapshots to complete.
     - ``numeric_text_exact``: compare ``numeric`` columns by text, display scale included.
+    - ``hot_key_lock_s``: longest hold of the ``FOR SHARE`` lock on hot source rows (0: never lock).
+    - ``max_hot_keys``: most source rows of one table locked at once.
+    - ``max_reported_rows``: differing rows listed per table (the counts are complete).
     """
 
     @classmethod
@@ -39,6 +42,9 @@ class VerifySettings:
     repair_timeout_s: float = 3600.0
     schedule_interval_s: float | None = None
     numeric_text_exact: bool = False
+    hot_key_lock_s: float = 10.0
+    max_hot_keys: int = 1000
+    max_reported_rows: int = 100
 
 
 class Status(StrEnum):
@@ -69,9 +75,58 @@ def format_range(key_range: KeyRange) -> str:
     return f"({show(key_range[0], '-inf')}, {show(key_range[1], '+inf')}]"
 
 
+def _show(text: str | None) -> str:
+    return "NULL" if text is None else repr(text)
+
+
+@dataclass(frozen=True, slots=True)
+class RowDiff:
+    """One differing row, found key by key (docs/design-notes.md, "Verification that concludes
+    under load").
+
+    Keyed tables: ``key`` maps each key column (source name) to its canonical text; ``columns``
+    maps each differing compared column (source name) to ``(source text, target text)`` (None
+    is SQL NULL); ``source_rows``/``target_rows`` are 1, or 0 on the side that lacks the key.
+    Keyless tables: ``row`` is the row's canonical text and the counts are its copies per side.
+    ``state`` is ``mismatch`` (conclusive) or ``in_flight`` (still changing when rechecks ended).
+    """
+
+    key: dict[str, str | None]
+    columns: dict[str, tuple[str | None, str | None]]
+    source_rows: int = 1
+    target_rows: int = 1
+    row: str | None = None
+    state: str = "mismatch"
+
+    def describe(self) -> str:
+        """One line for humans: the key, then the differing columns with both values."""
+        if self.row is not None:
+            return f"row {self.row}: {self.source_rows} on the source, {self.target_rows} on the target"
+        key = ", ".join(f"{name}={_show(value)}" for name, value in self.key.items())
+        if self.target_rows == 0:
+            return f"key {key}: missing on the target"
+        if self.source_rows == 0:
+            return f"key {key}: not on the source (extra row on the target)"
+        cols = "; ".join(f"{name}: source {_show(s)}, target {_show(t)}" for name, (s, t) in self.columns.items())
+        return f"key {key}: {cols}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {
+            "key": self.key,
+            "columns": {name: {"source": s, "target": t} for name, (s, t) in self.columns.items()},
+            "source_rows": self.source_rows,
+            "target_rows": self.target_rows,
+            "row": self.row,
+            "state": self.state,
+        }
+
+
 @dataclass(frozen=True, slots=True)
 class ChunkDiff:
-    """A chunk (or bucket) whose count or checksum differs; ``bucket`` is set for keyless tables."""
+    """A chunk (or bucket) whose count or checksum differs; ``bucket`` is set for keyless tables.
+    ``rows``: the differing rows found in it key by key (at most ``max_reported_rows`` per
+    table), ``differing_rows`` their full number."""
 
     index: int
     key_range: KeyRange
@@ -79,11 +134,16 @@ class ChunkDiff:
     target: Checksum
     bucket: int | None = None
     buckets: int | None = None
+    rows: tuple[RowDiff, ...] = ()
+    differing_rows: int = 0
 
     def describe(self) -> str:
         """One line for humans."""
         where = f"bucket {self.bucket}" if self.bucket is not None else format_range(self.key_range)
-        return f"chunk {self.index} {where}: source {self.source[0]} rows, target {self.target[0]} rows"
+        line = f"chunk {self.index} {where}: source {self.source[0]} rows, target {self.target[0]} rows"
+        if self.differing_rows:
+            line += f", {self.differing_rows} differing row(s)"
+        return line
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -97,6 +157,8 @@ class ChunkDiff:
             "target_rows": self.target[0],
             "source_checksum": self.source[1],
             "target_checksum": self.target[1],
+            "differing_rows": self.differing_rows,
+            "rows": [r.to_dict() for r in self.rows],
         }
 
 
@@ -241,8 +303,12 @@ def format_result(result: VerifyResult, allow_unverifiable: bool = False) -> str
         details: list[str] = []
         if t.reason:
             details.append(f"  {t.status.value}: {t.reason}")
-        details += [f"  mismatch {c.describe()}" for c in t.mismatched]
-        details += [f"  in flight {c.describe()}" for c in t.in_flight]
+        for c in t.mismatched:
+            details.append(f"  mismatch {c.describe()}")
+            details += [f"    {r.describe()}" for r in c.rows]
+        for c in t.in_flight:
+            details.append(f"  in flight {c.describe()}")
+            details += [f"    still changing: {r.describe()}" for r in c.rows]
         details += [f"  excluded column {name}: {why}" for name, why in sorted(t.excluded.items())]
         details += [f"  renamed column {src} -> {tgt}" for src, tgt in sorted(t.renamed.items())]
         details += [

@@ -1,5 +1,6 @@
 """One verification of a pipeline: catch up, plan and compare every table, recheck what
-differed, and store the result in the target (docs/design/verify.md)."""
+differed row by row until it concludes, and store the result in the target
+(docs/design/verify.md)."""
 
 from __future__ import annotations
 
@@ -15,14 +16,15 @@ import psycopg
 
 from connectors.debezium import TableRef, change_topic
 from pipeline.control.verify.catchup import wait_caught_up
-from pipeline.control.verify.compare import Pending, compare_keyed, compare_keyless, recheck, settle
+from pipeline.control.verify.compare import Pending, compare_keyed, compare_keyless, settle
 from pipeline.control.verify.model import CatchUp, Status, TableResult, VerifyResult, VerifySettings, to_records
 from pipeline.control.verify.plan import pipeline_tables, plan_table
+from pipeline.control.verify.rounds import converge
 from pipeline.control.verify.source import connect_source
 from pipeline.core.events import TableId
 from pipeline.core.settings.models import PipelineSettings
 from pipeline.core.settings.root import Settings
-from sinks.base import Checksum, ChecksumSide, KeyRange, Target, TargetVerification
+from sinks.base import Checksum, ChecksumSide, KeyBound, KeyRange, RowImage, Target, TargetVerification
 from sinks.factory import make_target
 
 
@@ -102,6 +104,15 @@ class _CountedSide:
 
     def count(self) -> int:
         return self.inner.count()
+
+    def rows(self, key_range: KeyRange, keys: Sequence[KeyBound] | None = None) -> list[RowImage]:
+        return self.inner.rows(key_range, keys)
+
+    def digests(self, key_range: KeyRange) -> list[RowImage]:
+        return self.inner.digests(key_range)
+
+    def bucket_rows(self, buckets: int, selected: Sequence[int]) -> list[RowImage]:
+        return self.inner.bucket_rows(buckets, selected)
 
 
 def _estimated_chunks(sconn: psycopg.Connection[Any], table: TableId, chunk_size: int) -> int:
@@ -215,9 +226,14 @@ def verify_pipeline(
     selected = select_tables(settings, pipeline, tables)
     topics = {t: change_topic(source, TableRef(t.schema, t.table)) for t in selected}
     with pipeline_target(pipeline, "verify", target) as tgt:
-        catch = catch_up or (lambda: wait_caught_up(settings, pipeline, tgt, cfg.max_wait_s))
+
+        def catch(max_wait_s: float) -> CatchUp:
+            if catch_up is not None:
+                return catch_up()
+            return wait_caught_up(settings, pipeline, tgt, max_wait_s)
+
         started = datetime.now(UTC)
-        first = catch()
+        first = catch(cfg.max_wait_s)
         results: list[TableResult] = []
         pending: list[Pending] = []
         verification = tgt.verification(cfg.statement_timeout_s)
@@ -237,7 +253,7 @@ def verify_pipeline(
                         )
                     results.append(result)
                     pending.extend(diffs)
-                last = recheck(pending, catch, cfg.recheck_attempts, first)
+                last = converge(pending, catch, cfg, first, sconn)
         finally:
             verification.close()
     settle(results, last, topics)

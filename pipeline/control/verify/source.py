@@ -1,8 +1,10 @@
 """The verifier's reads and writes on the PostgreSQL source: its connection, the heartbeat it
-writes before a catch-up, key-ordered chunk bounds and the keys of a range (for repair)."""
+writes before a catch-up, key-ordered chunk bounds, the keys of a range (for repair) and the
+short row locks that let a recheck of rows that keep changing conclude."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -84,3 +86,26 @@ def source_keys(conn: psycopg.Connection[Any], plan: ChecksumPlan, key_range: Ke
     where, params = range_where(plan, "source", key_range)
     rows = conn.execute(sql.SQL("SELECT {k} FROM {t}{w}").format(k=keys, t=qualified(plan.table), w=where), params)
     return {tuple(values(r)) for r in rows.fetchall()}
+
+
+def lock_rows(
+    conn: psycopg.Connection[Any], plan: ChecksumPlan, keys: Sequence[KeyBound], lock_timeout_s: float = 1.0
+) -> int:
+    """``SELECT ... FOR SHARE`` the source rows of ``keys`` (key order), inside the transaction the
+    caller opened on ``conn``, with ``SET LOCAL lock_timeout``: writers of those rows wait until
+    the transaction ends (PostgreSQL "Row-Level Locks"). Returns the rows locked (absent keys lock
+    nothing). Raises psycopg.errors.LockNotAvailable when a row stays locked by a writer longer
+    than ``lock_timeout_s``."""
+    conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(lock_timeout_s * 1000)}ms",))
+    idents = sql.SQL(", ").join(sql.Identifier(c.source) for c in plan.key)
+    order = sql.SQL(", ").join(key_idents(plan, "source"))
+    one = sql.SQL("ROW({})").format(sql.SQL(", ").join(sql.Placeholder() for _ in plan.key))
+    locked = 0
+    wanted = list(dict.fromkeys(tuple(k) for k in keys))
+    for i in range(0, len(wanted), 500):
+        batch = wanted[i : i + 500]
+        statement = sql.SQL("SELECT 1 FROM {t} WHERE ROW({k}) IN ({vals}) ORDER BY {o} FOR SHARE").format(
+            t=qualified(plan.table), k=idents, vals=sql.SQL(", ").join([one] * len(batch)), o=order
+        )
+        locked += len(conn.execute(statement, [v for k in batch for v in k]).fetchall())
+    return locked

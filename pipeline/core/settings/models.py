@@ -469,7 +469,12 @@ class VerifyConfig(_Model):
 
     chunk_size: int = Field(10_000, ge=1, description="Rows per compared key-ordered chunk.")
     max_wait_s: float = Field(300.0, ge=0, description="Seconds to wait for the pipeline to catch up first.")
-    recheck_attempts: int = Field(2, ge=0, description="Re-checks of mismatched chunks (rows in flight).")
+    recheck_attempts: int = Field(
+        2,
+        ge=0,
+        description="Rounds of row-by-row rechecks of the differing chunks, each after a catch-up, before rows that"
+        " keep changing are locked (at least 2 run: a mismatch needs two conclusive rounds).",
+    )
     statement_timeout_s: float = Field(600.0, gt=0, description="Statement timeout of checksum queries, seconds.")
     repair_timeout_s: float = Field(3600.0, gt=0, description="Seconds a --repair may take.")
     schedule_interval_s: float | None = Field(
@@ -479,6 +484,17 @@ class VerifyConfig(_Model):
         False,
         description="Compare numeric columns by their text, display scale included (1.50 differs from 1.5), instead"
         " of by value. Debezium drops the trailing zeros of unconstrained numeric (docs/targets.md).",
+    )
+    hot_key_lock_s: float = Field(
+        10.0,
+        ge=0,
+        description="Rows that keep changing through the rechecks are locked on the source (SELECT ... FOR SHARE,"
+        " lock_timeout 3 s) until the target has applied past the lock, for at most this many seconds (writers of"
+        " those rows wait meanwhile); 0 never locks and leaves such rows in flight.",
+    )
+    max_hot_keys: int = Field(1000, ge=1, description="Most source rows of one table locked at once for a recheck.")
+    max_reported_rows: int = Field(
+        100, ge=1, description="Differing rows listed (key, columns, both values) per table; counts stay complete."
     )
 
 
