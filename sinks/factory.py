@@ -88,6 +88,16 @@ def target_sqlalchemy_url(target: TargetSettings) -> URL:
     return url
 
 
+def target_user(target: TargetSettings) -> str | None:
+    """The role a pipeline connects to its target as (the URL's user name; ``target.url`` is any
+    supported URL), or None when the URL names none (libpq then uses the OS user). Raises
+    UnsupportedTargetError for an unparsable URL."""
+    try:
+        return make_url(target.url).username
+    except ArgumentError as exc:
+        raise UnsupportedTargetError(f"target.url: not a valid URL ({exc})") from None
+
+
 def make_sink(pipeline: PipelineSettings) -> Sink:
     """The sink for ``pipeline.target`` chosen by the URL scheme: ``postgresql://`` -> the
     PostgreSQL fast path (:class:`PostgresSink`); ``mysql[+pymysql]://``,

@@ -4,6 +4,7 @@ root validation of ``cutover.reverse``."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import json
@@ -14,6 +15,7 @@ import pytest
 from psycopg import sql
 from rich.console import Console
 
+import pipeline.control.cutover.run as run_mod
 from pipeline.control.cutover.drain import DrainTimeoutError, drain, pending
 from pipeline.control.cutover.fence import (
     FenceError,
@@ -25,7 +27,7 @@ from pipeline.control.cutover.fence import (
 )
 from pipeline.control.cutover.gate import GateResult, dlq_check, lag_check, sample_lag, verification_check
 from pipeline.control.cutover.report import render_state, state_document
-from pipeline.control.cutover.run import Cutover, CutoverRefusedError
+from pipeline.control.cutover.run import Cutover, CutoverRefusedError, _fence_problems
 from pipeline.control.cutover.sequences import SequenceSync, SourceSequence, target_spec, target_value
 from pipeline.control.cutover.state import (
     CutoverState,
@@ -386,3 +388,70 @@ def test_abort_is_refused_after_done() -> None:
         cutover.abort("x")
     with pytest.raises(CutoverRefusedError, match="already done"):
         cutover.run()
+
+
+# ------------------------------------------------------------------ review fixes
+
+
+def test_the_fence_may_not_stop_the_reverse_pipelines_writes() -> None:
+    """The fence stays up through the rollback window: the role the reverse pipeline writes the
+    old source as must not be fenced (listed, or not exempt from a whole-database fence)."""
+
+    def settings(fence: dict[str, Any], writer: str) -> Settings:
+        pipes = _pipes({"source": "new", "pipeline": "back"}, {"versions": "table"})
+        pipes[0]["cutover"]["fence"] = fence
+        pipes[1]["target"]["url"] = f"postgresql://{writer}@h/a"
+        return _settings(pipelines=pipes)
+
+    whole = settings({}, "app")
+    assert "exempts only 'cdc'" in _fence_problems(whole, whole.pipelines[0])
+    listed = settings({"roles": ["app", "web"]}, "app")
+    assert "'app' is the role pipeline 'back' writes" in _fence_problems(listed, listed.pipelines[0])
+    fine = settings({"roles": ["web"]}, "app")
+    assert _fence_problems(fine, fine.pipelines[0]) == ""
+    as_pipeline = settings({}, "cdc")
+    assert _fence_problems(as_pipeline, as_pipeline.pipelines[0]) == ""
+
+
+class _DownStore(FakeStore):
+    """The target holding the state is unreachable."""
+
+    def save_state(self, pipeline: str, phase: str, state: Any) -> None:
+        raise ConnectionError("target down")
+
+
+def test_abort_lifts_the_fence_even_when_the_state_cannot_be_saved(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed save after resuming the connector used to skip lifting the fence."""
+    lifted: list[FenceRecord] = []
+
+    class Status:
+        healthy, failed, state = True, False, "RUNNING"
+
+    class Client:
+        def __init__(self, _settings: Any) -> None:
+            pass
+
+        def __enter__(self) -> Client:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def resume(self, name: str) -> None:
+            pass
+
+        def wait_for(self, name: str, _cond: Any, **_kw: Any) -> Status:
+            return Status()
+
+    monkeypatch.setattr(run_mod, "ConnectClient", Client)
+    monkeypatch.setattr(run_mod, "connect_source", lambda *_a, **_k: contextlib.nullcontext(None))
+    monkeypatch.setattr(run_mod, "lift_fence", lambda _conn, _fence, record: lifted.append(record))
+    settings = _closed_port_settings()
+    state = CutoverState("fwd", Phase.VERIFIED)
+    state.fence = FenceRecord("read_only", ["app"], applied=True)
+    state.forward_stopped, state.connector = True, "cdc-old"
+    cutover = Cutover(settings, settings.pipelines[0], None, _DownStore(), state)  # type: ignore[arg-type]
+    with pytest.raises(ConnectionError):
+        cutover.abort("drain: timeout")  # the final save fails, after every undo step ran
+    assert lifted and lifted[0].applied is False
+    assert state.forward_stopped is False

@@ -51,7 +51,7 @@ from pipeline.core.logs import get_logger, kafka_logging
 from pipeline.core.settings.models import PipelineSettings
 from pipeline.core.settings.root import Settings
 from sinks.base import Target, TargetCutover, open_cutover
-from sinks.factory import make_target
+from sinks.factory import make_target, target_user
 
 log = get_logger(__name__)
 
@@ -119,6 +119,15 @@ class Cutover:
         self.state.updated_at = time.time()
         self.store.save_state(self.pipeline.name, self.state.phase.value, self.state.to_dict())
         export_state(self.state)
+
+    def _save_quietly(self) -> None:
+        """:meth:`save`, logging instead of raising: an undo step must not stop the next one (the
+        fence above all) because the target that holds the state is down; the undo steps are
+        idempotent, so a state saved late only makes a later abort repeat one."""
+        try:
+            self.save()
+        except Exception as exc:  # any store failure: the abort goes on
+            log.error("cutover state not saved; the abort goes on", pipeline=self.pipeline.name, error=str(exc)[:300])
 
     def _enter(self, phase: Phase, step_started: float) -> None:
         self.state.move(phase, step_started=step_started)
@@ -251,7 +260,12 @@ class Cutover:
 
     def _done(self) -> None:
         started = time.time()
-        self._enter(Phase.DONE, started)
+        before = self.state.phase
+        try:
+            self._enter(Phase.DONE, started)
+        except Exception:
+            self.state.phase = before  # 'done' is not durable: still before the point of no return, so abort
+            raise
         fence = self.state.fence
         if fence is not None:
             self.state.write_pause_s = time.time() - fence.fenced_at
@@ -298,7 +312,7 @@ class Cutover:
         except Exception as exc:
             return f"stop reverse: {exc}"
         self.state.reverse = None
-        self.save()
+        self._save_quietly()
         return ""
 
     def _undo_forward(self) -> str:
@@ -314,7 +328,7 @@ class Cutover:
         if not status.healthy:
             return f"resume connector {name}: state {status.state} after the resume"
         self.state.forward_stopped = False
-        self.save()
+        self._save_quietly()
         return ""
 
     def _undo_fence(self) -> str:
@@ -329,7 +343,7 @@ class Cutover:
         except Exception as exc:
             return f"lift fence: {exc}"
         record.applied = False
-        self.save()
+        self._save_quietly()
         return ""
 
 
@@ -396,6 +410,31 @@ def _fence_problems(settings: Settings, pipeline: PipelineSettings) -> str:
         fence_plan(source.database, source.user, fence.roles)
     except FenceError as exc:
         return str(exc)
+    return _reverse_writer_problem(settings, pipeline)
+
+
+def _reverse_writer_problem(settings: Settings, pipeline: PipelineSettings) -> str:
+    """Why the fence would stop the reverse pipeline's writes into the old source, or "": the
+    fence stays up through the rollback window, so the role the reverse pipeline writes as must
+    be neither a fenced role nor, under a whole-database fence, any role but the pipeline's own
+    (the only one exempted)."""
+    reverse = pipeline.cutover.reverse
+    if reverse is None:
+        return ""
+    source = settings.source(pipeline.source)
+    writer = target_user(settings.pipeline(reverse.pipeline).target)
+    fence = pipeline.cutover.fence
+    if writer is not None and writer in fence.roles:
+        return (
+            f"cutover.fence.roles: {writer!r} is the role pipeline {reverse.pipeline!r} writes the old source as;"
+            " fencing it would stop the rollback copy"
+        )
+    if not fence.roles and writer != source.user:
+        return (
+            f"a whole-database fence exempts only {source.user!r}, but pipeline {reverse.pipeline!r} writes the old"
+            f" source as {writer!r}: list the application roles in cutover.fence.roles, or connect it as"
+            f" {source.user!r}"
+        )
     return ""
 
 

@@ -101,7 +101,8 @@ def locked_round(
     ``cfg.max_hot_keys``) on the source in one transaction, re-read them under the lock, catch up (at most
     ``cfg.hot_key_lock_s`` and ``cfg.max_wait_s``: writers of those rows wait that long at most), read the target,
     judge, release. None when nothing
-    was chosen or a row could not be locked within ``LOCK_TIMEOUT_S`` (or a deadlock)."""
+    was chosen or a row could not be locked within ``LOCK_TIMEOUT_S`` (or a deadlock, or the source role
+    lacks the privilege FOR SHARE needs)."""
     chosen = choose_hot(checks, cfg.max_hot_keys)
     if not chosen:
         return None
@@ -120,6 +121,11 @@ def locked_round(
                 check.judge(check.read_target(), last.caught_up, locked=True)
     except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
         log.info("verify_lock_failed", keys=keys, error=type(exc).__name__)
+        return None
+    except psycopg.errors.InsufficientPrivilege:
+        # FOR SHARE needs UPDATE (or DELETE/TRUNCATE...) privilege on the table (PostgreSQL "SELECT",
+        # "The Locking Clause"); a SELECT-only source role leaves hot keys in flight instead of failing.
+        log.warning("verify_lock_not_permitted", keys=keys, hint="grant UPDATE on the table to lock hot keys")
         return None
     log.info(
         "verify_hot_keys_locked",
