@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.control.verify import converge as converge_module
-from pipeline.control.verify.compare import Pending
+from pipeline.control.verify.compare import Pending, recount_settled
 from pipeline.control.verify.converge import KeyState
 from pipeline.control.verify.model import (
     CatchUp,
@@ -213,3 +213,29 @@ def test_the_report_lists_the_differing_rows_under_their_chunk() -> None:
     assert record.mismatched_chunks == 1 and not record.ok
     stored = record.detail["mismatched_chunks"][0]["rows"]
     assert stored == [row.to_dict()] and stored[0]["columns"] == {"v": {"source": "20", "target": None}}
+
+
+class CountedSide(Side):
+    """A Side whose chunk count is its number of rows (the checksum text is not compared here)."""
+
+    def chunk(self, key_range: KeyRange) -> tuple[int, str | None]:
+        return (len(self.data), "c")
+
+
+def test_a_settled_chunk_is_recounted_so_a_match_reports_equal_row_counts() -> None:
+    """The fault suite saw MATCH with 580 source rows against 577 target rows: the first pass
+    counted while three inserts were still being applied, and the rounds settled them."""
+    src = CountedSide({1: ("10", "x1"), 2: ("20", "x2"), 3: ("30", "x3")})
+    tgt = CountedSide({1: ("10", None)})
+    result, pending = _pending(src, tgt)
+    pending[0].diff = ChunkDiff(1, (None, None), (3, "s"), (1, "t"))
+    result.rows_source, result.rows_target = 3, 1
+
+    def catch(_: float) -> CatchUp:
+        tgt.data.update({2: ("20", None), 3: ("30", None)})  # the pipeline applies the inserts
+        return CAUGHT
+
+    _run(result, pending, catch)
+    assert result.mismatched == [] and result.in_flight == []
+    recount_settled(pending)
+    assert (result.rows_source, result.rows_target) == (3, 3)

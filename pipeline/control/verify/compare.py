@@ -74,6 +74,32 @@ def compare_keyless(src: ChecksumSide, tgt: ChecksumSide, chunk_size: int, resul
     ]
 
 
+def recount_settled(pending: Sequence[Pending]) -> None:
+    """Re-count the differing chunks that settled key by key (neither mismatched nor in flight
+    after the rounds) and move their tables' row counts to the new figures: the first pass counted
+    them while changes were still being applied, so a MATCH would otherwise report, e.g., 580
+    source rows against 577 target rows. Raises psycopg.Error / TransientSinkError."""
+    bucketed: dict[tuple[int, int], dict[int, Checksum]] = {}  # one bucket scan per side
+
+    def bucket(side: ChecksumSide, buckets: int, index: int) -> Checksum:
+        if (id(side), buckets) not in bucketed:
+            bucketed[(id(side), buckets)] = side.buckets(buckets)
+        return bucketed[(id(side), buckets)].get(index, EMPTY)
+
+    for item in pending:
+        listed = {c.index for c in (*item.result.mismatched, *item.result.in_flight)}
+        if item.diff.index in listed:
+            continue
+        if item.diff.bucket is None:
+            s, t = item.source.chunk(item.diff.key_range), item.target.chunk(item.diff.key_range)
+        else:
+            buckets = item.diff.buckets or 1
+            s = bucket(item.source, buckets, item.diff.bucket)
+            t = bucket(item.target, buckets, item.diff.bucket)
+        item.result.rows_source += s[0] - item.diff.source[0]
+        item.result.rows_target += t[0] - item.diff.target[0]
+
+
 def settle(results: Sequence[TableResult], last: CatchUp, topics: dict[Any, str]) -> None:
     """Final status per table (mismatch, in flight) and the messages still pending per table."""
     for result in results:

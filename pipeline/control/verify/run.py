@@ -16,7 +16,7 @@ import psycopg
 
 from connectors.debezium import TableRef, change_topic
 from pipeline.control.verify.catchup import wait_caught_up
-from pipeline.control.verify.compare import Pending, compare_keyed, compare_keyless, settle
+from pipeline.control.verify.compare import Pending, compare_keyed, compare_keyless, recount_settled, settle
 from pipeline.control.verify.model import CatchUp, Status, TableResult, VerifyResult, VerifySettings, to_records
 from pipeline.control.verify.plan import pipeline_tables, plan_table
 from pipeline.control.verify.rounds import converge
@@ -254,6 +254,7 @@ def verify_pipeline(
                     results.append(result)
                     pending.extend(diffs)
                 last = converge(pending, catch, cfg, first, sconn)
+                recount_settled(pending)
         finally:
             verification.close()
     settle(results, last, topics)
