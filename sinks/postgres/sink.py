@@ -63,7 +63,7 @@ from sinks.evolution import (
 )
 from sinks.postgres import ddl, evolution
 from sinks.postgres.ddl import ROW_ID, VERSION_COLUMNS, TableShape, qualified
-from sinks.postgres.types import adapt_value, parse_pg_type, pg_type
+from sinks.postgres.types import adapt_value, parse_pg_type, pg_type, whole_row_match
 from sinks.postgres.versions import TableVersions
 
 log = get_logger(__name__)
@@ -642,7 +642,6 @@ class PostgresSink:
         and tombstone the removed row's id so a replayed insert of it is skipped."""
         table = shape.table
         done = 0
-        json_cols = {c for c, t in shape.columns.items() if t == "json"}
         for d in sorted(deletes, key=lambda x: x.position):
             seen = conn.execute(
                 sql.SQL("SELECT 1 FROM {} WHERE table_name = %s AND row_key = %s").format(self._ctl("tombstones")),
@@ -651,14 +650,7 @@ class PostgresSink:
             if seen:
                 stale.add(d.key)
                 continue
-            cols = [c for c in d.key_values if c in shape.columns]
-            # Literals, no parameters: a '%' in a column name must not read as a placeholder.
-            match = sql.SQL(" AND ").join(
-                sql.SQL(
-                    "{}::text IS NOT DISTINCT FROM {}::text" if c in json_cols else "{} IS NOT DISTINCT FROM {}"
-                ).format(sql.Identifier(c), sql.Literal(adapt_value(d.key_values[c], shape.columns[c] == "interval")))
-                for c in cols
-            )
+            match = whole_row_match(shape.columns, d.key_values)
             row = conn.execute(
                 sql.SQL(
                     "DELETE FROM {t} WHERE {rid} = (SELECT {rid} FROM {t} WHERE {m}"

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
 import orjson
+from psycopg import sql
 
 from pipeline.core.events import Column
 from sinks.sqltypes import SqlType
@@ -224,3 +226,19 @@ def adapt_value(value: Any, interval: bool) -> Any:
     if isinstance(value, dict):
         return orjson.dumps(value).decode()
     return value
+
+
+def whole_row_match(columns: Mapping[str, str], values: Mapping[str, Any]) -> sql.Composed:
+    """``c1 IS NOT DISTINCT FROM v1 AND ...`` over the ``values`` (column -> value) of the columns
+    the table has (``columns``: column -> type text): how a keyless table's delete finds one equal
+    row. ``json`` columns compare as text (json has no equality operator). Values are literals,
+    not parameters, so a ``%`` in a column name cannot read as a placeholder."""
+    as_text = sql.SQL("{}::text IS NOT DISTINCT FROM {}::text")
+    equal = sql.SQL("{} IS NOT DISTINCT FROM {}")
+    return sql.SQL(" AND ").join(
+        (as_text if columns[c] == "json" else equal).format(
+            sql.Identifier(c), sql.Literal(adapt_value(values[c], columns[c] == "interval"))
+        )
+        for c in values
+        if c in columns
+    )

@@ -38,7 +38,7 @@ from pipeline.core.events import Position, TableId
 from pipeline.core.logs import get_logger
 from sinks.base import KeyBound, VersionedKey
 from sinks.postgres.ddl import ROW_VERSIONS, VERSION_COLUMNS, TableShape, qualified
-from sinks.postgres.types import adapt_value
+from sinks.postgres.types import adapt_value, whole_row_match
 
 log = get_logger(__name__)
 
@@ -187,7 +187,6 @@ class TableVersions:
         """Delete one row equal to each ``before`` image, once per delete event: its marker
         tombstone is inserted first and a marker already there makes the delete stale."""
         table = shape.table
-        json_cols = {c for c, t in shape.columns.items() if t == "json"}
         done = 0
         for d in sorted(deletes, key=lambda x: x.position):
             fresh = conn.execute(
@@ -200,14 +199,7 @@ class TableVersions:
             if fresh is None:
                 stale.add(d.key)
                 continue
-            cols = [c for c in d.key_values if c in shape.columns]
-            match = sql.SQL(" AND ").join(
-                sql.SQL(
-                    "{}::text IS NOT DISTINCT FROM {}::text" if c in json_cols else "{} IS NOT DISTINCT FROM {}"
-                ).format(sql.Identifier(c), sql.Literal(adapt_value(d.key_values[c], shape.columns[c] == "interval")))
-                for c in cols
-            )
-            # Literals, no parameters: a '%' in a column name must not read as a placeholder.
+            match = whole_row_match(shape.columns, d.key_values)
             row = conn.execute(
                 sql.SQL("DELETE FROM {t} WHERE ctid = (SELECT ctid FROM {t} WHERE {m} LIMIT 1) RETURNING 1").format(
                     t=qualified(table), m=match
