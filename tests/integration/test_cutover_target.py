@@ -4,47 +4,25 @@ and loaded per pipeline, and sequences are read and set (PostgreSQL ``setval``, 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import psycopg
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
 from pipeline.core.events import TableId
-from pipeline.localstack import LocalStack
 from sinks.base import SequenceSpec, Target, open_cutover
 from sinks.postgres.target import PostgresTarget
 from sinks.sqlalchemy.ddl import physical
 from sinks.sqlalchemy.target import SqlAlchemyTarget
-from tests.conftest import Databases
 
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(params=["sqlite", "mariadb", "postgresql"])
-def target(request: pytest.FixtureRequest, tmp_path: Path, unique: Callable[[str], str]) -> Iterator[Target]:
-    control = unique("ctl")
-    if request.param == "sqlite":
-        t: Target = SqlAlchemyTarget(make_url(f"sqlite:///{tmp_path / 'target.db'}"), control_schema=control)
-        yield t
-        t.close()
-        return
-    if request.param == "postgresql":
-        databases: Databases = request.getfixturevalue("databases")
-        t = PostgresTarget(databases.target_dsn, control_schema=control)
-        yield t
-        t.close()
-        return
-    stack: LocalStack = request.getfixturevalue("local_stack")
-    t = SqlAlchemyTarget(make_url(stack.settings.mariadb_url()), control_schema=control)
-    yield t
-    t.close()
-    conn = stack.mariadb.connect()
-    with conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS `{control}`")
-    conn.close()
+@pytest.fixture
+def target(each_target: Target) -> Target:
+    """A Target of each backend (:func:`tests.integration.each_target.each_target`)."""
+    return each_target
 
 
 def test_state_is_saved_replaced_and_loaded_per_pipeline(target: Target) -> None:

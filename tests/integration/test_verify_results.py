@@ -3,18 +3,15 @@ from ``<control_schema>.verify_results``, and guarded deletes that keep rewritte
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
 import psycopg
 import pytest
 import sqlalchemy as sa
 from psycopg.rows import dict_row
-from sqlalchemy.engine import make_url
 
 from pipeline.core.events import TableId
-from pipeline.localstack import LocalStack
 from sinks.base import ChecksumPlan, CompareColumn, Target, VerificationRecord, VersionedKey
 from sinks.postgres.target import PostgresTarget
 from sinks.sqlalchemy.ddl import physical
@@ -24,29 +21,10 @@ from tests.conftest import Databases
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(params=["sqlite", "mariadb", "postgresql"])
-def target(request: pytest.FixtureRequest, tmp_path: Path, unique: Callable[[str], str]) -> Iterator[Target]:
-    control = unique("ctl")
-    if request.param == "sqlite":
-        t: Target = SqlAlchemyTarget(make_url(f"sqlite:///{tmp_path / 'target.db'}"), control_schema=control)
-        yield t
-        t.close()
-        return
-    if request.param == "postgresql":
-        databases: Databases = request.getfixturevalue("databases")
-        t = PostgresTarget(databases.target_dsn, control_schema=control)
-        yield t
-        t.close()
-        return
-    stack: LocalStack = request.getfixturevalue("local_stack")
-    t = SqlAlchemyTarget(make_url(stack.settings.mariadb_url()), control_schema=control)
-    yield t
-    t.close()
-    conn = stack.mariadb.connect()
-    with conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS `{control}`")
-        cur.execute(f"DROP DATABASE IF EXISTS `{control}_data`")
-    conn.close()
+@pytest.fixture
+def target(each_target: Target) -> Target:
+    """A Target of each backend (:func:`tests.integration.each_target.each_target`)."""
+    return each_target
 
 
 def record(table: str, ok: bool, rows: int, at: datetime) -> VerificationRecord:
