@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from confluent_kafka.admin import AdminClient
 from hypothesis import settings as hypothesis_settings
 
 from pipeline.localstack import LocalStack, LocalStackSettings
@@ -115,7 +116,9 @@ class Databases:
 
 @pytest.fixture
 def databases(local_stack: LocalStack, unique: Callable[[str], str]) -> Iterator[Databases]:
-    """Create ``t_<token>`` on both clusters; dropped after the test (slots of it first)."""
+    """Create ``t_<token>`` on both clusters; dropped after the test (slots of it first), and
+    every Kafka topic whose name holds the test's token deleted, so a session's broker keeps
+    only what the running test needs on disk (the e2e load tests write gigabytes)."""
     name = unique("t")
     s = local_stack.settings
     for role in ("source", "target"):
@@ -128,6 +131,20 @@ def databases(local_stack: LocalStack, unique: Callable[[str], str]) -> Iterator
             conn.execute(
                 psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(psycopg.sql.Identifier(name))
             )
+    delete_topics_of(s.bootstrap_servers, name.removeprefix("t_"))
+
+
+def delete_topics_of(bootstrap_servers: str, token: str) -> None:
+    """Delete the topics whose names contain ``token`` (best effort: a broker that is down or
+    slow only leaves the disk fuller, it never fails the test that has already passed)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    try:
+        topics = [t for t in admin.list_topics(timeout=10).topics if token in t]
+        if topics:
+            for future in admin.delete_topics(topics, operation_timeout=30).values():
+                future.exception(timeout=60)
+    except Exception as exc:  # a cleanup, reported, never a failure
+        print(f"[local stack] topics of {token} not deleted: {exc}")
 
 
 def drop_slots(conn: psycopg.Connection[tuple[object, ...]], database: str) -> None:

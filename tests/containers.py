@@ -116,6 +116,7 @@ def _connect(image: str, settings: LocalStackSettings) -> ContainerSpec:
             "CONFIG_STORAGE_REPLICATION_FACTOR": "1",
             "OFFSET_STORAGE_REPLICATION_FACTOR": "1",
             "STATUS_STORAGE_REPLICATION_FACTOR": "1",
+            "CONNECT_PRODUCER_COMPRESSION_TYPE": "lz4",  # as the local stack's worker
             "ENABLE_APICURIO_CONVERTERS": "true",  # Avro through the registry, as the local stack's plugin.path
         },
         ports={8083: settings.connect_port},
