@@ -236,6 +236,17 @@ def test_fence_plan_roles_or_whole_database_with_the_pipeline_exempt() -> None:
         fence_plan("db", "cdc", ["app", "cdc"])
 
 
+def test_whole_database_fence_plan_fences_roles_with_their_own_setting_first() -> None:
+    # a role setting beats the database's: those roles get one of their own, once each, never the pipeline's
+    assert fence_plan("db", "cdc", [], ["rogue", "cdc", "rogue", "ops"]) == [
+        ("rogue", "on"),
+        ("ops", "on"),
+        ("cdc", "off"),
+        (None, "on"),
+    ]
+    assert fence_plan("db", "cdc", ["app"], ["rogue"]) == [("app", "on")]  # named roles: overrides do not apply
+
+
 def test_fence_statements_quote_identifiers() -> None:
     assert _text(set_statement('my"db', 'App "role"', "on")) == (
         'ALTER ROLE "App ""role""" IN DATABASE "my""db" SET "default_transaction_read_only" = \'on\''

@@ -30,15 +30,63 @@ class FenceError(RuntimeError):
     or timed out. The message says which step."""
 
 
-def fence_plan(database: str, pipeline_user: str, roles: Sequence[str]) -> list[tuple[str | None, str]]:
+def fence_plan(
+    database: str, pipeline_user: str, roles: Sequence[str], overrides: Sequence[str] = ()
+) -> list[tuple[str | None, str]]:
     """``(role or None for the database, value)`` to set, in order (pure): each role ``on``; with
-    no roles, the pipeline's role ``off`` (so it is exempt), then the database ``on``. Raises
-    FenceError when ``roles`` names the pipeline's role (that would stop the drain's heartbeat)."""
+    no roles, every role of ``overrides`` ``on`` (roles with a setting of their own, which would
+    beat the database's), the pipeline's role ``off`` (so it is exempt), then the database ``on``.
+    Raises FenceError when ``roles`` names the pipeline's role (that would stop the drain's
+    heartbeat)."""
     if pipeline_user in roles:
         raise FenceError(f"cutover.fence.roles: {pipeline_user!r} is the pipeline's own role; it is never fenced")
     if roles:
         return [(role, "on") for role in roles]
-    return [(pipeline_user, "off"), (None, "on")]  # exempt first: no pipeline session starts read-only
+    own = [(role, "on") for role in dict.fromkeys(overrides) if role != pipeline_user]
+    return [*own, (pipeline_user, "off"), (None, "on")]  # exempt first: no pipeline session starts read-only
+
+
+def resolve_plan(
+    conn: psycopg.Connection[Any], database: str, pipeline_user: str, roles: Sequence[str]
+) -> list[tuple[str | None, str]]:
+    """The fence plan for the source as it is now: ``fence_plan`` over ``roles`` and, through
+    ``pg_auth_members``, every role that is a member of one of them at any depth (settings are
+    not inherited: a group role's setting reaches none of its members' sessions), the pipeline's
+    role excepted; for a whole-database fence, the roles with their own
+    ``default_transaction_read_only`` (``pg_db_role_setting`` for this database or all
+    databases), which a database setting does not override. Raises FenceError for a role that
+    does not exist, psycopg.Error."""
+    for role in roles:
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
+            raise FenceError(f"cutover.fence.roles: role {role!r} does not exist on the source")
+    if pipeline_user in roles:
+        return fence_plan(database, pipeline_user, roles)
+    if roles:
+        rows = conn.execute(
+            "WITH RECURSIVE m(oid) AS (SELECT oid FROM pg_roles WHERE rolname = ANY(%s)"
+            " UNION SELECT a.member FROM pg_auth_members a JOIN m ON a.roleid = m.oid)"
+            " SELECT r.rolname FROM m JOIN pg_roles r ON r.oid = m.oid WHERE r.rolname <> %s ORDER BY 1",
+            (list(roles), pipeline_user),
+        ).fetchall()
+        members = [_first_value(r) for r in rows if _first_value(r) not in roles]
+        return fence_plan(database, pipeline_user, [*roles, *members])
+    rows = conn.execute(
+        "SELECT DISTINCT r.rolname, s.setconfig FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole"
+        " WHERE s.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = %s)) ORDER BY 1",
+        (database,),
+    ).fetchall()
+    own = [_first_value(r) for r in rows if parse_setconfig(_values(r)[1]) is not None]
+    return fence_plan(database, pipeline_user, roles, own)
+
+
+def fenced_roles(plan: Sequence[tuple[str | None, str]], whole_database: bool) -> list[str]:
+    """The roles whose sessions a fence of ``plan`` ends (pure): the roles set ``on``, or none
+    (meaning every role but the pipeline's) for a whole-database fence."""
+    return [] if whole_database else [role for role, value in plan if role is not None and value == "on"]
+
+
+def _first_value(row: Any) -> str:
+    return str(_values(row)[0])
 
 
 def set_statement(database: str, role: str | None, value: str | None) -> sql.Composed:
@@ -121,21 +169,25 @@ def _values(row: Any) -> list[Any]:
 
 
 def apply_fence(
-    conn: psycopg.Connection[Any], source: SourceSettings, fence: FenceSettings, record: FenceRecord
+    conn: psycopg.Connection[Any],
+    source: SourceSettings,
+    fence: FenceSettings,
+    record: FenceRecord,
+    plan: Sequence[tuple[str | None, str]] = (),
 ) -> None:
-    """Apply ``record``'s fence (read_only: the planned settings, then the sessions' termination
-    when ``fence.terminate_sessions``; command: ``fence.command``). Fills ``record.terminated``
-    and sets ``record.applied``. Raises FenceError."""
+    """Apply ``record``'s fence (read_only: ``plan``, from :func:`resolve_plan`, then the
+    termination of the fenced roles' sessions when ``fence.terminate_sessions``; command:
+    ``fence.command``). Fills ``record.terminated`` and sets ``record.applied``. Raises FenceError."""
     if fence.method == "command":
         run_command(fence.command or [], fence.timeout_s, "fence command")
         record.applied = True
         return
     try:
-        for role, value in fence_plan(source.database, source.user, fence.roles):
+        for role, value in plan:
             conn.execute(set_statement(source.database, role, value))
         record.applied = True
         if fence.terminate_sessions:
-            query, params = sessions_query(fence.roles, source.user)
+            query, params = sessions_query(fenced_roles(plan, not fence.roles), source.user)
             terminate = sql.SQL("SELECT s.*, pg_terminate_backend(s.pid) AS terminated FROM ({q}) s").format(q=query)
             cur = conn.execute(terminate, params)
             names = [d.name for d in cur.description or []]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.control.cutover.fence import FenceError, fence_plan, fenced_sessions
+from pipeline.control.cutover.fence import FenceError, fenced_roles, fenced_sessions, resolve_plan
 from pipeline.control.cutover.gate import Check, GateResult, check_gate
 from pipeline.control.cutover.run import admin_client
 from pipeline.control.cutover.sequences import SequenceSync, discover, read_target
@@ -60,20 +60,22 @@ def plan_cutover(settings: Settings, pipeline: PipelineSettings, target: Target)
         "terminate_sessions": fence.terminate_sessions,
     }
     checks = list(gate.checks)
-    if fence.method == "read_only":
-        try:
-            described["settings"] = [
-                {"role": role, "default_transaction_read_only": value}
-                for role, value in fence_plan(source.database, source.user, fence.roles)
-            ]
-        except FenceError as exc:
-            checks.append(Check("fence", False, str(exc)))
-    else:
+    if fence.method != "read_only":
         described["command"] = fence.command
     store = open_cutover(target)
     try:
         with connect_source(source, "cutover plan", 60) as conn:
-            sessions = fenced_sessions(conn, fence.roles, source.user) if fence.method == "read_only" else []
+            sessions: list[dict[str, Any]] = []
+            if fence.method == "read_only":
+                try:
+                    plan = resolve_plan(conn, source.database, source.user, fence.roles)
+                except FenceError as exc:
+                    checks.append(Check("fence", False, str(exc)))
+                else:
+                    described["settings"] = [
+                        {"role": role, "default_transaction_read_only": value} for role, value in plan
+                    ]
+                    sessions = fenced_sessions(conn, fenced_roles(plan, not fence.roles), source.user)
             found = discover(conn, pipeline_tables(settings, pipeline), pipeline.cutover.sequences)
         sequences = read_target(store, pipeline, found)
     finally:

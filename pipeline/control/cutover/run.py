@@ -36,7 +36,15 @@ from confluent_kafka.admin import AdminClient
 
 from connectors.connect_client import ConnectClient
 from pipeline.control.cutover.drain import drain
-from pipeline.control.cutover.fence import FenceError, apply_fence, current_lsn, fence_plan, lift_fence, read_prior
+from pipeline.control.cutover.fence import (
+    FenceError,
+    apply_fence,
+    current_lsn,
+    fence_plan,
+    lift_fence,
+    read_prior,
+    resolve_plan,
+)
 from pipeline.control.cutover.gate import check_gate
 from pipeline.control.cutover.sequences import discover, sync
 from pipeline.control.cutover.state import CutoverState, FenceRecord, Phase, new_run
@@ -188,13 +196,14 @@ class Cutover:
         source = self.settings.source(self.pipeline.source)
         record = FenceRecord(fence.method, list(fence.roles))
         with connect_source(source, "cutover fence", fence.timeout_s) as conn:
-            if fence.method == "read_only":
-                record.saved = read_prior(conn, source.database, fence_plan(source.database, source.user, fence.roles))
+            plan = resolve_plan(conn, source.database, source.user, fence.roles) if fence.method == "read_only" else []
+            if plan:
+                record.saved = read_prior(conn, source.database, plan)
             self.state.fence = record
             self.save()  # the prior settings are durable before anything changes
             record.fenced_at = time.time()
             try:
-                apply_fence(conn, source, fence, record)
+                apply_fence(conn, source, fence, record, plan)
             finally:
                 self.save()
             self.state.fence_lsn = current_lsn(conn)
