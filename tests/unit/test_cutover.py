@@ -27,7 +27,7 @@ from pipeline.control.cutover.fence import (
 )
 from pipeline.control.cutover.gate import GateResult, dlq_check, lag_check, sample_lag, verification_check
 from pipeline.control.cutover.report import render_state, state_document
-from pipeline.control.cutover.run import Cutover, CutoverRefusedError, _fence_problems
+from pipeline.control.cutover.run import Cutover, CutoverRefusedError, _fence_problems, fenced_writer_problem
 from pipeline.control.cutover.sequences import SequenceSync, SourceSequence, target_spec, target_value
 from pipeline.control.cutover.state import (
     CutoverState,
@@ -339,6 +339,18 @@ def test_reverse_references_are_validated() -> None:
     for pipelines, message in cases:
         with pytest.raises(ValueError, match=message):
             _settings(pipelines=pipelines)
+
+
+def test_a_fence_reaching_the_reverse_writer_through_a_group_is_refused() -> None:
+    pipes = _pipes({"source": "new", "pipeline": "back"}, {"versions": "table"})
+    pipes[1]["target"]["url"] = "postgresql://rollback@h/a"
+    settings = _settings(pipelines=pipes)
+    fwd = settings.pipelines[0]
+    assert "'rollback', the role pipeline 'back' writes" in fenced_writer_problem(
+        settings, fwd, [("app_group", "on"), ("rollback", "on")]
+    )
+    assert fenced_writer_problem(settings, fwd, [("app_group", "on"), ("web", "on")]) == ""
+    assert fenced_writer_problem(_settings(), _settings().pipelines[0], [("rollback", "on")]) == ""
 
 
 # ------------------------------------------------------------------ orchestrator (no services)

@@ -26,7 +26,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from types import FrameType
@@ -197,6 +197,9 @@ class Cutover:
         record = FenceRecord(fence.method, list(fence.roles))
         with connect_source(source, "cutover fence", fence.timeout_s) as conn:
             plan = resolve_plan(conn, source.database, source.user, fence.roles) if fence.method == "read_only" else []
+            problem = fenced_writer_problem(self.settings, self.pipeline, plan)
+            if problem:
+                raise FenceError(problem)
             if plan:
                 record.saved = read_prior(conn, source.database, plan)
             self.state.fence = record
@@ -445,6 +448,25 @@ def _reverse_writer_problem(settings: Settings, pipeline: PipelineSettings) -> s
             f" {source.user!r}"
         )
     return ""
+
+
+def fenced_writer_problem(
+    settings: Settings, pipeline: PipelineSettings, plan: Sequence[tuple[str | None, str]]
+) -> str:
+    """Why ``plan`` (the fence with roles expanded through their groups, from
+    :func:`~pipeline.control.cutover.fence.resolve_plan`) would make the reverse pipeline's
+    writer role read-only on the old source, or "": the static check of
+    :func:`_reverse_writer_problem` cannot see membership, which lives in the catalog."""
+    reverse = pipeline.cutover.reverse
+    if reverse is None:
+        return ""
+    writer = target_user(settings.pipeline(reverse.pipeline).target)
+    if writer is None or (writer, "on") not in plan:
+        return ""
+    return (
+        f"cutover.fence.roles: {writer!r}, the role pipeline {reverse.pipeline!r} writes the old source as,"
+        " is a member of a fenced role; fencing it would stop the rollback copy"
+    )
 
 
 def _reverse_module() -> Any:
