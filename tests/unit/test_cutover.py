@@ -404,6 +404,31 @@ def test_a_rerun_aborts_the_interrupted_cutover_first_and_a_failed_gate_aborts_w
     assert REGISTRY.get_sample_value("cdc_cutover_phase", {"pipeline": "fwd", "phase": "drained"}) == 0
 
 
+def test_an_abort_reason_never_stores_a_secret() -> None:
+    settings = Settings.model_validate(
+        {
+            "kafka": {"bootstrap_servers": "127.0.0.1:1", "sasl_password": "kafka-secret-1"},
+            "sources": [
+                {
+                    "name": "old",
+                    "port": 1,
+                    "database": "a",
+                    "user": "cdc",
+                    "password": "src-secret-2",
+                    "tables": ["public.t"],
+                }
+            ],
+            "pipelines": [{"name": "fwd", "source": "old", "target": {"url": "postgresql://x:url%2Fsecret@h:1/b"}}],
+        }
+    )
+    store = FakeStore()
+    cutover = Cutover(settings, settings.pipelines[0], None, store, CutoverState("fwd", Phase.GATE))  # type: ignore[arg-type]
+    final = cutover.abort("drain: password src-secret-2 / kafka-secret-1 / url/secret refused")
+    assert final.reason is not None and "drain: password" in final.reason
+    for secret in ("src-secret-2", "kafka-secret-1", "url/secret"):
+        assert secret not in json.dumps(store.saved), secret
+
+
 def test_abort_is_refused_after_done() -> None:
     settings = _closed_port_settings()
     cutover = Cutover(settings, settings.pipelines[0], None, FakeStore(), CutoverState("fwd", Phase.DONE))  # type: ignore[arg-type]

@@ -35,6 +35,7 @@ from typing import Any
 from confluent_kafka.admin import AdminClient
 
 from connectors.connect_client import ConnectClient
+from connectors.debezium import Redactor
 from pipeline.control.cutover.drain import drain
 from pipeline.control.cutover.fence import (
     FenceError,
@@ -58,6 +59,7 @@ from pipeline.core import metrics
 from pipeline.core.logs import get_logger, kafka_logging
 from pipeline.core.settings.models import PipelineSettings
 from pipeline.core.settings.root import Settings
+from pipeline.core.settings.secrets import secret_values
 from sinks.base import Target, TargetCutover, open_cutover
 from sinks.factory import make_target, target_user
 
@@ -298,7 +300,9 @@ class Cutover:
                 " use 'cutover finish' to end the rollback window, or roll back through the reverse pipeline"
             )
         started = time.time()
-        failures = [f for f in (self._undo_reverse(), self._undo_forward(), self._undo_fence()) if f]
+        redact = Redactor(secret_values(self.settings))  # step errors may quote a DSN or a Connect reply
+        reason = redact(reason)
+        failures = [redact(f) for f in (self._undo_reverse(), self._undo_forward(), self._undo_fence()) if f]
         self.state.reason = reason
         if failures:
             self.state.undo = failures
