@@ -25,6 +25,7 @@ import pytest
 import sqlalchemy as sa
 from psycopg import sql
 
+from pipeline.control.bulkload.catalog import read_source_table
 from pipeline.control.bulkload.model import Chunk, CopyTask, ExportedSnapshot, SourceTable
 from pipeline.control.bulkload.rows import copy_chunk_rows
 from pipeline.core.batch import ReducedBatch
@@ -134,6 +135,29 @@ def test_rows_path_values_equal_the_decoders_of_real_debezium_messages(databases
     # The same position and shape as a Debezium snapshot read, for the version guard.
     up = next(iter(sink.batches[0].tables.values())).upserts
     assert {u.position.commit_lsn for u in up.values()} == {0} and {u.position.lsn for u in up.values()} == {LSN}
+
+
+def test_rows_path_with_catalog_columns_gives_the_decoders_values(databases: Databases) -> None:
+    """The same rows with the columns the bulk load really uses (bulkcore's catalog, the
+    production connector settings): every value as the decoder's, the interval as Debezium's
+    ``interval.handling.mode=string`` text (the fixture's connector used the numeric default)."""
+    decoded = _decoded()
+    with psycopg.connect(databases.source_dsn, autocommit=True) as conn:
+        conn.execute(DDL)
+        for row in _rows():
+            conn.execute(INSERT, row)
+        table = read_source_table(conn, TableId("public", "all_types")).table
+    sink = Capture()
+    assert _copy(databases.source_dsn, _task(_pipeline({"url": "sqlite:///unused.db"}), table), sink) == 3
+    got = {int(r["id"]): r for r in sink.rows().values()}
+    intervals = {1: "P0Y0M3DT4H5M6.789S", 2: "P0Y0M-1DT0H0M-0.000001S", 3: "P0Y0M0DT0H0M0S"}
+    for rid, event in decoded.items():
+        assert event.after is not None
+        want = {**event.after}
+        if rid in intervals:
+            want["c_interval"] = intervals[rid]
+        wrong = {c: (got[rid][c], v) for c, v in want.items() if not _same(got[rid][c], v)}
+        assert not wrong, f"row {rid}: {wrong}"
 
 
 def _col(name: str, kind: str, logical: str | None = None, source: str = "", **params: str) -> Column:

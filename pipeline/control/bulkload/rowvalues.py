@@ -17,8 +17,8 @@ of :mod:`connectors.debezium`: ``decimal.handling.mode=precise``,
 - ``date`` -> date (``infinity``/``-infinity`` -> those strings; BC / after 9999 -> PostgreSQL's text);
 - ``time`` -> time (``24:00:00`` stays a string); ``timetz`` -> aware time in UTC (ZonedTime);
 - ``timestamp`` -> naive datetime; ``timestamptz`` -> aware datetime in UTC (ZonedTimestamp);
-- ``interval`` -> ``P<y>Y<m>M<d>DT<h>H<m>M<s>S`` (``io.debezium.time.Interval.toIsoString``) or,
-  for a ``MicroDuration`` column, a timedelta with months of 365.25/12 days;
+- ``interval`` (and ``interval[]``) -> ``P<y>Y<m>M<d>DT<h>H<m>M<s>S`` (``io.debezium.time.Interval.
+  toIsoString``) or, for a ``MicroDuration`` column, a timedelta with months of 365.25/12 days;
 - ``numeric`` -> Decimal with the stored scale, NaN/Infinity -> None (precise mode has no value
   for them); ``money`` -> Decimal with 2 decimals;
 - ``real`` -> the shortest decimal that rounds to the same single-precision value (what Java's
@@ -67,6 +67,7 @@ _DD = struct.Struct("!dd")
 _F = struct.Struct("!f")
 _F32 = struct.Struct(">f")
 
+_MICRO_DURATION = "io.debezium.time.MicroDuration"
 _date = TEMPORAL["io.debezium.time.Date"]
 _micro_time = TEMPORAL["io.debezium.time.MicroTime"]
 _micro_timestamp = TEMPORAL["io.debezium.time.MicroTimestamp"]
@@ -272,17 +273,18 @@ def _read(column: Column) -> ColumnRead:
         return ColumnRead(column.name, sql.SQL("{}::text").format(ident), lambda v: v == "1")
     if logical == "io.debezium.data.Bits":
         return ColumnRead(column.name, sql.SQL("{}::text").format(ident), _bits)
-    if logical == "io.debezium.time.Interval":
-        return ColumnRead(column.name, ident, interval_iso)
-    if logical == "io.debezium.time.MicroDuration":
-        return ColumnRead(column.name, ident, _micro_duration)
+    if source == "INTERVAL" or logical in ("io.debezium.time.Interval", "io.debezium.time.MicroDuration"):
+        return ColumnRead(column.name, ident, _micro_duration if logical == _MICRO_DURATION else interval_iso)
+    if source == "_INTERVAL":
+        finish = (
+            _micro_duration if column.items is not None and column.items.logical == _MICRO_DURATION else interval_iso
+        )
+        return ColumnRead(column.name, ident, lambda v: [None if e is None else finish(e) for e in v])
     if column.type == "string" and source not in _BINARY_OK:
         return ColumnRead(column.name, sql.SQL("{}::text").format(ident), None)
-    if column.type == "array" and column.items is not None and column.items.type == "string":
-        if source.lstrip("_") not in _BINARY_OK:
-            return ColumnRead(column.name, sql.SQL("{}::text[]").format(ident), None)
-        if column.items.logical == "io.debezium.time.Interval":
-            return ColumnRead(column.name, ident, lambda v: [None if e is None else interval_iso(e) for e in v])
+    items = column.items
+    if column.type == "array" and items is not None and items.type == "string" and source.lstrip("_") not in _BINARY_OK:
+        return ColumnRead(column.name, sql.SQL("{}::text[]").format(ident), None)
     return ColumnRead(column.name, ident, None)
 
 
