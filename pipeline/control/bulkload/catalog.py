@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg.rows import tuple_row
 
 from pipeline.control.bulkload.model import SourceTable
 from pipeline.core.events import Column, TableId
@@ -152,15 +153,16 @@ def read_source_table(conn: psycopg.Connection[Any], table: TableId) -> CatalogT
     """The table from the catalog. Raises LookupError when the
     table does not exist. Rows and pages: ``reltuples`` (-1 before the first ANALYZE, then 0 is
     reported) and the heap size in blocks (``pg_relation_size / block_size``)."""
-    size = conn.execute(_SIZE_SQL, (table.schema, table.table)).fetchone()
+    cur = conn.cursor(row_factory=tuple_row)
+    size = cur.execute(_SIZE_SQL, (table.schema, table.table)).fetchone()
     if size is None:
         raise LookupError(f"source table {table} does not exist")
     oid, reltuples, relpages, pages = (int(v) for v in size)
-    rows = conn.execute(_COLUMNS_SQL, (table.schema, table.table)).fetchall()
+    rows = cur.execute(_COLUMNS_SQL, (table.schema, table.table)).fetchall()
     columns = tuple(describe_column(str(r[0]), bool(r[1]), str(r[2]), str(r[3]), int(r[5]), r[6], r[7]) for r in rows)
     formatted = {str(r[0]): str(r[8]) for r in rows}
     typnames = {str(r[0]): _typname(str(r[2]), str(r[3]), r[6], r[7]) for r in rows}
-    keys = tuple(str(r[0]) for r in conn.execute(_KEY_SQL, (oid,)).fetchall())
+    keys = tuple(str(r[0]) for r in cur.execute(_KEY_SQL, (oid,)).fetchall())
     if reltuples < 0 and relpages == 0:
         estimated = pages * 100  # never analyzed: a guess, only for progress and chunk sizes
     elif relpages > 0 and reltuples >= 0:
