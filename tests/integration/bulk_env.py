@@ -25,8 +25,11 @@ def bulk_config(
     *,
     pipeline: dict[str, Any] | None = None,
     bulk_load: dict[str, Any] | None = None,
+    source: dict[str, Any] | None = None,
+    target_schema: str = "public",
 ) -> tuple[Path, Settings]:
-    """Write the config (source ``name``, pipeline ``p_<name>``) and load it."""
+    """Write the config (source ``name``, pipeline ``p_<name>``; ``source`` overrides source
+    keys) and load it."""
     s = stack.settings
     doc: dict[str, Any] = {
         "kafka": {"bootstrap_servers": s.bootstrap_servers},
@@ -48,6 +51,7 @@ def bulk_config(
                     "topic.creation.default.partitions": 1,
                     "topic.creation.default.replication.factor": 1,
                 },
+                **(source or {}),
             }
         ],
         "pipelines": [
@@ -57,6 +61,7 @@ def bulk_config(
                 "target": {
                     "url": f"postgresql://postgres@{s.host}:{s.target_pg_port}/{db.name}",
                     "password": "postgres",
+                    "schema": target_schema,
                 },
                 "batch": {"max_wait_ms": 200},
                 "retry": {"initial_backoff_s": 0.1, "max_backoff_s": 2},
