@@ -122,6 +122,7 @@ def test_where_after_a_rename_reads_the_new_name() -> None:
         (TransformRule(add_columns={"x": "$lsn"}), "add_columns"),
         (TransformRule(mask={"doc": "hash"}), "mask 'hash' on column 'doc' of type jsonb"),
         (TransformRule(mask={"amount": "hash"}), "type numeric"),
+        (TransformRule(where="doc = '{}'"), "where compares column 'doc' of type jsonb"),
     ],
 )
 def test_rules_sql_cannot_express_go_to_the_rows_path(rule: TransformRule, why: str) -> None:

@@ -150,7 +150,18 @@ def _mask(cur: _Current, mode: str, column: Column) -> _Current | str:
 
 
 _SQL_OPS = {"=": "=", "!=": "<>", "<>": "<>", "<": "<", ">": ">", "<=": "<=", ">=": ">="}
-_STRINGY = frozenset({"text", "varchar", "bpchar", "name"})
+_STRINGY = frozenset({"text", "varchar", "bpchar", "name", "enum"})
+WHERE_TYPES = frozenset(
+    {"int2", "int4", "int8", "oid", "float4", "float8", "numeric", "bool", "uuid", "date", "time", "timestamp",
+     "timestamptz", *_STRINGY}
+)  # fmt: skip
+"""Types a ``where`` comparison reads the same in SQL as in Python (decoded value vs coerced literal;
+enums compare as their label text, as the decoder's ``str``). Others (json, interval, arrays...) go
+to the rows path."""
+
+
+class UnsupportedWhereError(ValueError):
+    """A ``where`` comparison SQL would not evaluate like :mod:`pipeline.transform.predicate`."""
 
 
 def _literal(value: object) -> sql.Composable:
@@ -161,6 +172,8 @@ def _literal(value: object) -> sql.Composable:
 
 
 def _operand(cur: _Current) -> sql.Composable:
+    if cur.column.type == "array" or cur.typname not in WHERE_TYPES:
+        raise UnsupportedWhereError(f"compares column {cur.column.name!r} of type {cur.typname}")
     if cur.typname in _STRINGY:
         return sql.SQL('{} COLLATE "C"').format(_text_of(cur))
     return sql.SQL("({})").format(cur.expr)
@@ -168,7 +181,8 @@ def _operand(cur: _Current) -> sql.Composable:
 
 def compile_where(node: pred.Node, columns: dict[str, _Current]) -> sql.Composable:
     """``node`` (a parsed ``where``) as a SQL condition over ``columns`` (current name -> column).
-    Raises KeyError for a column the table does not have at this point."""
+    Raises KeyError for a column the table does not have at this point, UnsupportedWhereError
+    for a comparison of a type outside :data:`WHERE_TYPES`."""
     if isinstance(node, pred._And | pred._Or):
         joiner = " AND " if isinstance(node, pred._And) else " OR "
         return sql.SQL("({})").format(sql.SQL(joiner).join(compile_where(p, columns) for p in node.parts))
@@ -201,6 +215,8 @@ def _apply_rule(
             wheres.append(compile_where(rule.where.root, current))
         except KeyError as exc:
             return f"{rule.label}.where names a missing column {exc}"
+        except UnsupportedWhereError as exc:
+            return f"{rule.label}.where {exc}"
     schema = {c.name: c for c in rule.columns_for(tuple(c.column for c in current.values()))}
     following: dict[str, _Current] = {}
     for name, cur in current.items():
