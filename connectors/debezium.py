@@ -276,10 +276,14 @@ def heartbeat_query(source: SourceSettings) -> str:
 
 
 def resolved_snapshot_mode(source: SourceSettings) -> str:
-    """``snapshot.mode`` for Debezium 3.6: ``never`` maps to ``no_data``.
+    """``snapshot.mode`` for Debezium 3.6: ``never`` maps to ``no_data``; a source with
+    ``initial_load: bulk`` is always ``no_data`` (``cdc-pipeline load run`` copied the rows from the
+    slot's exported snapshot, so streaming starts at the slot's consistent point).
 
     Raises ConnectorConfigError for ``recovery`` (not a PostgreSQL mode).
     """
+    if source.initial_load == "bulk":
+        return "no_data"
     mode = _SNAPSHOT_MODE_ALIASES.get(source.snapshot_mode, source.snapshot_mode)
     if mode not in _SNAPSHOT_MODES:
         raise ConnectorConfigError(

@@ -16,6 +16,7 @@ are stored per consumer group in the target's control schema (design invariant 1
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -25,7 +26,7 @@ import psycopg
 
 from pipeline.core.batch import ReducedBatch
 from pipeline.core.errors import FatalError, TransientError
-from pipeline.core.events import TableId
+from pipeline.core.events import Column, TableId
 
 TopicPartition = tuple[str, int]
 OffsetMap = Mapping[TopicPartition, int]
@@ -336,3 +337,78 @@ def open_cutover(target: Target) -> TargetCutover:
     if not isinstance(target, CutoverCapable):
         raise TypeError(f"{type(target).__name__} has no cutover support")
     return target.cutover()
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedTable:
+    """A target table ready for a bulk load: its ``column_types`` (target column -> SQL type
+    text: ``format_type`` on PostgreSQL, the SQLAlchemy type's text elsewhere), whether it is
+    ``keyless`` (keyed by ``__cdc_row_id`` in columns mode) and the ``extra_columns`` that follow
+    the data columns in a COPY (``("__cdc_commit_lsn", "__cdc_lsn"[, "__cdc_row_id"])``)."""
+
+    table: TableId
+    column_types: dict[str, str]
+    keyless: bool
+    extra_columns: tuple[str, ...]
+
+
+class CopyWriter(Protocol):
+    """The target end of a ``COPY ... FROM STDIN``: takes the COPY data stream in pieces."""
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` (any slice of the COPY stream, text or binary format)."""
+
+
+class TargetBulkLoad(Protocol):
+    """Target side of a bulk initial load, on a session of its own. Each call may block on I/O;
+    an unreachable target raises :class:`TransientSinkError`.
+
+    The state is one JSON document per pipeline in ``<control_schema>.bulk_loads``.
+    """
+
+    supports_copy: bool
+    """True when :meth:`copy_in` works (PostgreSQL); False on SQLAlchemy backends."""
+
+    def load_state(self, pipeline: str) -> dict[str, Any] | None:
+        """The stored load state of ``pipeline``, or None."""
+
+    def save_state(self, pipeline: str, state: Mapping[str, Any]) -> None:
+        """Upsert ``pipeline``'s state document and commit before returning."""
+
+    def clear_state(self, pipeline: str) -> None:
+        """Delete ``pipeline``'s state (no error when there is none) and commit."""
+
+    def row_count(self, table: TableId) -> int:
+        """The exact row count of ``table``; 0 when the table is absent."""
+
+    def truncate(self, tables: Sequence[TableId]) -> None:
+        """Empty ``tables`` (absent ones are ignored) and forget the pipeline bookkeeping of
+        them (tombstones, truncation marks, row ids); one transaction, committed."""
+
+    def prepare_table(self, table: TableId, columns: Sequence[Column], key_columns: Sequence[str]) -> PreparedTable:
+        """Create ``table`` through the sink's own DDL when missing (adding missing columns
+        otherwise), so the streaming path later finds it as its own. Raises
+        :class:`TargetSchemaError` for a table the sink cannot take."""
+
+    def copy_in(self, table: TableId, columns: Sequence[str], binary: bool) -> AbstractContextManager[CopyWriter]:
+        """A ``COPY table (columns) FROM STDIN`` (binary or text format) in one target
+        transaction, committed on a clean exit of the context and rolled back on an exception.
+        Raises NotImplementedError unless :attr:`supports_copy`."""
+
+    def close(self) -> None:
+        """Release the session."""
+
+
+@runtime_checkable
+class BulkLoadCapable(Protocol):
+    """A :class:`Target` that can open a :class:`TargetBulkLoad`."""
+
+    def bulk_load(self) -> TargetBulkLoad:
+        """A :class:`TargetBulkLoad` on a session of its own; the caller closes it."""
+
+
+def open_bulk_load(target: Target) -> TargetBulkLoad:
+    """``target.bulk_load()``; raises TypeError for a target without bulk-load support."""
+    if not isinstance(target, BulkLoadCapable):
+        raise TypeError(f"{type(target).__name__} has no bulk-load support")
+    return target.bulk_load()

@@ -167,6 +167,16 @@ class SchemaRegistrySettings(_Model):
         raise ValueError("schema_registry.converter_url: required when url is not an Apicurio '/apis/ccompat/v7' URL")
 
 
+class BulkLoadSettings(_Model):
+    """Bulk initial load (``initial_load: bulk``): parallel COPY from the slot's exported snapshot."""
+
+    jobs: int = Field(4, ge=1, le=32, description="Parallel copy sessions (source and target connections each).")
+    chunk_rows: int = Field(
+        250_000, ge=1000, description="Rows per ctid range of a large table (estimated from reltuples/relpages)."
+    )
+    binary: bool = Field(True, description="Binary COPY where every target column type equals the source's.")
+
+
 class SourceSettings(_Model):
     """One PostgreSQL source database captured by one Debezium PostgreSQL connector."""
 
@@ -191,6 +201,14 @@ class SourceSettings(_Model):
     snapshot_mode: Literal["initial", "initial_only", "no_data", "when_needed", "always"] = Field(
         "initial", description="Debezium snapshot.mode (PostgreSQL connector 3.x values)."
     )
+    initial_load: Literal["snapshot", "bulk"] = Field(
+        "snapshot",
+        description="How existing rows reach the targets: 'snapshot' (Debezium's snapshot per snapshot_mode) or "
+        "'bulk' (cdc-pipeline load run copies them, then the connector streams with snapshot.mode=no_data).",
+    )
+    bulk_load: BulkLoadSettings = Field(
+        default_factory=BulkLoadSettings, description="Bulk initial load tuning (used with initial_load: bulk)."
+    )
     heartbeat_interval_ms: int = Field(
         10_000, ge=0, description="Debezium heartbeat.interval.ms; 0 disables heartbeats."
     )
@@ -212,6 +230,17 @@ class SourceSettings(_Model):
     schema_registry: SchemaRegistrySettings | None = Field(
         None, description="Schema Registry of the Avro schemas; required when a format is avro."
     )
+
+    @model_validator(mode="after")
+    def _check_initial_load(self) -> Self:
+        explicit = "snapshot_mode" in self.model_fields_set
+        if self.initial_load == "bulk" and explicit and self.snapshot_mode not in ("initial", "no_data"):
+            raise ValueError(
+                f"snapshot_mode: {self.snapshot_mode!r} conflicts with initial_load: bulk (the bulk load copies the "
+                "rows and the connector always starts with snapshot.mode=no_data): drop snapshot_mode, or use "
+                "initial_load: snapshot"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_registry(self) -> Self:

@@ -157,6 +157,11 @@ def _pipeline_references(i: int, pipe: PipelineSettings, by_name: dict[str, Sour
         for table in pipe.tables or []
         if table not in src.tables
     ]
+    if src.initial_load == "bulk" and pipe.target.versions == "table":
+        problems.append(
+            f"pipelines[{i}].target.versions: 'table' is not supported by a bulk load, and source {src.name!r} "
+            "uses initial_load: bulk (use target.versions: columns, or initial_load: snapshot on the source)"
+        )
     for key, mine, theirs, where in (
         ("value_format", pipe.value_format, src.format, "format"),
         ("key_format", pipe.key_format, src.resolved_key_format, "key_format"),
