@@ -83,11 +83,13 @@ def _task(pipeline: PipelineSettings, table: SourceTable, index: int = 0) -> Cop
 
 def _copy(dsn: str, task: CopyTask, sink: Any, progress: list[int] | None = None) -> int:
     transformer = build_transformer(task.pipeline.transforms, task.pipeline.mask_salt)
-    with psycopg.connect(dsn) as conn:
-        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+    # as the orchestrator's copy session (slot.open_copy_session): autocommit, an explicit
+    # REPEATABLE READ READ ONLY transaction (here without an imported snapshot)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         written = copy_chunk_rows(task, conn, sink, transformer, (progress if progress is not None else []).append)
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS  # left open
-        conn.rollback()
+        conn.execute("ROLLBACK")
     return written
 
 
