@@ -15,7 +15,7 @@ from sinks.base import open_bulk_load
 from sinks.factory import make_target
 
 DONE = "done"
-"""The ``state`` of a pipeline whose copy finished (the loader writes it before the hand-over)."""
+"""The ``status`` of a pipeline whose copy finished (the loader writes it before the hand-over)."""
 
 
 def source_pipelines(settings: Settings, source: SourceSettings) -> list[PipelineSettings]:
@@ -48,7 +48,7 @@ def load_status(settings: Settings, source: SourceSettings) -> dict[str, dict[st
 
 def is_done(state: dict[str, Any] | None) -> bool:
     """True when a stored state says the pipeline's copy finished."""
-    return state is not None and state.get("state") == DONE
+    return state is not None and state.get("status") == DONE
 
 
 def load_done(settings: Settings, source: SourceSettings) -> bool:
