@@ -13,6 +13,7 @@ from psycopg.rows import dict_row
 
 from pipeline.core.events import TableId
 from sinks.base import TopicPartition, TransientSinkError
+from sinks.postgres.bulk import PostgresBulkLoad
 from sinks.postgres.cutover import PostgresCutover
 from sinks.postgres.sink import PostgresSink
 from sinks.postgres.verification import PostgresVerification
@@ -108,3 +109,7 @@ class PostgresTarget(PostgresSink):
     def cutover(self) -> PostgresCutover:
         """The cutover state and sequences on a session of its own (see :class:`sinks.base.TargetCutover`)."""
         return PostgresCutover(self._conninfo, f"{self._application_name}:cutover", self._control)
+
+    def bulk_load(self) -> PostgresBulkLoad:
+        """The bulk-load side on a session of its own (see :class:`sinks.base.TargetBulkLoad`)."""
+        return PostgresBulkLoad(self._conninfo, f"{self._application_name}:bulk", self._control)
