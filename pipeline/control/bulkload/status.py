@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.control.bulkload.state import DONE, all_done
 from pipeline.core.settings.models import PipelineSettings, SourceSettings
 from pipeline.core.settings.root import Settings
 from sinks.base import open_bulk_load
 from sinks.factory import make_target
-
-DONE = "done"
-"""The ``status`` of a pipeline whose copy finished (the loader writes it before the hand-over)."""
 
 
 def source_pipelines(settings: Settings, source: SourceSettings) -> list[PipelineSettings]:
@@ -47,12 +45,12 @@ def load_status(settings: Settings, source: SourceSettings) -> dict[str, dict[st
 
 
 def is_done(state: dict[str, Any] | None) -> bool:
-    """True when a stored state says the pipeline's copy finished."""
+    """True when a stored state says the pipeline's copy finished (``status`` done, written by the
+    loader before the hand-over)."""
     return state is not None and state.get("status") == DONE
 
 
 def load_done(settings: Settings, source: SourceSettings) -> bool:
     """True when every pipeline of ``source`` has a completed bulk load (False when the source has no
     pipeline: there is nothing a load could have filled). Raises as :func:`pipeline_state`."""
-    states = load_status(settings, source)
-    return bool(states) and all(is_done(s) for s in states.values())
+    return all_done(load_status(settings, source))
