@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from pipeline.core.events import TableId
 from sinks.base import TopicPartition, TransientSinkError
 from sinks.sqlalchemy import ddl
+from sinks.sqlalchemy.bulk import SqlAlchemyBulkLoad
 from sinks.sqlalchemy.cutover import SqlAlchemyCutover
 from sinks.sqlalchemy.sink import SqlAlchemySink, is_transient
 from sinks.sqlalchemy.verification import SqlAlchemyVerification
@@ -66,3 +67,8 @@ class SqlAlchemyTarget(SqlAlchemySink):
     def cutover(self) -> SqlAlchemyCutover:
         """The cutover state and sequences on the target's engine (see :class:`sinks.base.TargetCutover`)."""
         return SqlAlchemyCutover(self.engine, self.dialect, self._control_schema)
+
+    def bulk_load(self) -> SqlAlchemyBulkLoad:
+        """The bulk-load state, counts, truncation and table preparation on the target's engine
+        (see :class:`sinks.base.TargetBulkLoad`)."""
+        return SqlAlchemyBulkLoad(self, self._control_schema)
