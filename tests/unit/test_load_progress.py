@@ -1,5 +1,6 @@
 """The bulk load's progress (pipeline.control.bulkload.progress): the cdc_bulk_load_* metrics, and
-the plain lines printed off a terminal (rows, percent, rows/s, ETA; the done line always)."""
+the plain lines printed off a terminal (rows, percent, rows/s, ETA; the done line always); the
+text and JSON forms of ``load run``'s report."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import io
 
 from rich.console import Console
 
+from pipeline.cli.load_cmd import report_doc, report_lines
+from pipeline.control.bulkload.model import LoadReport, TableReport
 from pipeline.control.bulkload.progress import BulkProgress, TableProgress, plain_line
 from pipeline.core import metrics
 
@@ -67,3 +70,49 @@ def test_table_progress_eta_and_unknown_estimate() -> None:
     t = TableProgress("p", "public.t", 0, rows=10, started=0.0)
     assert t.ratio() == 0.0 and t.eta_s(5.0) is None
     assert plain_line(t, 5.0) == "load p public.t: 10/0 rows (0%), 2 rows/s"
+
+
+def report(**overrides: object) -> LoadReport:
+    values: dict[str, object] = {
+        "source": "app",
+        "slot_name": "cdc_app",
+        "consistent_lsn": (1 << 32) + 0x2A,
+        "tables": (
+            TableReport("orders_pipe", "public.orders", 1_000_000, 8.0, "copy"),
+            TableReport("orders_pipe", "public.notes", 10, 0.5, "rows"),
+        ),
+        "rows": 1_000_010,
+        "copy_seconds": 8.2,
+        "rows_per_s": 121_952.4,
+        "recovered": False,
+        "already_loaded": False,
+    }
+    values.update(overrides)
+    return LoadReport(**values)  # type: ignore[arg-type]
+
+
+def test_load_report_text_and_json() -> None:
+    lines = report_lines(report())
+    assert lines[0] == "source app: slot cdc_app, consistent point 1/2A"
+    assert lines[1].split() == [
+        "orders_pipe",
+        "public.orders",
+        "1,000,000",
+        "rows",
+        "8.0",
+        "s",
+        "125,000",
+        "rows/s",
+        "(copy)",
+    ]
+    assert lines[-1] == "bulk load: 1,000,010 rows in 8.2 s (121,952 rows/s)"
+    doc = report_doc(report(recovered=True))
+    assert doc["consistent_point"] == "1/2A" and doc["recovered"] is True
+    assert doc["tables"][0] == {
+        "pipeline": "orders_pipe", "table": "public.orders", "rows": 1_000_000, "seconds": 8.0,
+        "rows_per_s": 125_000.0, "path": "copy",
+    }  # fmt: skip
+    assert "cleaned up first" in report_lines(report(recovered=True))[1]
+    assert report_lines(report(already_loaded=True, tables=(), rows=0)) == [
+        "source app: already loaded (slot cdc_app); connector registered"
+    ]
