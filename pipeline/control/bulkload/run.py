@@ -50,6 +50,7 @@ from pipeline.control.bulkload.model import (
     TableReport,
 )
 from pipeline.control.bulkload.pgcopy import copy_chunk_fast
+from pipeline.control.bulkload.rows import copy_chunk_rows
 from pipeline.control.bulkload.slot import create_exported_slot, open_copy_session, take_load_lock
 from pipeline.control.bulkload.sqlplan import FastPlan, plan_fast, use_binary
 from pipeline.core.events import TableId
@@ -58,8 +59,8 @@ from pipeline.core.settings.models import PipelineSettings, SourceSettings
 from pipeline.core.settings.root import Settings
 from pipeline.transform.rule import TransformConfigError
 from pipeline.transform.transformer import Transformer, build_transformer
-from sinks.base import PreparedTable, TargetBulkLoad, open_bulk_load
-from sinks.factory import make_target
+from sinks.base import PreparedTable, Sink, TargetBulkLoad, open_bulk_load
+from sinks.factory import make_sink, make_target
 
 log = get_logger(__name__)
 
@@ -158,10 +159,7 @@ def _plan(
             if pair.plan is not None and not bulks[pipeline.name].supports_copy:
                 pair.plan, pair.reason = None, "the target does not take COPY"
             if pair.plan is None:
-                raise BulkLoadError(
-                    f"pipelines[{pipeline.name}] table {table} needs the rows path ({pair.reason}),"
-                    " which this build does not have yet: use initial_load: snapshot"
-                )
+                log.info("bulk load by rows", pipeline=pipeline.name, table=str(table), reason=pair.reason)
             pairs.append(pair)
     return pairs
 
@@ -186,6 +184,7 @@ class _Worker:
         self._source: psycopg.Connection[Any] | None = None
         self._bulks: dict[str, TargetBulkLoad] = {}
         self._salts: dict[str, bytes | None] = {}
+        self._sinks: dict[str, tuple[Sink, Transformer]] = {}
 
     def source_conn(self) -> psycopg.Connection[Any]:
         if self._source is None:
@@ -200,14 +199,33 @@ class _Worker:
         return found
 
     def copy(self, pair: _Pair, task: CopyTask) -> int:
-        assert pair.plan is not None
+        if pair.plan is None:
+            return self._copy_rows(pair, task)
         assert pair.prepared is not None
         bulk = self.bulk(pair.pipeline)
         return copy_chunk_fast(
             task, pair.plan, pair.prepared, pair.binary, self.source_conn(), bulk, self._salts[pair.pipeline.name]
         )
 
+    def _copy_rows(self, pair: _Pair, task: CopyTask) -> int:
+        name = pair.pipeline.name
+        if name not in self._sinks:
+            self._sinks[name] = (
+                make_sink(pair.pipeline),
+                build_transformer(pair.pipeline.transforms, pair.pipeline.mask_salt),
+            )
+        sink, transformer = self._sinks[name]
+        table = str(pair.target)
+
+        def report(rows: int) -> None:
+            self._run.progress.copied(name, table, rows)
+
+        return copy_chunk_rows(task, self.source_conn(), sink, transformer, report)
+
     def close(self) -> None:
+        for sink, _ in self._sinks.values():
+            with contextlib.suppress(Exception):
+                sink.close()
         if self._source is not None:
             with contextlib.suppress(psycopg.Error):
                 self._source.close()
@@ -226,7 +244,8 @@ def _chunk_done(run: _Run, pair: _Pair, rows: int, started: float) -> None:
         finished = pair.done == pair.chunks
         if finished:
             pair.seconds = now - (pair.started or started)
-    run.progress.copied(pair.pipeline.name, table, rows)
+    if pair.plan is not None:  # the rows path reports as it reads
+        run.progress.copied(pair.pipeline.name, table, rows)
     if finished:
         run.progress.table_done(pair.pipeline.name, table, pair.rows, pair.seconds)
 
