@@ -60,7 +60,7 @@ def test_plain_lines_are_rate_limited_and_the_done_line_is_always_printed() -> N
         progress.copied("p_plain", "public.accounts", 100_000)
         progress.table_done("p_plain", "public.accounts", 1_000_000, 10.0)
     lines = out.getvalue().splitlines()
-    assert lines[0] == "load p_plain public.accounts: 100,000/1,000,000 rows (10%), 0 rows/s"
+    assert lines[0] == "load p_plain public.accounts: 100,000/1,000,000 rows (10%)"  # no rate from one report
     assert lines[1] == "load p_plain public.accounts: 300,000/1,000,000 rows (30%), 50,000 rows/s, ETA 0:14"
     assert lines[2] == "load p_plain public.accounts: done, 1,000,000 rows in 10.0s (100,000 rows/s)"
     assert len(lines) == 3
@@ -70,6 +70,7 @@ def test_table_progress_eta_and_unknown_estimate() -> None:
     t = TableProgress("p", "public.t", 0, rows=10, started=0.0)
     assert t.ratio() == 0.0 and t.eta_s(5.0) is None
     assert plain_line(t, 5.0) == "load p public.t: 10/0 rows (0%), 2 rows/s"
+    assert plain_line(TableProgress("p", "public.t", 5), 5.0) == "load p public.t: 0/5 rows (0%)"
 
 
 def report(**overrides: object) -> LoadReport:
@@ -116,3 +117,17 @@ def test_load_report_text_and_json() -> None:
     assert report_lines(report(already_loaded=True, tables=(), rows=0)) == [
         "source app: already loaded (slot cdc_app); connector registered"
     ]
+
+
+def test_bars_on_a_terminal() -> None:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=160, no_color=True)
+    with BulkProgress(console) as progress:
+        progress.planned("p_bars", "public.accounts", 1000)
+        progress.copied("p_bars", "public.accounts", 400)
+        progress.copied("p_bars", "public.unplanned", 7)  # not announced: shown without a total
+        progress.table_done("p_bars", "public.accounts", 1000, 2.0)
+    text = out.getvalue()
+    assert "p_bars public.accounts" in text and "100%" in text
+    assert "1,000/1,000 rows" in text
+    assert "p_bars public.unplanned" in text

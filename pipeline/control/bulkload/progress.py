@@ -80,13 +80,17 @@ def fmt_duration(seconds: float) -> str:
 
 
 def plain_line(t: TableProgress, now: float) -> str:
-    """``load <pipeline> <table>: 120,000/1,000,000 rows (12%), 95,000 rows/s, ETA 0:09`` (or the done form)."""
+    """``load <pipeline> <table>: 120,000/1,000,000 rows (12%), 95,000 rows/s, ETA 0:09`` (rate and ETA
+    from the second report on), or ``load <pipeline> <table>: done, N rows in X.Xs (Y rows/s)``."""
     head = f"load {t.pipeline} {t.table}: "
     if t.done:
         return f"{head}done, {t.rows:,} rows in {t.seconds or 0.0:.1f}s ({t.rate(now):,.0f} rows/s)"
-    text = f"{head}{t.rows:,}/{t.estimated:,} rows ({100 * t.ratio():.0f}%), {t.rate(now):,.0f} rows/s"
+    text = f"{head}{t.rows:,}/{t.estimated:,} rows ({100 * t.ratio():.0f}%)"
+    rate = t.rate(now)
+    if rate <= 0:  # one report so far: no rate yet
+        return text
     eta = t.eta_s(now)
-    return text + (f", ETA {fmt_duration(eta)}" if eta is not None else "")
+    return text + f", {rate:,.0f} rows/s" + (f", ETA {fmt_duration(eta)}" if eta is not None else "")
 
 
 @dataclass
