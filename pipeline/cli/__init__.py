@@ -21,6 +21,7 @@ from pipeline.cli import (
     demo_cmd,
     dlq_cmd,
     lag_cmd,
+    load_cmd,
     local_cmd,
     monitor_cmd,
     offsets_cmd,
@@ -52,6 +53,7 @@ app.add_typer(snapshot_cmd.app, name="snapshot")
 app.add_typer(offsets_cmd.app, name="offsets")
 app.add_typer(dlq_cmd.app, name="dlq")
 app.add_typer(cutover_cmd.app, name="cutover")
+app.add_typer(load_cmd.app, name="load")
 
 
 def _version(value: bool) -> None:

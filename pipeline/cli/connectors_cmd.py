@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Annotated
 
 import psycopg
+import sqlalchemy.exc
 import typer
 from psycopg import sql
 
@@ -36,6 +37,7 @@ from connectors.debezium import ConnectorConfigError, build_connector_config
 from pipeline.cli.common import ConfigOption, fail, fail_unreachable, load_or_exit
 from pipeline.cli.snapshot_cmd import one_source
 from pipeline.cli.source_cmd import SourceOption, echo_check, echo_diagnosis, select_sources
+from pipeline.control.bulkload.status import load_done
 from pipeline.control.recovery import (
     Diagnosis,
     RecoverOptions,
@@ -174,6 +176,25 @@ def _prepare_source(src: SourceSettings) -> bool:
     return False
 
 
+def _bulk_load_missing(settings: Settings, src: SourceSettings) -> bool:
+    """True (the refusal printed) when ``src`` uses ``initial_load: bulk`` and its load is not done: a
+    connector with ``snapshot.mode=no_data`` on a slot nobody copied would leave the targets without
+    the existing rows."""
+    if src.initial_load != "bulk":
+        return False
+    try:
+        if load_done(settings, src):
+            return False
+    except (psycopg.Error, sqlalchemy.exc.DBAPIError, TransientSinkError) as exc:
+        _err(f"{src.resolved_connector_name}: cannot read the bulk-load state of source {src.name}: {exc}")
+        return True
+    _err(
+        f"source {src.name} uses initial_load: bulk and has no completed load: "
+        f"run `cdc-pipeline load run -s {src.name}`"
+    )
+    return True
+
+
 def _invalid(client: ConnectClient, name: str, connector_config: dict[str, str]) -> bool:
     """Validate ``connector_config`` through Connect; True (per-field errors printed) when invalid."""
     result = client.validate(connector_config, name=name)
@@ -220,6 +241,8 @@ def apply(
 
     def one(client: ConnectClient, src: SourceSettings) -> int:
         name = src.resolved_connector_name
+        if _bulk_load_missing(settings, src):
+            return 1
         if prepare and _prepare_source(src):
             return 1
         if check_source and _check_publication(src):

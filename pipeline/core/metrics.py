@@ -421,6 +421,33 @@ CUTOVER_PHASE_DURATION = Gauge(
 )
 
 
+# --- bulk initial load (pipeline.control.bulkload.progress; exported by `cdc-pipeline load run`)
+
+BULK_LOAD_ROWS = Counter(
+    "cdc_bulk_load_rows",
+    "Rows a bulk initial load copied into the target table so far.",
+    ["pipeline", "table"],
+    registry=REGISTRY,
+)
+BULK_LOAD_TABLE_ROWS = Gauge(
+    "cdc_bulk_load_table_rows",
+    "Rows the bulk load expects to copy into the target table (pg_class.reltuples of the source table).",
+    ["pipeline", "table"],
+    registry=REGISTRY,
+)
+BULK_LOAD_PROGRESS = Gauge(
+    "cdc_bulk_load_progress_ratio",
+    "Progress of the table's bulk load: rows copied / expected rows while copying (max 0.99), 1 once copied.",
+    ["pipeline", "table"],
+    registry=REGISTRY,
+)
+BULK_LOAD_RATE = Gauge(
+    "cdc_bulk_load_rows_per_second",
+    "Rows per second the pipeline's bulk load copies, averaged from its first copied row to now (or to the end).",
+    ["pipeline"],
+    registry=REGISTRY,
+)
+
 # --- data-plane backoff and control-plane lease (pipeline.dataplane.runner, pipeline.control.lease)
 
 IN_BACKOFF = Gauge(

@@ -4,9 +4,13 @@ Steps, on the local stack (``cdc-pipeline local up``):
 
 1. ``pgbench -i -s SCALE`` on the source (100,000 ``pgbench_accounts`` rows per scale unit);
    ``pgbench_history`` (no primary key) gets ``REPLICA IDENTITY FULL``;
-2. ``cdc-pipeline source prepare`` and ``connectors apply`` with ``config/examples/pgbench.yaml``;
+2. ``cdc-pipeline source prepare`` and ``load run`` with ``config/examples/pgbench.yaml``: the
+   source uses ``initial_load: bulk``, so the tables are copied in parallel from the slot's exported
+   snapshot (``filler`` masked by a transform), then the connector is registered with
+   ``snapshot.mode=no_data`` (with ``CDC_SOURCES__0__INITIAL_LOAD=snapshot``: ``connectors apply``
+   and Debezium's initial snapshot through the workers instead);
 3. ``cdc-pipeline control`` (monitors, snapshot coordinator) and ``cdc-pipeline run`` (the data
-   plane): the initial snapshot, then the stream (``filler`` masked by a transform);
+   plane): the stream;
 4. ``pgbench`` at a fixed rate (``-R``) with several clients for DURATION seconds (optionally the
    pipeline is stopped and restarted in the middle);
 5. wait until the pipeline has caught up, ``cdc-pipeline verify``, and a summary.
@@ -42,6 +46,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from sqlalchemy.dialects import mysql
 
+from pipeline.core.settings.loading import load_settings
 from pipeline.localstack import LocalStack
 from pipeline.localstack.config import PG_PASSWORD, LocalStackSettings
 from pipeline.localstack.jars import REPO_ROOT
@@ -129,11 +134,27 @@ def histogram_quantile(q: float, before: Samples, after: Samples, name: str) -> 
 
 
 @dataclass(frozen=True)
+class BulkLoad:
+    """``load run --json``'s figures: rows copied (every pipeline), copy seconds, rows/s."""
+
+    rows: int
+    seconds: float
+    rows_per_s: float
+
+    @property
+    def line(self) -> str:
+        """``N rows in X s (Y rows/s)``."""
+        return f"{self.rows:,} rows in {self.seconds:.1f} s ({self.rows_per_s:,.0f} rows/s)"
+
+
+@dataclass(frozen=True)
 class Phase:
-    """The initial snapshot: how long it took and the worker's metrics right after it."""
+    """The initial load: how long it took, the worker's metrics right after it, and the bulk load's
+    report when the source used ``initial_load: bulk``."""
 
     seconds: float
     samples: Samples
+    bulk: BulkLoad | None = None
 
     @property
     def snapshotted(self) -> float:
@@ -259,6 +280,8 @@ class Demo:
         self.maria_worker: subprocess.Popen[bytes] | None = None
         self.control: subprocess.Popen[bytes] | None = None
         self.with_mariadb = options.mariadb and stack.settings.mariadb_enabled
+        self.bulk = load_settings(CONFIG, self.env).sources[0].initial_load == "bulk"
+        self.bulk_load: BulkLoad | None = None
 
     # ------------------------------------------------------------------ set-up
 
@@ -483,7 +506,7 @@ class Demo:
 
     def load_source(self) -> None:
         """``pgbench -i`` on the source, keyless history with REPLICA IDENTITY FULL, then
-        ``source prepare`` and ``connectors apply``."""
+        ``source prepare`` and ``load run`` (or ``connectors apply`` without the bulk load)."""
         scale = self.opts.scale
         self.say(f"$ pgbench -i -s {scale} {DATABASE}")
         t = time.monotonic()
@@ -492,10 +515,27 @@ class Demo:
             conn.execute("ALTER TABLE pgbench_history REPLICA IDENTITY FULL")
         self.say(f"   {scale * 100_000:,} accounts loaded in {time.monotonic() - t:.1f}s")
         self.cli("source", "prepare")
-        self.cli("connectors", "apply")
+        if self.bulk:
+            self.bulk_load = self.run_bulk_load()
+        else:
+            self.cli("connectors", "apply")
+
+    def run_bulk_load(self) -> BulkLoad:
+        """``cdc-pipeline load run --json``: copy the tables, register the connector; print the figures."""
+        proc = self.cli("load", "run", "--json")
+        try:
+            doc = json.loads(proc.stdout)
+        except ValueError as exc:
+            raise DemoError(f"load run printed no JSON report:\n{proc.stdout}{proc.stderr}") from exc
+        for t in doc["tables"]:
+            self.say(f"   {t['pipeline']} {t['table']}: {t['rows']:,} rows in {t['seconds']:.1f} s ({t['path']})")
+        loaded = BulkLoad(int(doc["rows"]), float(doc["copy_seconds"]), float(doc["rows_per_s"]))
+        self.say(f"   bulk load: {loaded.line}")
+        return loaded
 
     def snapshot_phase(self) -> Phase:
-        """Start the control plane and the workers; wait for the initial snapshot to land."""
+        """Start the control plane and the workers; wait for the initial snapshot to land (after a
+        bulk load the targets already hold the rows: only checked)."""
         self.say("$ cdc-pipeline control -c config/examples/pgbench.yaml   (in the background)")
         self.start_control()
         self.say("$ cdc-pipeline run -p pgbench_to_target -c config/examples/pgbench.yaml   (in the background)")
@@ -505,6 +545,9 @@ class Demo:
             self.say("$ cdc-pipeline run -p pgbench_to_mariadb -c config/examples/pgbench.yaml   (in the background)")
             self.start_mariadb_worker()
         expected = self.counts("source")
+        if self.bulk_load is not None:
+            self._wait(lambda: self.counts("target") == expected, self.opts.catch_up_timeout_s, "the loaded rows")
+            return Phase(self.bulk_load.seconds, scrape(self.opts.metrics_port), self.bulk_load)
         total = sum(expected.values())
         with self.progress("initial snapshot", "rows") as line:
 
@@ -568,10 +611,13 @@ class Demo:
         p99 = histogram_quantile(0.99, stream.base, stream.end, "cdc_commit_to_apply_seconds")
         say("")
         say("== summary")
-        say(
-            f"rows snapshotted            {int(snapshot.snapshotted):,} in {snapshot.seconds:.1f}s "
-            f"({snapshot.snapshotted / snapshot.seconds:,.0f} rows/s)"
-        )
+        if snapshot.bulk is not None:
+            say(f"bulk load                   {snapshot.bulk.line}")
+        else:
+            say(
+                f"rows snapshotted            {int(snapshot.snapshotted):,} in {snapshot.seconds:.1f}s "
+                f"({snapshot.snapshotted / snapshot.seconds:,.0f} rows/s)"
+            )
         say(f"pgbench                     {stream.tps}")
         say(
             f"change events applied       {int(stream.streamed):,} "

@@ -83,6 +83,7 @@ CONTROL_PREFIXES = (
     "cdc_snapshot_",
     "cdc_verify_",
     "cdc_cutover_",
+    "cdc_bulk_load_",
 )
 BOTH_PLANES = {"cdc_up"}
 _AGGREGATION_BY = re.compile(r"\b(?:sum|min|max|avg|count)\s+by\s*\(([^)]*)\)\s*$")

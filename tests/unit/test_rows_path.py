@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.control.bulkload import rowvalues
 from pipeline.control.bulkload.model import Chunk, CopyTask, ExportedSnapshot, SourceTable
-from pipeline.control.bulkload.rows import chunk_query, reduce_reads, row_events
+from pipeline.control.bulkload.rows import chunk_query, direct_batch, reduce_reads, row_events
 from pipeline.core.events import Column, TableId
 from pipeline.core.settings.models import PipelineSettings
 from pipeline.decode.converters import converter_for
@@ -96,3 +96,11 @@ def test_chunk_query_bounds_the_ctid_range() -> None:
     )
     last = chunk_query(_task(("id",), end=None), reads).as_string(None)
     assert last.endswith("WHERE ctid >= '(4,0)'::tid")
+
+
+@pytest.mark.parametrize("keys", [("id",), ()])
+def test_direct_batch_without_rules_equals_the_reduced_events(keys: tuple[str, ...]) -> None:
+    rows = [(1, "a"), (2, None), (1, "dup")]
+    task = _task(keys)
+    assert direct_batch(task, rows, 5, 9) == reduce_reads(row_events(task, rows, 5, 9), "public")
+    assert direct_batch(task, [], 0, 9).tables == {}
