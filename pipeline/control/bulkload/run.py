@@ -171,6 +171,14 @@ def _prepare_targets(pairs: list[_Pair], bulks: dict[str, TargetBulkLoad], binar
         cols = tuple(c.column for c in pair.plan.columns)
         pair.prepared = bulks[pair.pipeline.name].prepare_table(pair.target, cols, pair.plan.key_columns)
         pair.binary = use_binary(pair.plan, pair.prepared, binary)
+        log.info(
+            "bulk load table planned",
+            pipeline=pair.pipeline.name,
+            table=str(pair.target),
+            format="binary" if pair.binary else "text",
+            chunks=pair.chunks,
+            estimated_rows=pair.source.estimated_rows,
+        )
 
 
 # ---------------------------------------------------------------------------- copy threads
