@@ -9,6 +9,7 @@
   the pipeline's sink; the target rows equal the source's, the keyless ones as a multiset with
   ``__cdc_row_id = r:bulk:<slot>:<chunk>:<n>``; the bulk state, counts and truncation work there.
 - A hook transform on a PostgreSQL target rewrites every bulk row as it would a Debezium read.
+- The orchestrator (``run_bulk_load``) loads MariaDB and SQLite targets by the rows path.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ import sqlalchemy as sa
 from psycopg import sql
 
 from pipeline.control.bulkload.catalog import read_source_table
-from pipeline.control.bulkload.model import Chunk, CopyTask, ExportedSnapshot, SourceTable
+from pipeline.control.bulkload.model import BulkLoadError, Chunk, CopyTask, ExportedSnapshot, SourceTable
 from pipeline.control.bulkload.rows import copy_chunk_rows
+from pipeline.control.bulkload.run import run_bulk_load
 from pipeline.core.batch import ReducedBatch
 from pipeline.core.events import ChangeEvent, Column, TableId
 from pipeline.core.settings.models import PipelineSettings
@@ -39,6 +41,7 @@ from sinks.base import ApplyResult, open_bulk_load
 from sinks.factory import make_sink, make_target
 from sinks.sqlalchemy.ddl import physical
 from tests.conftest import Databases
+from tests.integration.bulk_env import bulk_config, slots_of
 from tests.integration.targets import drop_mariadb_databases
 from tests.integration.test_decode_real_types import DDL, INSERT, _rows
 
@@ -83,11 +86,13 @@ def _task(pipeline: PipelineSettings, table: SourceTable, index: int = 0) -> Cop
 
 def _copy(dsn: str, task: CopyTask, sink: Any, progress: list[int] | None = None) -> int:
     transformer = build_transformer(task.pipeline.transforms, task.pipeline.mask_salt)
-    with psycopg.connect(dsn) as conn:
-        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+    # as the orchestrator's copy session (slot.open_copy_session): autocommit, an explicit
+    # REPEATABLE READ READ ONLY transaction (here without an imported snapshot)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         written = copy_chunk_rows(task, conn, sink, transformer, (progress if progress is not None else []).append)
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS  # left open
-        conn.rollback()
+        conn.execute("ROLLBACK")
     return written
 
 
@@ -370,3 +375,63 @@ def test_rows_path_runs_a_hook_into_a_postgres_target(databases: Databases, loca
         ).fetchall()
     assert [r[0] for r in rows] == [i for i in range(1, 11) if i != 3]
     assert all(r[1] == f"NAME {r[0]}" and (r[2], r[3]) == (0, LSN) for r in rows)
+
+
+def test_run_bulk_load_into_sqlalchemy_targets_by_the_rows_path(
+    databases: Databases,
+    sa_target: dict[str, Any],
+    local_stack: LocalStack,
+    unique: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    """The whole orchestrator (exported snapshot, several chunks on 3 jobs) into MariaDB/SQLite: every
+    table goes by the rows path, the target equals the source (keyless as a multiset, duplicates
+    included), the state is ``done`` in the target's control schema, one slot, and a non-empty
+    target is refused on a fresh load."""
+    _seed(databases.source_dsn, 12_000)
+    with psycopg.connect(databases.source_dsn, autocommit=True) as conn:
+        conn.execute("ANALYZE")
+    name = unique("bl")
+    _, settings = bulk_config(
+        local_stack, databases, name, ["public.items", "public.events"], tmp_path, pipeline={"target": sa_target}
+    )
+    calls: list[str] = []
+    report = run_bulk_load(settings, settings.sources[0], register=lambda: calls.append("register"))
+    schema = sa_target["schema"]
+    assert calls == ["register"] and not report.already_loaded
+    assert {t.table: (t.path, t.rows) for t in report.tables} == {
+        f"{schema}.items": ("rows", 12_000),
+        f"{schema}.events": ("rows", len(KEYLESS_ROWS)),
+    }
+    assert slots_of(databases) == [f"cdc_{name}"]
+    target = make_target(settings.pipelines[0])
+    bulk = open_bulk_load(target)
+    try:
+        state = bulk.load_state(settings.pipelines[0].name)
+        assert state is not None and state["status"] == "done"
+        engine = target.engine  # type: ignore[attr-defined]
+        dialect = "sqlite" if sa_target["url"].startswith("sqlite") else "mysql"
+        with engine.connect() as conn, psycopg.connect(databases.source_dsn) as src:
+            s_name = physical(TableId(schema, "items"), dialect)
+            t = sa.table(s_name[1], sa.column("id"), sa.column("name"), sa.column("__cdc_lsn"), schema=s_name[0])
+            got = set(conn.execute(sa.select(t.c.id, t.c.name)))
+            lsns = set(conn.execute(sa.select(t.c.__cdc_lsn).distinct()))
+            e_name = physical(TableId(schema, "events"), dialect)
+            e = sa.table(e_name[1], sa.column("kind"), sa.column("n"), sa.column("__cdc_row_id"), schema=e_name[0])
+            keyless = list(conn.execute(sa.select(e.c.kind, e.c.n, e.c.__cdc_row_id)))
+            want = set(src.execute("SELECT id, name FROM public.items").fetchall())
+        assert {(int(i), n) for i, n in got} == want
+        assert lsns == {(report.consistent_lsn,)}
+        assert Counter((k, n) for k, n, _ in keyless) == Counter(KEYLESS_ROWS)
+        assert all(str(r).startswith(f"r:bulk:cdc_{name}:") for _, _, r in keyless)
+        assert len({r for _, _, r in keyless}) == len(KEYLESS_ROWS)
+
+        bulk.clear_state(settings.pipelines[0].name)  # a fresh load now finds rows nobody recorded
+        with psycopg.connect(local_stack.settings.pg_dsn("source"), autocommit=True) as conn:
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (f"cdc_{name}",))
+        with pytest.raises(BulkLoadError, match=r"items has 12000 rows; a bulk load needs empty target tables"):
+            run_bulk_load(settings, settings.sources[0], register=lambda: calls.append("again"))
+        assert calls == ["register"]
+    finally:
+        bulk.close()
+        target.close()

@@ -16,6 +16,7 @@ are here on the core batch types.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -147,12 +148,30 @@ def _transform(task: CopyTask, events: list[ChangeEvent], transformer: Transform
     return kept
 
 
+# The first apply into a target table creates it and records its columns (the sink's DDL); two
+# job threads doing that at once collide on MariaDB (duplicate known_columns keys). So within one
+# load (slot, consistent point) the first apply per (pipeline, target table) runs under a lock.
+_FIRST_LOCK = threading.Lock()
+_CREATED: set[tuple[str, int, str, TableId]] = set()
+
+
+def _apply_batch(task: CopyTask, sink: Sink, group: str, batch: ReducedBatch) -> None:
+    load = (task.snapshot.slot_name, task.snapshot.consistent_lsn, task.pipeline.name)
+    fresh = [t for t in batch.tables if (*load, t) not in _CREATED]
+    if not fresh:
+        sink.apply(batch, group, {})
+        return
+    with _FIRST_LOCK:
+        sink.apply(batch, group, {})
+        _CREATED.update((*load, t) for t in fresh)
+
+
 def _apply(task: CopyTask, sink: Sink, group: str, events: list[ChangeEvent]) -> int:
     if not events:
         return 0
     batch = reduce_reads(events, task.pipeline.target.schema_name)
     try:
-        sink.apply(batch, group, {})
+        _apply_batch(task, sink, group, batch)
     except BatchRejectedError as exc:
         raise BulkLoadError(
             f"{task.pipeline.name}: the target refused rows of {task.source.table} chunk {task.chunk.index}: {exc}"
