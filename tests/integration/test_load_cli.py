@@ -2,17 +2,24 @@
 ``connectors apply`` before the load, the copy (keyed and keyless tables), the connector registered
 with ``snapshot.mode=no_data`` on the load's slot and streaming from there (no snapshot reads), the
 ``--json`` report, ``connectors apply`` accepted after the load, a completed load not redone, and a
-refused load (a second source onto a target table that already has rows)."""
+refused load (a second source onto a target table that already has rows); /metrics while a load
+runs, and ``kill -9`` of the loader mid-table followed by a clean restart."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import yaml
 
+from tests.e2e.test_observability import free_port, scrape
 from tests.integration.sources import Cli, Env
 from tests.integration.test_connectors import consume, has
 
@@ -115,3 +122,68 @@ def test_load_run_then_stream_and_the_refusals(env: Env, cli: Cli) -> None:
     assert len(lines) == 1, res.output
     assert "rows" in lines[0] and "initial_load: snapshot" in lines[0]
     assert "Traceback" not in res.output
+
+
+def test_load_run_serves_metrics_and_a_killed_load_restarts_clean(env: Env, cli: Cli) -> None:
+    cli.secrets.add(env.password)
+    rows = 20_000
+    env.tables_owned_by_role(
+        "CREATE TABLE public.items (id int PRIMARY KEY, name text NOT NULL, price numeric(10,2))",
+        f"INSERT INTO public.items SELECT g, 'item ' || g, g FROM generate_series(1, {rows}) g",
+        "CREATE TABLE public.notes (note text, n int)",
+        "ALTER TABLE public.notes REPLICA IDENTITY FULL",
+        "ANALYZE public.items",
+    )
+    config = bulk_config(env)
+    doc = yaml.safe_load(config.read_text(encoding="utf-8"))
+    port = free_port()
+    doc["metrics"]["port"] = port
+    doc["sources"][0]["bulk_load"] = {"jobs": 1, "chunk_rows": 1000}
+    config.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+
+    # The loader pauses mid-table (test hook); meanwhile /metrics shows the table's progress.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "load", "run", "-c", str(config)],
+        env={**os.environ, "CDC_BULK_PAUSE_AFTER_ROWS": "1000"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        labels = {"pipeline": f"p_{env.name}"[:40], "table": "public.items"}
+        deadline = time.monotonic() + 60
+        copied = 0.0
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()[0].decode()
+            try:
+                samples = scrape(port)
+            except httpx.HTTPError:
+                samples = {}
+            copied = samples.get(("cdc_bulk_load_rows_total", tuple(sorted(labels.items()))), 0.0)
+            if copied > 0:
+                break
+            time.sleep(0.3)
+        assert 0 < copied < rows, f"no progress seen on /metrics (copied {copied})"
+        assert samples[("cdc_bulk_load_table_rows", tuple(sorted(labels.items())))] == rows
+        ratio = samples[("cdc_bulk_load_progress_ratio", tuple(sorted(labels.items())))]
+        assert 0 < ratio < 1
+    finally:
+        proc.kill()  # kill -9 of the loader mid-table
+        proc.wait(30)
+
+    res = cli("load", "status", "-c", config)
+    assert res.exit_code == 1, res.output
+    assert "copying" in res.output
+    res = cli("connectors", "apply", "-c", config)
+    assert res.exit_code == 1, res.output
+    assert "has no completed load" in res.output
+
+    res = cli("load", "run", "-c", config, "--json")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["recovered"] is True and report["rows"] == rows
+    assert target_count(env, "items") == rows  # no duplicates of the first chunks, none missing
+    with env.superuser() as conn:
+        slots = conn.execute(
+            "SELECT slot_name FROM pg_replication_slots WHERE database = current_database()"
+        ).fetchall()
+    assert [s[0] for s in slots] == [env.slot]
