@@ -267,6 +267,11 @@ class Recovery:
                 f"sources[{self.source.name}].snapshot_mode is {self.source.snapshot_mode}: the connector would not "
                 "snapshot and stream on start; use --snapshot incremental"
             )
+        elif self.options.snapshot == "initial" and self.source.initial_load == "bulk":
+            found.append(
+                f"sources[{self.source.name}].initial_load is bulk: its connector always starts with "
+                "snapshot.mode=no_data and would not snapshot; use --snapshot incremental"
+            )
         unknown = sorted(set(self.options.tables) - set(self.source.tables))
         if unknown:
             found.append(f"not captured by source {self.source.name}: {', '.join(unknown)}")

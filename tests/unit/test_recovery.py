@@ -150,6 +150,12 @@ def test_initial_recovery_needs_a_streaming_snapshot_mode(mode: str) -> None:
     assert _recovery(RecoverOptions(snapshot="incremental"), snapshot_mode=mode).problems() == []
 
 
+def test_initial_recovery_of_a_bulk_source_is_refused() -> None:
+    (problem,) = _recovery(RecoverOptions(), initial_load="bulk").problems()
+    assert "initial_load is bulk" in problem and "--snapshot incremental" in problem
+    assert _recovery(RecoverOptions(snapshot="incremental"), initial_load="bulk").problems() == []
+
+
 def test_unknown_tables_are_refused() -> None:
     (problem,) = _recovery(RecoverOptions(snapshot="incremental", tables=("public.nope",))).problems()
     assert problem == "not captured by source app: public.nope"
