@@ -142,3 +142,18 @@ def test_refuses_non_empty_target_tables(
         run_bulk_load(settings, settings.sources[0], register=lambda: calls.append("register"))
     assert calls == []
     assert slots_of(databases) == []
+
+
+def test_refuses_a_partitioned_table(
+    local_stack: LocalStack, databases: Databases, unique: Callable[[str], str], tmp_path: Path
+) -> None:
+    """``FROM ONLY`` a partitioned parent reads nothing: before, the load copied 0 of its rows
+    and recorded the table done."""
+    with psycopg.connect(databases.source_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.m (id int PRIMARY KEY) PARTITION BY RANGE (id)")
+        conn.execute("CREATE TABLE public.m_low PARTITION OF public.m FOR VALUES FROM (0) TO (100)")
+        conn.execute("INSERT INTO public.m SELECT generate_series(1, 10)")
+    _, settings = bulk_config(local_stack, databases, unique("br"), ["public.m"], tmp_path)
+    with pytest.raises(BulkLoadError, match=r"source table public\.m is partitioned"):
+        run_bulk_load(settings, settings.sources[0], register=lambda: None)
+    assert slots_of(databases) == []

@@ -7,7 +7,7 @@
   converter fed with the value Debezium sends.
 - Targets: MariaDB and SQLite get a keyed and a keyless table (duplicate rows included) through
   the pipeline's sink; the target rows equal the source's, the keyless ones as a multiset with
-  ``__cdc_row_id = r:bulk:<slot>:<chunk>:<n>``; the bulk state, counts and truncation work there.
+  ``__cdc_row_id = r:bulk:<slot>:<schema.table>:<chunk>:<n>``; the bulk state, counts and truncation work there.
 - A hook transform on a PostgreSQL target rewrites every bulk row as it would a Debezium read.
 - The orchestrator (``run_bulk_load``) loads MariaDB and SQLite targets by the rows path.
 """
@@ -220,7 +220,7 @@ def test_rows_path_types_beyond_the_fixture_equal_the_decoders(databases: Databa
     sink = Capture()
     assert _copy(databases.source_dsn, _task(_pipeline({"url": "sqlite:///unused.db"}), table, 4), sink) == 1
     [(key, row)] = sink.rows().items()
-    assert key == f"r:bulk:{SLOT}:4:0"
+    assert key == f"r:bulk:{SLOT}:public.extra:4:0"
     wrong = {c.name: (row[c.name], want) for c, _, want in EXTRA if not _same(row[c.name], want)}
     assert not wrong
 
@@ -327,7 +327,7 @@ def test_rows_path_into_sqlalchemy_targets_keyed_and_keyless_exact(
             e = sa.table(e_name[1], sa.column("kind"), sa.column("n"), sa.column("__cdc_row_id"), schema=e_name[0])
             got_rows = list(conn.execute(sa.select(e.c.kind, e.c.n, e.c.__cdc_row_id)))
         assert Counter((r[0], r[1]) for r in got_rows) == Counter(KEYLESS_ROWS)
-        assert {r[2] for r in got_rows} == {f"r:bulk:{SLOT}:7:{n}" for n in range(len(KEYLESS_ROWS))}
+        assert {r[2] for r in got_rows} == {f"r:bulk:{SLOT}:public.events:7:{n}" for n in range(len(KEYLESS_ROWS))}
 
         bulk.save_state("bulkp", {"state": "copying", "tables": [str(items)]})
         assert bulk.load_state("bulkp") == {"state": "copying", "tables": [str(items)]}

@@ -70,7 +70,7 @@ def test_keyless_row_id_and_open_last_chunk() -> None:
     assert isinstance(p, FastPlan)
     keyless = PreparedTable(TableId("tgt", "users"), {}, True, ("__cdc_commit_lsn", "__cdc_lsn", "__cdc_row_id"))
     sql_text = copy_out_sql(p, keyless, Chunk(0, 0, None), SNAP, False).as_string(None)
-    assert "('r:bulk:cdc_s:' || ctid::text)" in sql_text
+    assert "('r:bulk:cdc_s:public.users:' || ctid::text)" in sql_text
     assert "ctid <" not in sql_text
 
 
@@ -173,3 +173,45 @@ def test_pads_reproduce_mask_value(salt: bytes, value: str) -> None:
     outer = hashlib.sha256(opad + inner).hexdigest()
     assert outer == mask_value("hash", value, salt)
     assert outer == hmac.new(salt, value.encode(), "sha256").hexdigest()
+
+
+# ------------------------------------------------------------------ review fixes: SQL that would differ from Python
+
+MORE = SourceTable(
+    T,
+    (
+        describe_column("id", True, "int4", "b", -1, None, None),
+        describe_column("tags", False, "_text", "b", -1, "text", None),
+        describe_column("ratio", False, "float8", "b", -1, None, None),
+    ),
+    ("id",),
+    10,
+    1,
+)
+
+
+def more(*rules: TransformRule) -> FastPlan | str | None:
+    formatted = {"id": "integer", "tags": "text[]", "ratio": "double precision"}
+    return plan_fast(
+        build_transformer(list(rules), "salt"),
+        MORE,
+        formatted,
+        {"id": "int4", "tags": "text", "ratio": "float8"},
+        "tgt",
+    )
+
+
+def test_hash_on_an_array_goes_to_the_rows_path() -> None:
+    # the streaming path hashes the decoded list as JSON, SQL would hash the array's text '{a,b}'
+    p = more(TransformRule(mask={"tags": "hash"}))
+    assert isinstance(p, str) and "'tags' of type text[]" in p
+
+
+def test_where_on_a_float_or_an_integer_against_a_fraction_goes_to_the_rows_path() -> None:
+    # Python: 1.1 == Decimal('1.1') is False; SQL casts '1.1' to float8 and finds it equal
+    p = more(TransformRule(where="ratio = 1.1"))
+    assert isinstance(p, str) and "'ratio' of type float8" in p
+    # SQL would fail to read '2.5' as an integer in the middle of the COPY
+    p = more(TransformRule(where="id IN (1, 2.5)"))
+    assert isinstance(p, str) and "integer column 'id' with a fraction" in p
+    assert isinstance(more(TransformRule(where="id > 2.0")), FastPlan)

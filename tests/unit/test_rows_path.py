@@ -84,7 +84,10 @@ def test_reduce_reads_keyed_first_wins_and_keyless_row_ids() -> None:
     assert {(u.position.commit_lsn, u.position.lsn) for u in changes.upserts.values()} == {(0, 77)}
     keyless = reduce_reads(row_events(_task(()), [(1, "a"), (1, "a")], 10, 5), "tgt")
     [(table, changes)] = keyless.tables.items()
-    assert table == TableId("tgt", "t") and list(changes.upserts) == ["r:bulk:sl:3:10", "r:bulk:sl:3:11"]
+    assert table == TableId("tgt", "t") and list(changes.upserts) == [
+        "r:bulk:sl:public.t:3:10",
+        "r:bulk:sl:public.t:3:11",
+    ]
 
 
 def test_chunk_query_bounds_the_ctid_range() -> None:

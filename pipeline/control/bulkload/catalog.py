@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import tuple_row
 
-from pipeline.control.bulkload.model import SourceTable
+from pipeline.control.bulkload.model import BulkLoadError, SourceTable
 from pipeline.core.events import Column, TableId
 
 # pg type name -> (Connect type, logical name), for the connector settings connectors.debezium
@@ -86,7 +86,7 @@ ORDER BY i.indisprimary DESC, k.ord
 
 _SIZE_SQL = """
 SELECT c.oid, GREATEST(c.reltuples, -1)::bigint, c.relpages,
-       pg_relation_size(c.oid) / current_setting('block_size')::bigint
+       pg_relation_size(c.oid) / current_setting('block_size')::bigint, c.relkind::text
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s
 """
 
@@ -150,14 +150,21 @@ def _typname(typname: str, typtype: str, elem: str | None, base: str | None) -> 
 
 
 def read_source_table(conn: psycopg.Connection[Any], table: TableId) -> CatalogTable:
-    """The table from the catalog. Raises LookupError when the
-    table does not exist. Rows and pages: ``reltuples`` (-1 before the first ANALYZE, then 0 is
-    reported) and the heap size in blocks (``pg_relation_size / block_size``)."""
+    """The table from the catalog. Raises LookupError when the table does not exist,
+    BulkLoadError for a partitioned table (its rows live in the partitions, which the ctid
+    ranges of ``FROM ONLY`` would never read; the Debezium snapshot path reads them).
+    Rows and pages: ``reltuples`` (-1 before the first ANALYZE, then 0 is reported) and the heap
+    size in blocks (``pg_relation_size / block_size``)."""
     cur = conn.cursor(row_factory=tuple_row)
     size = cur.execute(_SIZE_SQL, (table.schema, table.table)).fetchone()
     if size is None:
         raise LookupError(f"source table {table} does not exist")
-    oid, reltuples, relpages, pages = (int(v) for v in size)
+    if size[4] == "p":
+        raise BulkLoadError(
+            f"source table {table} is partitioned: the bulk load copies plain tables only"
+            " (list its partitions in sources[].tables, or use initial_load: snapshot)"
+        )
+    oid, reltuples, relpages, pages = (int(v) for v in size[:4])
     rows = cur.execute(_COLUMNS_SQL, (table.schema, table.table)).fetchall()
     columns = tuple(describe_column(str(r[0]), bool(r[1]), str(r[2]), str(r[3]), int(r[5]), r[6], r[7]) for r in rows)
     formatted = {str(r[0]): str(r[8]) for r in rows}

@@ -5,9 +5,9 @@ applied by the pipeline's own sink, in batches.
 It serves what the COPY fast path cannot: non-PostgreSQL targets, hooks, ``add_columns``, masks the
 fast path cannot compile. Values are the decoder's (:mod:`pipeline.control.bulkload.rowvalues`), the
 position is the snapshot's (``Position(0, consistent_lsn)``, older than every streamed change) and a
-keyless row gets the id ``r:bulk:<slot>:<chunk>:<n>``: the events carry topic ``bulk:<slot>``,
-partition ``<chunk>`` and offset ``<n>``, which :func:`pipeline.core.batch.read_row_id` turns into
-that id, as it does with a Debezium read's Kafka coordinates.
+keyless row gets the id ``r:bulk:<slot>:<schema.table>:<chunk>:<n>``: the events carry topic
+``bulk:<slot>:<schema.table>``, partition ``<chunk>`` and offset ``<n>``, which
+:func:`pipeline.core.batch.read_row_id` turns into that id, as it does with a Debezium read's Kafka coordinates.
 
 The reduction is the data plane's (:func:`pipeline.dataplane.reduce.reduce_events`) restricted to
 reads; the control plane may not import the data plane (import-linter), so the few lines it needs
@@ -60,7 +60,7 @@ def row_events(task: CopyTask, rows: Iterable[Sequence[Any]], first: int, ts_ms:
     names = [c.name for c in source.columns]
     keys = source.key_columns
     position = Position(0, task.snapshot.consistent_lsn)
-    topic = f"bulk:{task.snapshot.slot_name}"
+    topic = f"bulk:{task.snapshot.slot_name}:{task.source.table}"
     events = []
     for n, values in enumerate(rows, start=first):
         after = dict(zip(names, values, strict=True))
@@ -126,7 +126,7 @@ def direct_batch(task: CopyTask, rows: Sequence[Sequence[Any]], first: int, ts_m
     target = TableId(task.pipeline.target.schema_name, source.table.table)
     changes = TableChanges(target, source.table, keys, source.columns, events=len(rows), max_ts_ms=ts_ms)
     upserts = changes.upserts
-    prefix = f"r:bulk:{task.snapshot.slot_name}:{task.chunk.index}:"
+    prefix = f"r:bulk:{task.snapshot.slot_name}:{task.source.table}:{task.chunk.index}:"
     for n, values in enumerate(rows, start=first):
         row = dict(zip(names, values, strict=True))
         if not keys:

@@ -11,7 +11,9 @@ i.e. by code point like Python), ``mask`` ``null`` is a typed NULL, ``redact`` `
 ``hash`` the HMAC-SHA256 of :func:`pipeline.transform.masking.mask_value` computed by the
 source server from its builtin ``sha256()`` (RFC 2104: ``H((K^opad) || H((K^ipad) || m))``).
 The HMAC's pads are session settings set with a bind parameter (:func:`hmac_settings`), never
-SQL text: the key stays out of ``pg_stat_activity`` and the server log.
+SQL text: the key stays out of ``pg_stat_activity`` and of statement text in the server log (a
+server that logs bind parameters, ``log_statement`` with ``log_parameter_max_length`` not 0,
+would log them: the pads are the salt XOR a constant).
 
 Rules the SQL cannot express (hooks, ``add_columns``, a ``hash`` on a type whose text is not
 the decoder's value, types outside :data:`FAST_TYPES`) send the table to the rows path.
@@ -20,7 +22,9 @@ the decoder's value, types outside :data:`FAST_TYPES`) send the table to the row
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 
 from psycopg import sql
 
@@ -144,20 +148,24 @@ def _mask(cur: _Current, mode: str, column: Column) -> _Current | str:
     if mode == "redact":
         redacted = sql.SQL("CASE WHEN {} IS NULL THEN NULL ELSE '***'::text END").format(cur.expr)
         return _Current(redacted, column, "text", "text")
-    if cur.hashed or cur.typname not in HASHABLE:
-        return f"mask 'hash' on column {cur.column.name!r} of type {cur.typname}"
+    if cur.hashed or cur.column.type == "array" or cur.typname not in HASHABLE:
+        # an array's element type may be hashable, but the streaming path hashes the decoded list as JSON
+        kind = f"{cur.typname}[]" if cur.column.type == "array" else cur.typname
+        return f"mask 'hash' on column {cur.column.name!r} of type {kind}"
     return _Current(_hash_expr(_text_of(cur)), column, "text", "text", hashed=True)
 
 
 _SQL_OPS = {"=": "=", "!=": "<>", "<>": "<>", "<": "<", ">": ">", "<=": "<=", ">=": ">="}
 _STRINGY = frozenset({"text", "varchar", "bpchar", "name", "enum"})
 WHERE_TYPES = frozenset(
-    {"int2", "int4", "int8", "oid", "float4", "float8", "numeric", "bool", "uuid", "date", "time", "timestamp",
-     "timestamptz", *_STRINGY}
+    {"int2", "int4", "int8", "oid", "numeric", "bool", "uuid", "date", "time", "timestamp", "timestamptz", *_STRINGY}
 )  # fmt: skip
 """Types a ``where`` comparison reads the same in SQL as in Python (decoded value vs coerced literal;
 enums compare as their label text, as the decoder's ``str``). Others (json, interval, arrays...) go
-to the rows path."""
+to the rows path; so do floats (Python compares a float with a decimal literal exactly, SQL casts
+the literal to float: ``x = 1.1`` differs)."""
+
+_INTEGERS = frozenset({"int2", "int4", "int8", "oid"})
 
 
 class UnsupportedWhereError(ValueError):
@@ -171,9 +179,12 @@ def _literal(value: object) -> sql.Composable:
     return sql.Literal(str(value))
 
 
-def _operand(cur: _Current) -> sql.Composable:
+def _operand(cur: _Current, literals: Sequence[object] = ()) -> sql.Composable:
     if cur.column.type == "array" or cur.typname not in WHERE_TYPES:
         raise UnsupportedWhereError(f"compares column {cur.column.name!r} of type {cur.typname}")
+    if cur.typname in _INTEGERS and any(isinstance(v, Decimal) and v != v.to_integral_value() for v in literals):
+        # SQL would fail to read '2.5' as an integer mid-COPY; Python compares the numbers
+        raise UnsupportedWhereError(f"compares integer column {cur.column.name!r} with a fraction")
     if cur.typname in _STRINGY:
         return sql.SQL('{} COLLATE "C"').format(_text_of(cur))
     return sql.SQL("({})").format(cur.expr)
@@ -192,11 +203,11 @@ def compile_where(node: pred.Node, columns: dict[str, _Current]) -> sql.Composab
         return sql.SQL("(({}) IS {}NULL)").format(columns[node.column].expr, sql.SQL("NOT " if node.negate else ""))
     if isinstance(node, pred._Compare):
         return sql.SQL("({} {} {})").format(
-            _operand(columns[node.column]), sql.SQL(_SQL_OPS[node.op]), _literal(node.literal)
+            _operand(columns[node.column], [node.literal]), sql.SQL(_SQL_OPS[node.op]), _literal(node.literal)
         )
     if isinstance(node, pred._In):
         return sql.SQL("({} {}IN ({}))").format(
-            _operand(columns[node.column]),
+            _operand(columns[node.column], node.literals),
             sql.SQL("NOT " if node.negate else ""),
             sql.SQL(", ").join(_literal(v) for v in node.literals),
         )
@@ -279,13 +290,15 @@ def copy_out_sql(
     """``COPY (SELECT <outputs>, 0, <consistent lsn>[, row id] FROM ONLY <t> WHERE <ctid range>
     [AND <where>]) TO STDOUT``: the rows of ``chunk`` as the target's COPY columns
     (:func:`copy_in_columns`) expect them. Rows carry ``Position(0, consistent_lsn)``, older
-    than every streamed change; a keyless table's row id is ``r:bulk:<slot>:<ctid>``, unique
-    within the snapshot."""
+    than every streamed change; a keyless table's row id is ``r:bulk:<slot>:<schema.table>:<ctid>``,
+    unique within the snapshot even when ``route`` merges several source tables into one."""
     exprs: list[sql.Composable] = [sql.SQL("{} AS {}").format(c.expr, sql.Identifier(c.name)) for c in plan.columns]
     extras: dict[str, sql.Composable] = {
         "__cdc_commit_lsn": sql.SQL("0::bigint"),
         "__cdc_lsn": sql.SQL("{}::bigint").format(sql.Literal(snapshot.consistent_lsn)),
-        "__cdc_row_id": sql.SQL("({} || ctid::text)").format(sql.Literal(f"r:bulk:{snapshot.slot_name}:")),
+        "__cdc_row_id": sql.SQL("({} || ctid::text)").format(
+            sql.Literal(f"r:bulk:{snapshot.slot_name}:{plan.source}:")
+        ),
     }
     exprs.extend(extras[name] for name in prepared.extra_columns)
     conditions: list[sql.Composable] = [sql.SQL("ctid >= {}::tid").format(sql.Literal(f"({chunk.first_page},0)"))]
