@@ -37,6 +37,7 @@ from connectors.debezium import ConnectorConfigError, build_connector_config
 from pipeline.cli.common import ConfigOption, fail, fail_unreachable, load_or_exit
 from pipeline.cli.snapshot_cmd import one_source
 from pipeline.cli.source_cmd import SourceOption, echo_check, echo_diagnosis, select_sources
+from pipeline.control.bulkload.state import lost_slot_message, slot_problem
 from pipeline.control.bulkload.status import load_done
 from pipeline.control.recovery import (
     Diagnosis,
@@ -195,6 +196,25 @@ def _bulk_load_missing(settings: Settings, src: SourceSettings) -> bool:
     return True
 
 
+def _bulk_slot_gone(client: ConnectClient, src: SourceSettings) -> bool:
+    """True (the refusal printed) when ``src`` is a loaded bulk source whose connector is not
+    registered and whose slot is missing or lost: Debezium would create a new slot at the current
+    LSN and the changes committed since the load would never reach the targets."""
+    if src.initial_load != "bulk" or client.get_config(src.resolved_connector_name) is not None:
+        return False
+    try:
+        with source_prep.connect(src, "cdc-pipeline connectors apply") as conn:
+            problem = slot_problem(conn, src.resolved_slot_name)
+    except psycopg.Error as exc:
+        text = source_prep.redactor(src)(str(exc).strip())
+        _err(f"{src.resolved_connector_name}: cannot read the slot of the bulk load: {text}")
+        return True
+    if problem is None:
+        return False
+    _err(f"{src.resolved_connector_name}: {lost_slot_message(src, problem)}")
+    return True
+
+
 def _invalid(client: ConnectClient, name: str, connector_config: dict[str, str]) -> bool:
     """Validate ``connector_config`` through Connect; True (per-field errors printed) when invalid."""
     result = client.validate(connector_config, name=name)
@@ -241,7 +261,7 @@ def apply(
 
     def one(client: ConnectClient, src: SourceSettings) -> int:
         name = src.resolved_connector_name
-        if _bulk_load_missing(settings, src):
+        if _bulk_load_missing(settings, src) or _bulk_slot_gone(client, src):
             return 1
         if prepare and _prepare_source(src):
             return 1

@@ -5,15 +5,20 @@ Under a session advisory lock on the source (:func:`~pipeline.control.bulkload.s
 1. ``source prepare`` (the publication must exist before the slot, or the slot's first
    decoding would not see it);
 2. the stored states (:mod:`pipeline.control.bulkload.state`): every pipeline ``done`` -> only
-   ``register``; an interrupted load -> cleaned up first; a fresh load refuses a registered
-   connector and non-empty target tables;
+   ``register`` (refused when the connector is missing and so is the slot, or it is lost); an
+   interrupted load -> cleaned up first; a fresh load refuses a registered connector, stored
+   consumer offsets of a pipeline's group and non-empty target tables, and clears the leftover
+   tombstones, truncation watermarks and row versions of its target tables;
 3. per pipeline of the source, per table: the source catalog, the transforms compiled to SQL
    (:mod:`~pipeline.control.bulkload.sqlplan`) or the rows path, ctid chunks, the target table
    created by the sink's own DDL;
-4. the slot created with an exported snapshot (:mod:`~pipeline.control.bulkload.slot`);
+4. ``ACCESS SHARE`` locks on every source table to copy, held by a session of their own until the
+   copies are done (no table rewrite can empty a table under the snapshot), then the slot created
+   with an exported snapshot (:mod:`~pipeline.control.bulkload.slot`);
 5. a pool of ``jobs`` threads; each opens one source session that imports the snapshot
    (REPEATABLE READ) and copies chunks one after another, each chunk one target transaction;
-6. every pipeline's state ``done``, the exporter closed, then ``register`` (the Debezium
+6. the slot checked (present, WAL not lost), every pipeline's state ``done``, the exporter and
+   the table locks closed, then ``register`` (the Debezium
    connector with ``snapshot.mode=no_data`` on that slot: streaming starts at the slot's
    consistent point, so nothing is missed or applied twice).
 
@@ -51,7 +56,12 @@ from pipeline.control.bulkload.model import (
 )
 from pipeline.control.bulkload.pgcopy import copy_chunk_fast
 from pipeline.control.bulkload.rows import copy_chunk_rows
-from pipeline.control.bulkload.slot import create_exported_slot, open_copy_session, take_load_lock
+from pipeline.control.bulkload.slot import (
+    create_exported_slot,
+    lock_source_tables,
+    open_copy_session,
+    take_load_lock,
+)
 from pipeline.control.bulkload.sqlplan import FastPlan, plan_fast, use_binary
 from pipeline.core.events import TableId
 from pipeline.core.logs import get_logger
@@ -59,7 +69,7 @@ from pipeline.core.settings.models import PipelineSettings, SourceSettings
 from pipeline.core.settings.root import Settings
 from pipeline.transform.rule import TransformConfigError
 from pipeline.transform.transformer import Transformer, build_transformer
-from sinks.base import PreparedTable, Sink, TargetBulkLoad, open_bulk_load
+from sinks.base import PreparedTable, Sink, Target, TargetBulkLoad, open_bulk_load
 from sinks.factory import make_sink, make_target
 
 log = get_logger(__name__)
@@ -309,16 +319,28 @@ def _copy_all(run: _Run, pairs: list[_Pair], jobs: int) -> None:
 # ---------------------------------------------------------------------------- the load
 
 
+@dataclass(slots=True)
+class _Targets:
+    """Per pipeline name: its target and the bulk-load session on it."""
+
+    targets: dict[str, Target] = field(default_factory=dict)
+    bulks: dict[str, TargetBulkLoad] = field(default_factory=dict)
+
+
 @contextmanager
-def _bulk_sessions(settings: Settings, source: SourceSettings) -> Iterator[dict[str, TargetBulkLoad]]:
-    bulks: dict[str, TargetBulkLoad] = {}
+def _bulk_sessions(settings: Settings, source: SourceSettings) -> Iterator[_Targets]:
+    opened = _Targets()
     try:
         for pipeline in _pipelines(settings, source):
-            bulks[pipeline.name] = open_bulk_load(make_target(pipeline, purpose="bulk"))
-        yield bulks
+            target = opened.targets[pipeline.name] = make_target(pipeline, purpose="bulk")
+            opened.bulks[pipeline.name] = open_bulk_load(target)
+        yield opened
     finally:
-        for bulk in bulks.values():
+        for bulk in opened.bulks.values():
             bulk.close()
+        for target in opened.targets.values():
+            with contextlib.suppress(Exception):
+                target.close()
 
 
 def _report(source: SourceSettings, run: _Run | None, pairs: list[_Pair], recovered: bool, done: bool) -> LoadReport:
@@ -344,48 +366,87 @@ def _pause_after() -> int | None:
     return int(raw) if raw else None
 
 
-def _load(
-    settings: Settings,
-    source: SourceSettings,
-    lock_conn: psycopg.Connection[dict[str, Any]],
-    bulks: dict[str, TargetBulkLoad],
-    jobs: int,
-    progress: LoadProgress,
-) -> tuple[_Run, list[_Pair], bool]:
+def _fresh_pairs(
+    settings: Settings, source: SourceSettings, lock_conn: psycopg.Connection[dict[str, Any]], opened: _Targets
+) -> tuple[list[_Pair], dict[str, list[_Pair]], bool]:
+    """The refusals and clean-up before a copy; ``(pairs, pairs by pipeline, recovered)``."""
+    bulks = opened.bulks
     states = {name: bulk.load_state(name) for name, bulk in bulks.items()}
     st.refuse_existing_connector(settings, source)
+    for pipeline in _pipelines(settings, source):
+        st.refuse_stored_offsets(opened.targets[pipeline.name], pipeline)
     recovered = st.recover(source, lock_conn, states, bulks)
     pairs = _plan(settings, source, lock_conn, bulks)
     by_pipeline: dict[str, list[_Pair]] = {name: [] for name in bulks}
     for pair in pairs:
         by_pipeline[pair.pipeline.name].append(pair)
     for name, own in by_pipeline.items():
-        st.refuse_non_empty(bulks[name], [p.target for p in own])
+        tables = [p.target for p in own]
+        st.refuse_non_empty(bulks[name], tables)
+        st.clear_bookkeeping(bulks[name], tables)
+    return pairs, by_pipeline, recovered
+
+
+def _source_tables(pairs: list[_Pair]) -> list[TableId]:
+    return sorted({p.source.table for p in pairs}, key=str)
+
+
+def _load(
+    settings: Settings,
+    source: SourceSettings,
+    lock_conn: psycopg.Connection[dict[str, Any]],
+    opened: _Targets,
+    jobs: int,
+    progress: LoadProgress,
+) -> tuple[_Run, list[_Pair], bool]:
+    bulks = opened.bulks
+    pairs, by_pipeline, recovered = _fresh_pairs(settings, source, lock_conn, opened)
     _prepare_targets(pairs, bulks, source.bulk_load.binary)
     slot = source.resolved_slot_name
     for name, own in by_pipeline.items():
         bulks[name].save_state(name, st.copying_state(slot, [p.target for p in own], None))
-    exporter, snapshot = create_exported_slot(source)
-    run = _Run(source, snapshot, progress, _pause_after())
+    tables = _source_tables(pairs)
+    table_locks = lock_source_tables(source, tables) if tables else None
     try:
-        copying = {
-            name: st.copying_state(slot, [p.target for p in own], snapshot.consistent_lsn)
-            for name, own in by_pipeline.items()
-        }
-        for name, doc in copying.items():
-            bulks[name].save_state(name, doc)
-        log.info("bulk load copying", source=source.name, slot=slot, tables=len(pairs), jobs=jobs)
-        _copy_all(run, pairs, jobs)
-        for name, own in by_pipeline.items():
-            seconds = max((p.seconds for p in own), default=0.0)
-            bulks[name].save_state(name, st.done_state(copying[name], {str(p.target): p.rows for p in own}, seconds))
-    except BaseException:
+        exporter, snapshot = create_exported_slot(source)
+        run = _Run(source, snapshot, progress, _pause_after())
+        try:
+            _copy_and_finish(run, lock_conn, bulks, by_pipeline, jobs)
+        except BaseException:
+            exporter.close()
+            with contextlib.suppress(psycopg.Error, BulkLoadError):
+                drop_slot_when_free(lock_conn, slot, timeout_s=5)
+            raise
         exporter.close()
-        with contextlib.suppress(psycopg.Error, BulkLoadError):
-            drop_slot_when_free(lock_conn, slot, timeout_s=5)
-        raise
-    exporter.close()
+    finally:
+        if table_locks is not None:
+            with contextlib.suppress(psycopg.Error):
+                table_locks.close()
     return run, pairs, recovered
+
+
+def _copy_and_finish(
+    run: _Run,
+    lock_conn: psycopg.Connection[dict[str, Any]],
+    bulks: dict[str, TargetBulkLoad],
+    by_pipeline: dict[str, list[_Pair]],
+    jobs: int,
+) -> None:
+    """States ``copying`` with the consistent point, every copy, the slot check, states ``done``."""
+    source, slot = run.source, run.source.resolved_slot_name
+    copying = {
+        name: st.copying_state(slot, [p.target for p in own], run.snapshot.consistent_lsn)
+        for name, own in by_pipeline.items()
+    }
+    for name, doc in copying.items():
+        bulks[name].save_state(name, doc)
+    pairs = [p for own in by_pipeline.values() for p in own]
+    log.info("bulk load copying", source=source.name, slot=slot, tables=len(pairs), jobs=jobs)
+    _copy_all(run, pairs, jobs)
+    st.check_slot_before_done(lock_conn, source)
+    for name, own in by_pipeline.items():
+        seconds = max((p.seconds for p in own), default=0.0)
+        bulks[name].save_state(name, st.done_state(copying[name], {str(p.target): p.rows for p in own}, seconds))
 
 
 def run_bulk_load(
@@ -400,8 +461,10 @@ def run_bulk_load(
     call ``register`` (see the module docstring); ``jobs`` overrides ``bulk_load.jobs``.
 
     Returns the :class:`LoadReport`. Raises BulkLoadError for refusals (another load running,
-    a registered connector, non-empty target tables, a slot of someone else, transforms that
-    do not fit the table), TransientSinkError/psycopg.OperationalError when a database is
+    a registered connector, stored offsets of a pipeline's group, non-empty target tables, a
+    slot of someone else, transforms that do not fit the table, source tables locked by a DDL,
+    the slot missing or lost after the copy or before registering a finished load),
+    TransientSinkError/psycopg.OperationalError when a database is
     unreachable. A load that fails leaves its states ``copying``: the next run cleans it up.
     """
     _pipelines(settings, source)  # refuses a source without pipelines before touching anything
@@ -411,13 +474,14 @@ def run_bulk_load(
         raise BulkLoadError(f"source {source.name}: {exc}") from None
     lock_conn = take_load_lock(source)
     try:
-        with _bulk_sessions(settings, source) as bulks:
-            states = {name: bulk.load_state(name) for name, bulk in bulks.items()}
+        with _bulk_sessions(settings, source) as opened:
+            states = {name: bulk.load_state(name) for name, bulk in opened.bulks.items()}
             if st.all_done(states):
+                st.refuse_lost_handover_slot(settings, source, lock_conn)
                 register()
                 return _report(source, None, [], False, True)
             run, pairs, recovered = _load(
-                settings, source, lock_conn, bulks, jobs or source.bulk_load.jobs, progress or _NullProgress()
+                settings, source, lock_conn, opened, jobs or source.bulk_load.jobs, progress or _NullProgress()
             )
         register()
         return _report(source, run, pairs, recovered, False)

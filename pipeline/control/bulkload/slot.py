@@ -10,11 +10,19 @@ slot, and the snapshot shows exactly what committed before it. The snapshot can 
 "SET TRANSACTION") until the exporting connection runs another command or disconnects, so the
 exporter stays open and idle until every copy has finished. A replication connection takes
 only the simple query protocol; psycopg 3 sends a statement without parameters that way.
+
+A table-rewriting ``ALTER TABLE`` (``ALTER COLUMN TYPE``, ``VACUUM FULL``, ...) committed after
+the snapshot is not MVCC-safe: an old snapshot then sees the table empty (docs, "MVCC
+Caveats"). So before the slot is created a separate session takes ``ACCESS SHARE`` on every
+captured table (:func:`lock_source_tables`) and holds it until the copies are done; that
+session never takes a transaction id, so ``CREATE_REPLICATION_SLOT`` (which waits only for
+transactions holding one) does not wait for it.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -23,10 +31,13 @@ from psycopg.rows import dict_row
 
 from connectors.source_prep import conninfo, redactor
 from pipeline.control.bulkload.model import BulkLoadError, ExportedSnapshot
-from pipeline.core.events import parse_lsn
+from pipeline.core.events import TableId, parse_lsn
 from pipeline.core.settings.models import SourceSettings
 
 Conn = psycopg.Connection[Any]
+
+LOCK_TIMEOUT_S = 30
+"""Seconds ``LOCK TABLE`` waits behind a conflicting lock (a running DDL) before the load gives up."""
 
 
 def create_exported_slot(source: SourceSettings) -> tuple[Conn, ExportedSnapshot]:
@@ -89,4 +100,34 @@ def open_copy_session(source: SourceSettings, snapshot: ExportedSnapshot) -> Con
         with contextlib.suppress(psycopg.Error):
             conn.close()
         raise
+    return conn
+
+
+def lock_source_tables(source: SourceSettings, tables: Sequence[TableId]) -> Conn:
+    """A new source session inside ``BEGIN`` holding ``LOCK TABLE <tables> IN ACCESS SHARE MODE``
+    (PostgreSQL docs, "LOCK" and "Explicit Locking"): a table-rewriting ``ALTER TABLE`` (ACCESS
+    EXCLUSIVE) waits until the caller closes it. ``lock_timeout`` is :data:`LOCK_TIMEOUT_S`.
+    Raises BulkLoadError when a table is missing or stays locked that long,
+    psycopg.OperationalError (redacted) when the source is unreachable."""
+    try:
+        conn: Conn = psycopg.connect(conninfo(source, "cdc-pipeline bulk load table locks"), autocommit=True)
+    except psycopg.OperationalError as exc:
+        raise psycopg.OperationalError(redactor(source)(str(exc).strip())) from None
+    names = sql.SQL(", ").join(sql.Identifier(t.schema, t.table) for t in tables)
+    try:
+        conn.execute("BEGIN")
+        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{LOCK_TIMEOUT_S}s")))
+        conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(names))
+    except psycopg.errors.LockNotAvailable:
+        conn.close()
+        raise BulkLoadError(
+            f"cannot lock the tables of source {source.name} within {LOCK_TIMEOUT_S} s: a DDL statement holds one"
+            " of them; run the load again once it finished"
+        ) from None
+    except psycopg.Error as exc:
+        conn.close()
+        raise BulkLoadError(
+            f"cannot lock the tables of source {source.name}: {redactor(source)(str(exc).strip())}"
+            " (run `cdc-pipeline source check`)"
+        ) from None
     return conn
