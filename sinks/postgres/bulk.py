@@ -56,7 +56,8 @@ class PostgresBulkLoad:
                     self._conninfo,
                     connect_timeout=10,
                     application_name=self._application_name,
-                    options="-c synchronous_commit=off",
+                    # the input styles of a text COPY pinned as the source's output styles are
+                    options="-c synchronous_commit=off -c DateStyle=ISO -c IntervalStyle=postgres",
                 )
             except psycopg.OperationalError as exc:
                 raise TransientSinkError(f"cannot connect to the target: {_first_line(exc)}") from exc

@@ -203,3 +203,39 @@ def test_a_slot_dropped_during_the_copy_fails_the_load(
     state = load_state(databases, f"p_{name}")
     assert state is not None
     assert state["status"] == "copying"
+
+
+def test_a_text_copy_means_the_same_whatever_the_sources_output_styles(
+    local_stack: LocalStack, databases: Databases, unique: Callable[[str], str], tmp_path: Path
+) -> None:
+    """The source database's own IntervalStyle/DateStyle used to reach the text COPY: '-1 day
+    -02:03:04' in sql_standard style reads back on the target as another interval."""
+    with psycopg.connect(databases.source_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.styles (id int PRIMARY KEY, d interval, t date, f float8)")
+        conn.execute(
+            "INSERT INTO public.styles VALUES (1, '-1 day -02:03:04', '2024-02-03', 0.1::float8 + 0.2::float8)"
+        )
+        conn.execute(
+            psycopg.sql.SQL("ALTER DATABASE {} SET IntervalStyle = 'sql_standard'").format(
+                psycopg.sql.Identifier(databases.name)
+            )
+        )
+        conn.execute(
+            psycopg.sql.SQL("ALTER DATABASE {} SET DateStyle = 'SQL, DMY'").format(
+                psycopg.sql.Identifier(databases.name)
+            )
+        )
+        conn.execute(
+            psycopg.sql.SQL("ALTER DATABASE {} SET extra_float_digits = 0").format(
+                psycopg.sql.Identifier(databases.name)
+            )
+        )
+    _, settings = bulk_config(
+        local_stack, databases, unique("bst"), ["public.styles"], tmp_path, bulk_load={"binary": False}
+    )
+    run_bulk_load(settings, settings.sources[0], register=lambda: None)
+    query = "SELECT d::text, t::text, f FROM public.styles"
+    with psycopg.connect(databases.target_dsn, autocommit=True) as conn:
+        conn.execute("SET IntervalStyle = postgres")
+        got = conn.execute(query).fetchone()
+    assert got == ("-1 days -02:03:04", "2024-02-03", 0.1 + 0.2)

@@ -85,13 +85,19 @@ def take_load_lock(source: SourceSettings) -> psycopg.Connection[dict[str, Any]]
     return conn
 
 
+COPY_SESSION_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=postgres -c extra_float_digits=3"
+"""Startup options of the source's copy sessions (PostgreSQL "Client Connection Defaults")."""
+
+
 def open_copy_session(source: SourceSettings, snapshot: ExportedSnapshot) -> Conn:
     """A source session inside ``BEGIN ISOLATION LEVEL REPEATABLE READ`` that imported
     ``snapshot`` (read only; ``TimeZone`` UTC so ``where`` literals without a zone read as UTC,
-    as in :mod:`pipeline.transform.predicate`). Never committed: closing it ends the
-    transaction."""
+    as in :mod:`pipeline.transform.predicate`; the output styles pinned as pg_dump pins them, so
+    a text COPY means the same to the target whatever the source role's or database's settings:
+    ``DateStyle`` ISO, ``IntervalStyle`` postgres, ``extra_float_digits`` 3). Never committed:
+    closing it ends the transaction."""
     conn: Conn = psycopg.connect(
-        conninfo(source, "cdc-pipeline bulk load copy"), autocommit=True, options="-c TimeZone=UTC"
+        conninfo(source, "cdc-pipeline bulk load copy"), autocommit=True, options=COPY_SESSION_OPTIONS
     )
     try:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
