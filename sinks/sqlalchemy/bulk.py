@@ -16,9 +16,9 @@ from sqlalchemy.engine import Connection
 
 from pipeline.core.batch import TableChanges
 from pipeline.core.events import Column, TableId
-from sinks.base import CopyWriter, PreparedTable, TransientSinkError
+from sinks.base import CopyWriter, PreparedTable
 from sinks.sqlalchemy import ddl
-from sinks.sqlalchemy.sink import is_transient
+from sinks.sqlalchemy.sink import run_committed
 
 if TYPE_CHECKING:
     from sinks.sqlalchemy.sink import SqlAlchemySink
@@ -48,14 +48,8 @@ class SqlAlchemyBulkLoad:
         self._ready = False
 
     def _run(self, work: Any) -> Any:
-        """``work(conn)`` in one committed transaction; transient driver errors become TransientSinkError."""
-        try:
-            with self._engine.begin() as conn:
-                return work(conn)
-        except sa.exc.DBAPIError as exc:
-            if is_transient(exc):
-                raise TransientSinkError(f"target bulk-load query failed: {exc.orig}") from exc
-            raise
+        """``work(conn)`` in one committed transaction (:func:`~sinks.sqlalchemy.sink.run_committed`)."""
+        return run_committed(self._engine, work, "target bulk-load query")
 
     def _ensure_table(self) -> None:
         if self._ready:

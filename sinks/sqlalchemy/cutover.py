@@ -19,9 +19,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from pipeline.core.events import TableId
-from sinks.base import SequenceSpec, TransientSinkError
+from sinks.base import SequenceSpec
 from sinks.sqlalchemy import ddl
-from sinks.sqlalchemy.sink import is_transient
+from sinks.sqlalchemy.sink import run_committed
 
 SQLITE = "sqlite"
 
@@ -47,14 +47,8 @@ class SqlAlchemyCutover:
         self._ready = False
 
     def _run(self, work: Any) -> Any:
-        """``work(conn)`` in one committed transaction; transient driver errors become TransientSinkError."""
-        try:
-            with self._engine.begin() as conn:
-                return work(conn)
-        except sa.exc.DBAPIError as exc:
-            if is_transient(exc):
-                raise TransientSinkError(f"target cutover query failed: {exc.orig}") from exc
-            raise
+        """``work(conn)`` in one committed transaction (:func:`~sinks.sqlalchemy.sink.run_committed`)."""
+        return run_committed(self._engine, work, "target cutover query")
 
     def _ensure_table(self) -> None:
         if self._ready:

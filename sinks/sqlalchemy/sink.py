@@ -41,9 +41,10 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
@@ -101,6 +102,19 @@ def is_transient(exc: BaseException) -> bool:
         text = str(orig).lower()
         return isinstance(exc, sa.exc.OperationalError) and any(t in text for t in _TRANSIENT_SQLITE_TEXT)
     return False
+
+
+def run_committed(engine: Engine, work: Callable[[Connection], Any], what: str) -> Any:
+    """``work(conn)`` in one transaction of ``engine``, committed on return; its result. A
+    transient driver error (:func:`is_transient`) becomes TransientSinkError naming ``what``
+    (e.g. ``"target cutover query"``); others propagate."""
+    try:
+        with engine.begin() as conn:
+            return work(conn)
+    except sa.exc.DBAPIError as exc:
+        if is_transient(exc):
+            raise TransientSinkError(f"{what} failed: {exc.orig}") from exc
+        raise
 
 
 def is_stale_shape(exc: sa.exc.DBAPIError) -> bool:
