@@ -5,10 +5,8 @@ sink's own DDL. There is no COPY here: the bulk load's rows path writes through 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -18,7 +16,7 @@ from pipeline.core.batch import TableChanges
 from pipeline.core.events import Column, TableId
 from sinks.base import CopyWriter, PreparedTable
 from sinks.sqlalchemy import ddl
-from sinks.sqlalchemy.sink import run_committed
+from sinks.sqlalchemy.state_docs import StateDocuments
 
 if TYPE_CHECKING:
     from sinks.sqlalchemy.sink import SqlAlchemySink
@@ -32,64 +30,23 @@ class SqlAlchemyBulkLoad:
 
     def __init__(self, sink: SqlAlchemySink, control_schema: str) -> None:
         self._sink = sink
-        self._engine = sink.engine
         self._dialect = sink.dialect
-        schema, name = ddl.physical(TableId(control_schema, "bulk_loads"), self._dialect)
-        self._table = sa.Table(
-            name,
-            sa.MetaData(),
-            sa.Column("pipeline", sa.String(255), primary_key=True),
-            sa.Column(
-                "state", sa.Text().with_variant(sa.dialects.mysql.LONGTEXT(), "mysql", "mariadb"), nullable=False
-            ),
-            sa.Column("updated_at", sa.DateTime(), nullable=False),
-            schema=schema,
+        self._docs = StateDocuments(
+            sink.engine, sink.dialect, TableId(control_schema, "bulk_loads"), "target bulk-load query"
         )
-        self._ready = False
-
-    def _run(self, work: Any) -> Any:
-        """``work(conn)`` in one committed transaction (:func:`~sinks.sqlalchemy.sink.run_committed`)."""
-        return run_committed(self._engine, work, "target bulk-load query")
-
-    def _ensure_table(self) -> None:
-        if self._ready:
-            return
-
-        def create(conn: Connection) -> None:
-            ddl.ensure_schema(conn, self._table.schema)
-            self._table.create(conn, checkfirst=True)
-
-        self._run(create)
-        self._ready = True
+        self._run = self._docs.run
 
     def load_state(self, pipeline: str) -> dict[str, Any] | None:
         """The stored document of ``pipeline`` or None."""
-        self._ensure_table()
-        t = self._table
-        text = self._run(lambda conn: conn.execute(sa.select(t.c.state).where(t.c.pipeline == pipeline)).scalar())
-        return None if text is None else dict(json.loads(text))
+        return self._docs.load(pipeline)
 
     def save_state(self, pipeline: str, state: Mapping[str, Any]) -> None:
         """Replace ``pipeline``'s document in one committed transaction."""
-        self._ensure_table()
-        t = self._table
-        row = {
-            "pipeline": pipeline,
-            "state": json.dumps(dict(state), default=str),
-            "updated_at": datetime.now(UTC).replace(tzinfo=None),
-        }
-
-        def save(conn: Connection) -> None:
-            conn.execute(sa.delete(t).where(t.c.pipeline == pipeline))
-            conn.execute(sa.insert(t), [row])
-
-        self._run(save)
+        self._docs.save(pipeline, state)
 
     def clear_state(self, pipeline: str) -> None:
         """Delete ``pipeline``'s document (none is fine)."""
-        self._ensure_table()
-        t = self._table
-        self._run(lambda conn: conn.execute(sa.delete(t).where(t.c.pipeline == pipeline)))
+        self._docs.clear(pipeline)
 
     def _exists(self, conn: Connection, table: TableId) -> bool:
         schema, name = ddl.physical(table, self._dialect)

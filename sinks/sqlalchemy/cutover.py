@@ -10,9 +10,7 @@ rowid tables take ``max(rowid) + 1`` and need nothing.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,7 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 from pipeline.core.events import TableId
 from sinks.base import SequenceSpec
 from sinks.sqlalchemy import ddl
-from sinks.sqlalchemy.sink import run_committed
+from sinks.sqlalchemy.state_docs import StateDocuments
 
 SQLITE = "sqlite"
 
@@ -32,59 +30,18 @@ class SqlAlchemyCutover:
     def __init__(self, engine: Engine, dialect: str, control_schema: str) -> None:
         self._engine = engine
         self._dialect = dialect
-        schema, name = ddl.physical(TableId(control_schema, "cutover_state"), dialect)
-        self._table = sa.Table(
-            name,
-            sa.MetaData(),
-            sa.Column("pipeline", sa.String(255), primary_key=True),
-            sa.Column("phase", sa.String(64), nullable=False),
-            sa.Column(
-                "state", sa.Text().with_variant(sa.dialects.mysql.LONGTEXT(), "mysql", "mariadb"), nullable=False
-            ),
-            sa.Column("updated_at", sa.DateTime(), nullable=False),
-            schema=schema,
+        self._docs = StateDocuments(
+            engine, dialect, TableId(control_schema, "cutover_state"), "target cutover query", extra=("phase",)
         )
-        self._ready = False
-
-    def _run(self, work: Any) -> Any:
-        """``work(conn)`` in one committed transaction (:func:`~sinks.sqlalchemy.sink.run_committed`)."""
-        return run_committed(self._engine, work, "target cutover query")
-
-    def _ensure_table(self) -> None:
-        if self._ready:
-            return
-
-        def create(conn: Connection) -> None:
-            if self._table.schema is not None:
-                conn.execute(sa.schema.CreateSchema(self._table.schema, if_not_exists=True))
-            self._table.create(conn, checkfirst=True)
-
-        self._run(create)
-        self._ready = True
+        self._run = self._docs.run
 
     def load_state(self, pipeline: str) -> dict[str, Any] | None:
         """The stored document of ``pipeline`` or None (also before the table exists)."""
-        self._ensure_table()
-        t = self._table
-        text = self._run(lambda conn: conn.execute(sa.select(t.c.state).where(t.c.pipeline == pipeline)).scalar())
-        return None if text is None else dict(json.loads(text))
+        return self._docs.load(pipeline)
 
     def save_state(self, pipeline: str, phase: str, state: Mapping[str, Any]) -> None:
         """Replace ``pipeline``'s row in one committed transaction."""
-        self._ensure_table()
-        t = self._table
-        row = {
-            "pipeline": pipeline,
-            "phase": phase,
-            "state": json.dumps(dict(state), default=str),
-            "updated_at": datetime.now(UTC).replace(tzinfo=None),
-        }
-
-        def save(conn: Connection) -> None:
-            conn.execute(sa.delete(t).where(t.c.pipeline == pipeline))
-            conn.execute(sa.insert(t), [row])
-
-        self._run(save)
+        self._docs.save(pipeline, state, phase=phase)
 
     def _physical(self, spec: SequenceSpec) -> tuple[str | None, str]:
         if spec.table is None:
