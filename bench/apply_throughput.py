@@ -690,7 +690,7 @@ PROFILE_STAGES: list[tuple[str, str]] = [
     ("decode", "decode (pipeline/app.py"),
     ("transform", "pipeline/transform/"),
     ("transform", "transform (pipeline/app.py"),
-    ("reduce", "pipeline/dataplane/reduce.py"),
+    ("reduce", "pipeline/core/reduce.py"),
     ("sink: COPY to staging (psycopg)", "psycopg/_copy"),
     ("sink: COPY to staging (psycopg)", "Cursor.copy (psycopg/cursor.py"),
     ("sink: COPY row prep (sink.py)", "_adapt (sinks/postgres/sink.py"),

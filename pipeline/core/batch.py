@@ -1,6 +1,6 @@
 """The reduced batch: what one sink transaction applies, per target table (the sink contract's input).
 
-Built by :func:`pipeline.dataplane.reduce.reduce_events`; read by every sink.
+Built by :func:`pipeline.core.reduce.reduce_events`; read by every sink.
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ class Applied:
 
 def row_key(event: ChangeEvent) -> str | None:
     """The key of ``event``'s row in a :class:`~pipeline.core.batch.ReducedBatch`, as
-    :func:`pipeline.dataplane.reduce.reduce_events` derives it: the key text for keyed tables;
+    :func:`pipeline.core.reduce.reduce_events` derives it: the key text for keyed tables;
     for keyless ones the row id of an insert/update/read or the delete marker of a delete.
     None for a truncate (or a keyed event without its key, which reduce rejects)."""
     if event.op is Op.TRUNCATE:

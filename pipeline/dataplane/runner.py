@@ -21,12 +21,12 @@ from pipeline.core.batch import ReducedBatch
 from pipeline.core.errors import TransientError
 from pipeline.core.events import ChangeEvent
 from pipeline.core.logs import get_logger
+from pipeline.core.reduce import reduce_events
 from pipeline.core.retry import Backoff
 from pipeline.core.settings.models import PipelineSettings
 from pipeline.dataplane.consumer import Consumer, Message
 from pipeline.dataplane.dlq import DeadLetter, DeadLetterQueue, DlqLimiter
 from pipeline.dataplane.progress import Applied, Progress, RunnerStats, observe_latency, record_batch
-from pipeline.dataplane.reduce import reduce_events
 from pipeline.dataplane.steps import (
     TP,
     Batch,

@@ -21,8 +21,8 @@ import sqlalchemy as sa
 
 from pipeline.core.batch import key_text
 from pipeline.core.events import ChangeEvent, Column, Op, Position, TableId
+from pipeline.core.reduce import reduce_events
 from pipeline.core.settings.models import PipelineSettings
-from pipeline.dataplane.reduce import reduce_events
 from pipeline.localstack import LocalStack
 from pipeline.localstack.config import MARIADB_PASSWORD, MARIADB_USER
 from sinks.base import ApplyResult, Target

@@ -27,8 +27,8 @@ from pipeline.control.verify.model import Status
 from pipeline.control.verify.run import verify_table
 from pipeline.core.events import ChangeEvent, TableId
 from pipeline.core.logs import kafka_logging
+from pipeline.core.reduce import reduce_events
 from pipeline.core.settings.models import PipelineSettings
-from pipeline.dataplane.reduce import reduce_events
 from pipeline.decode.config import DecoderConfig
 from pipeline.decode.decoder import Decoder
 from pipeline.localstack import LocalStack

@@ -31,9 +31,9 @@ from psycopg import sql
 
 from connectors.connect_client import ConnectClient, ConnectError, RetryPolicy
 from pipeline.core.events import ChangeEvent, Column, Op, Position, TableId
+from pipeline.core.reduce import reduce_events
 from pipeline.core.settings.loading import load_settings
 from pipeline.core.settings.models import ConnectSettings, KafkaSettings
-from pipeline.dataplane.reduce import reduce_events
 from pipeline.localstack import LocalStack
 from sinks.postgres.sink import PostgresSink
 from tests.conftest import Databases

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from pipeline.core.batch import key_text
 from pipeline.core.events import ChangeEvent, Op, Position, TableId, position_from_source
-from pipeline.dataplane.reduce import reduce_events
+from pipeline.core.reduce import reduce_events
 
 T = TableId("public", "t")
 _offsets = count()

@@ -9,7 +9,7 @@ keyless row gets the id ``r:bulk:<slot>:<schema.table>:<chunk>:<n>``: the events
 ``bulk:<slot>:<schema.table>``, partition ``<chunk>`` and offset ``<n>``, which
 :func:`pipeline.core.batch.read_row_id` turns into that id, as it does with a Debezium read's Kafka coordinates.
 
-The reduction is the data plane's (:func:`pipeline.dataplane.reduce.reduce_events`) restricted to
+The reduction is the data plane's (:func:`pipeline.core.reduce.reduce_events`) restricted to
 reads; the control plane may not import the data plane (import-linter), so the few lines it needs
 are here on the core batch types.
 """
@@ -26,9 +26,10 @@ from psycopg import sql
 
 from pipeline.control.bulkload.model import BulkLoadError, CopyTask
 from pipeline.control.bulkload.rowvalues import ColumnRead, plan_columns, register_loaders
-from pipeline.core.batch import ReducedBatch, TableChanges, Upsert, key_text, read_row_id
+from pipeline.core.batch import ReducedBatch, TableChanges, Upsert, key_text
 from pipeline.core.errors import PoisonMessageError
 from pipeline.core.events import ChangeEvent, Op, Position, TableId
+from pipeline.core.reduce import reduce_events
 from pipeline.transform.transformer import Transformer
 from sinks.base import BatchRejectedError, Sink
 
@@ -84,36 +85,16 @@ def row_events(task: CopyTask, rows: Iterable[Sequence[Any]], first: int, ts_ms:
 
 
 def reduce_reads(events: Iterable[ChangeEvent], default_schema: str) -> ReducedBatch:
-    """Reduce snapshot reads (transformed) to one batch: per target table, the first read of each
-    key (reads of one snapshot share a position, so a later one is not newer: the data plane's
-    rule), and every read of a keyless table under its :func:`read_row_id`. Raises ValueError for
-    an event that is not a read or a keyed read without a key."""
-    batch = ReducedBatch()
-    for event in events:
+    """Reduce snapshot reads (transformed) to one batch with the data plane's reducer
+    (:func:`pipeline.core.reduce.reduce_events`): per target table, the first read of each key
+    (reads of one snapshot share a position, so a later one is not newer), and every read of a
+    keyless table under its :func:`read_row_id`. Raises ValueError for an event that is not a
+    read or a keyed read without a key."""
+    reads = list(events)
+    for event in reads:
         if event.op is not Op.READ or event.after is None:
             raise ValueError(f"{event.table}: the rows path reduces reads only, got {event.op.value!r}")
-        target = event.target or TableId(default_schema, event.table.table)
-        changes = batch.tables.get(target)
-        if changes is None:
-            changes = TableChanges(target, event.table, event.key_columns, event.columns)
-            batch.tables[target] = changes
-        elif event.columns is not None:
-            changes.columns = event.columns
-        changes.events += 1
-        changes.max_ts_ms = max(changes.max_ts_ms, event.ts_ms)
-        row = event.row
-        assert row is not None
-        if changes.keyless:
-            rid = read_row_id(event)
-            changes.upserts[rid] = Upsert(rid, {}, row, event.position, event.ts_ms, event.op)
-            continue
-        if event.key is None:
-            raise ValueError(f"{event.table}: a read without a key")
-        key_values = {col: event.key[col] for col in changes.key_columns}
-        key = key_text(key_values.values())
-        if key not in changes.upserts:
-            changes.upserts[key] = Upsert(key, key_values, row, event.position, event.ts_ms, event.op)
-    return batch
+    return reduce_events(reads, default_schema)
 
 
 def direct_batch(task: CopyTask, rows: Sequence[Sequence[Any]], first: int, ts_ms: int) -> ReducedBatch:

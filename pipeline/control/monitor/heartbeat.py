@@ -46,7 +46,7 @@ class HeartbeatProbe:
 def heartbeat_target_table(source: SourceSettings, pipeline: PipelineSettings) -> TableId:
     """Where ``pipeline`` writes ``source``'s heartbeat table ``<control_schema>.heartbeat``:
     the last matching transform ``route``, else ``<target.schema>.heartbeat`` (the sink puts
-    un-routed tables in the target's default schema, :func:`pipeline.dataplane.reduce.reduce_events`)."""
+    un-routed tables in the target's default schema, :func:`pipeline.core.reduce.reduce_events`)."""
     heartbeat = TableId(source.control_schema, "heartbeat")
     try:
         routed = build_transformer(pipeline.transforms, pipeline.mask_salt).target_for(heartbeat)

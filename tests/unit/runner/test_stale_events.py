@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pipeline.core import metrics
 from pipeline.core.batch import ReducedBatch
 from pipeline.core.events import ChangeEvent, Op, Position, TableId
+from pipeline.core.reduce import reduce_events
 from pipeline.dataplane.progress import Applied, row_key
-from pipeline.dataplane.reduce import reduce_events
 from sinks.base import ApplyResult
 from tests.unit.runner.harness import TOPIC, MemoryDlq, MemorySink, build, drained, run_until, value
 
